@@ -1,0 +1,153 @@
+"""The one place that decides what an API answer means.
+
+UnleashX documents its error *messages* but not their HTTP statuses, so a 2xx can carry
+an error. Every answer is therefore classified by status and message together into one
+:class:`Verdict`; the client and the dispatcher only ask this module.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+import orjson
+
+from worker.errors import (
+    ApiError,
+    FatalError,
+    PayloadTooLargeError,
+    PermanentError,
+    RateLimitedError,
+    RetryableError,
+)
+
+
+class Kind(enum.Enum):
+    DELETED = "deleted"
+    RETRYABLE = "retryable"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    TOO_LARGE = "too_large"
+    FATAL = "fatal"
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What an answer means: ``reason`` is ours, ``message`` is the API's own words."""
+
+    kind: Kind
+    status: int | None
+    reason: str
+    message: str | None = None
+    wait: float | None = None
+
+    def error(self) -> ApiError:
+        """The exception that carries a non-success verdict through retry and dispatch."""
+        status, message = self.status, self.message
+        match self.kind:
+            case Kind.RATE_LIMITED:
+                return RateLimitedError(self.reason, wait=self.wait, status=status, message=message)
+            case Kind.RETRYABLE:
+                return RetryableError(self.reason, wait=self.wait, status=status, message=message)
+            case Kind.PERMANENT:
+                return PermanentError(self.reason, status=status, message=message)
+            case Kind.TOO_LARGE:
+                return PayloadTooLargeError(self.reason, status=status, message=message)
+            case Kind.FATAL:
+                return FatalError(self.reason, status=status, message=message)
+        raise ValueError("a deleted verdict is not an error")
+
+
+# The vendor's documented error messages, normalised (see normalise()).
+CAMPAIGN_NOT_EXIST = "campaign not exist"
+AUDIENCE_REQUIRED = "audience array is required"
+DELETE_ALL_NOT_DRAFT = "all audience can only be deleted when the campaign is in draft status"
+DOCUMENTED_ERRORS = {
+    CAMPAIGN_NOT_EXIST: "unknown campaign",
+    "campaign does not exist": "unknown campaign",
+    AUDIENCE_REQUIRED: "empty audience array",
+    DELETE_ALL_NOT_DRAFT: "campaign is not in draft status",
+}
+_FALSE_FLAGS = ("status", "success")
+_SPACES = re.compile(r"\s+")
+
+
+def normalise(message: str) -> str:
+    """Lower-case, single-spaced, without a trailing full stop: how messages are compared."""
+    return _SPACES.sub(" ", message).strip().rstrip(".!").lower()
+
+
+def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or HTTP date)."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        seconds = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if math.isnan(seconds) or math.isinf(seconds):
+        return None
+    return max(0.0, seconds)
+
+
+def _message_of(body: bytes) -> tuple[bool, str | None, Mapping[str, object]]:
+    """(parsed?, message, object) from a body that may not be JSON at all."""
+    try:
+        data = orjson.loads(body) if body else None
+    except orjson.JSONDecodeError:
+        return False, None, {}
+    if not isinstance(data, dict):
+        return data is not None, None, {}
+    message = data.get("message", data.get("error"))
+    return True, message if isinstance(message, str) else None, data
+
+
+def _declares_failure(data: Mapping[str, object]) -> bool:
+    return any(data.get(flag) is False for flag in _FALSE_FLAGS) or "error" in data
+
+
+def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
+    """Classify one HTTP answer to a delete-audience request."""
+    parsed, message, data = _message_of(body)
+    known = DOCUMENTED_ERRORS.get(normalise(message)) if message else None
+    wait = parse_retry_after(headers.get("Retry-After"))
+    if known is not None:
+        return Verdict(Kind.PERMANENT, status, known, message)
+    if 200 <= status < 300:
+        if not parsed:
+            return Verdict(Kind.RETRYABLE, status, "unparseable success body", message)
+        if _declares_failure(data):
+            return Verdict(Kind.PERMANENT, status, "API reported failure", message)
+        return Verdict(Kind.DELETED, status, "deleted", message)
+    if 300 <= status < 400:
+        # Redirects are not followed: the token must not travel to another address.
+        return Verdict(Kind.FATAL, status, f"redirected (HTTP {status}): check base_url", message)
+    if status in (401, 403):
+        return Verdict(Kind.FATAL, status, f"authentication refused (HTTP {status})", message)
+    if status == 429:
+        return Verdict(Kind.RATE_LIMITED, status, "rate limited (HTTP 429)", message, wait)
+    if status == 413:
+        return Verdict(Kind.TOO_LARGE, status, "payload too large (HTTP 413)", message)
+    if status in (408, 425) or status >= 500:
+        return Verdict(Kind.RETRYABLE, status, f"server error (HTTP {status})", message, wait)
+    if status in (404, 405):
+        # Not a documented API error: the URL itself is wrong, and so is every later request.
+        return Verdict(Kind.FATAL, status, f"endpoint not found (HTTP {status}): check base_url",
+                       message)
+    return Verdict(Kind.PERMANENT, status, f"request refused (HTTP {status})", message)
+
+
+def transport_failure(exc: BaseException) -> Verdict:
+    """A request that got no HTTP answer (timeout, reset, refused) is worth retrying."""
+    name = type(exc).__name__
+    return Verdict(Kind.RETRYABLE, None, f"transport error: {name}")

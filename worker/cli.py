@@ -1,0 +1,170 @@
+"""Command line: parses flags, builds the one Settings object, maps errors to exit codes.
+
+Exit codes (part of the interface, documented in the README):
+0 every valid id deleted; 1 finished, some ids failed; 2 usage/config/input error, nothing
+sent; 3 aborted on a fatal API condition; 75 interrupted by a signal.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from worker import __version__
+from worker.delete_all import check_confirmation, delete_all
+from worker.errors import ConfigError, FatalError, UsageError
+from worker.logs import configure_logging
+from worker.pipeline import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, run_purge
+from worker.report import print_summary
+from worker.settings import Settings, load_settings
+
+PROG = "audience-purge"
+
+
+def _connection_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
+    parser.add_argument("--base-url", help="API base URL (default: the UnleashX production API)")
+    parser.add_argument("--token-file", help="file holding the API token (else UNLEASHX_TOKEN)")
+    parser.add_argument("--insecure-http", action="store_true", default=None,
+                        help="allow plain http to a non-loopback host (the token is exposed)")
+    parser.add_argument("--rate", help="request rate: N/second, N/minute (default 100/minute)")
+    parser.add_argument("--timeout", help="seconds per request (default 30)")
+    parser.add_argument("--max-attempts", help="attempts per batch, first included (default 6)")
+    parser.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
+    parser.add_argument("--dry-run", action="store_true", default=None,
+                        help="show what would be sent; send nothing")
+    parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog=PROG, description=(
+        "Delete UnleashX campaign audience records in bulk: rate-limited, retried, audited."))
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="delete the audience ids listed in a CSV or stdin")
+    run.add_argument("--input", required=True, help="CSV file, or - for stdin")
+    run.add_argument("--campaign-id", help="campaign for rows without a campaign_id column")
+    _connection_flags(run)
+    run.add_argument("--concurrency", help="requests in flight at most (default 8)")
+    run.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
+    run.add_argument("--report", help="write a JSON summary here")
+    run.add_argument("--failed-out", help="write failed ids here as CSV (campaign_id,audience_id)")
+    run.add_argument("--progress", help="auto, bar, log or off (default auto)")
+
+    wipe = commands.add_parser("delete-all", help="delete EVERY audience of a draft campaign")
+    wipe.add_argument("--campaign-id", required=True)
+    wipe.add_argument("--confirm", help="repeat the campaign id to confirm")
+    _connection_flags(wipe)
+
+    sandbox = commands.add_parser("sandbox", help="run the embedded UnleashX simulator")
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8080)
+    sandbox.add_argument("--campaign", action="append", default=[],
+                         metavar="ID:STATUS:FIRST-LAST",
+                         help="a campaign to serve (repeatable), e.g. 42:draft:1-5000")
+    sandbox.add_argument("--token", default=None,
+                         help="token the sandbox accepts (default: $UNLEASHX_TOKEN or 'sandbox')")
+    sandbox.add_argument("--seed", type=int, default=0, help="fault injection seed")
+    sandbox.add_argument("--error-ratio", type=float, default=0.0, help="share of 5xx answers")
+    sandbox.add_argument("--drop-ratio", type=float, default=0.0, help="share of dropped conns")
+    sandbox.add_argument("--latency-ms", type=float, default=0.0, help="added latency")
+    sandbox.add_argument("--limit-per-second", type=int, default=None)
+    sandbox.add_argument("--limit-per-minute", type=int, default=None)
+    sandbox.add_argument("--max-batch", type=int, default=None, help="413 above this many ids")
+    sandbox.add_argument("--error-status", type=int, default=400,
+                         help="HTTP status of the documented API errors (default 400)")
+
+    demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
+    demo.add_argument("--dir", type=Path, default=Path("purge-demo"),
+                      help="where the demo writes its CSV, audit log and report")
+    return parser
+
+
+RUN_KEYS = ("campaign_id", "base_url", "token_file", "insecure_http", "rate", "timeout",
+            "max_attempts", "audit_log", "dry_run", "log_level", "concurrency", "batch_size",
+            "report", "failed_out", "progress")
+
+
+def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
+    flags = {key: getattr(args, key, None) for key in RUN_KEYS}
+    return load_settings(flags, env, args.config)
+
+
+def _run(args: argparse.Namespace) -> int:
+    settings = settings_from(args, dict(os.environ))
+    configure_logging(settings.log_level)
+    result = asyncio.run(run_purge(settings, args.input))
+    if not settings.dry_run:
+        print_summary(result, sys.stdout)
+    return result.exit_code
+
+
+def _delete_all(args: argparse.Namespace) -> int:
+    settings = settings_from(args, dict(os.environ))
+    configure_logging(settings.log_level)
+    try:
+        campaign = int(args.campaign_id)
+        confirm = int(args.confirm) if args.confirm is not None else None
+    except ValueError:
+        raise UsageError("--campaign-id and --confirm take a campaign id (an integer)") from None
+    return asyncio.run(delete_all(settings, check_confirmation(campaign, confirm)))
+
+
+def _sandbox(args: argparse.Namespace) -> int:
+    from worker.sandbox import FaultConfig, SandboxConfig, parse_campaign_spec, serve
+
+    configure_logging("info")
+    try:
+        campaigns = tuple(parse_campaign_spec(spec) for spec in args.campaign)
+        faults = FaultConfig(
+            seed=args.seed, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio,
+            latency_ms=args.latency_ms, limit_per_second=args.limit_per_second,
+            limit_per_minute=args.limit_per_minute, max_batch=args.max_batch,
+            error_status=args.error_status)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    token = args.token or os.environ.get("UNLEASHX_TOKEN") or "sandbox"
+    serve(SandboxConfig(campaigns=campaigns, token=token, faults=faults), args.host, args.port)
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from worker.demo import run_demo
+
+    configure_logging("warning")
+    return asyncio.run(run_demo(args.dir))
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "run": _run, "delete-all": _delete_all, "sandbox": _sandbox, "demo": _demo,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``audience-purge`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        return _fail(f"configuration error: {exc}", EXIT_USAGE)
+    except UsageError as exc:
+        return _fail(str(exc), EXIT_USAGE)
+    except FatalError as exc:
+        return _fail(str(exc), EXIT_FATAL)
+    except KeyboardInterrupt:
+        return _fail("interrupted", EXIT_INTERRUPTED)
+
+
+def _fail(message: str, code: int) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return code
+
+
+def entry(*_: Any) -> None:
+    sys.exit(main())

@@ -1,0 +1,88 @@
+"""The HTTP boundary: the only module that imports aiohttp's client.
+
+It sends one delete-audience request and returns the :class:`Verdict` of
+:mod:`worker.classify`; transport errors (timeouts, resets, refused connections) become
+retryable verdicts here, so nothing above this module sees an aiohttp exception.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import orjson
+
+from worker import __version__
+from worker.classify import Kind, Verdict, classify, transport_failure
+from worker.credentials import TokenSource
+
+USER_AGENT = f"audience-purge/{__version__}"
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A verdict and how long the request took."""
+
+    verdict: Verdict
+    latency_ms: float
+
+
+class UnleashXClient:
+    """Sends delete-audience requests with the current token in the ``token`` header."""
+
+    def __init__(self, session: aiohttp.ClientSession, base_url: str, tokens: TokenSource) -> None:
+        self._session = session
+        self._url = f"{base_url.rstrip('/')}/delete-audience"
+        self._tokens = tokens
+
+    async def delete_audience(self, campaign_id: int, audience_ids: Sequence[int]) -> Reply:
+        """Ask the API to delete ``audience_ids`` from ``campaign_id``."""
+        return await self._post({"campaign_id": campaign_id, "audience": list(audience_ids)})
+
+    async def delete_all(self, campaign_id: int) -> Reply:
+        """Ask the API to delete every audience record of a (draft) campaign."""
+        return await self._post({"campaign_id": campaign_id, "delete_all": True})
+
+    async def _post(self, payload: dict[str, Any]) -> Reply:
+        reply = await self._send(payload)
+        if reply.verdict.kind is Kind.FATAL and reply.verdict.status == 401 \
+                and self._tokens.rotate():
+            reply = await self._send(payload)
+        return reply
+
+    async def _send(self, payload: dict[str, Any]) -> Reply:
+        headers = {
+            "token": self._tokens.current().reveal(),
+            "Content-Type": "application/json",
+            "Accept": "application/json",
+        }
+        started = time.perf_counter()
+        try:
+            async with self._session.post(
+                self._url, data=orjson.dumps(payload), headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.read()
+                verdict = classify(response.status, body, response.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            verdict = transport_failure(exc)
+        return Reply(verdict, round((time.perf_counter() - started) * 1000, 1))
+
+
+@asynccontextmanager
+async def http_session(
+    timeout: float,  # noqa: ASYNC109 - a per-request timeout, not a deadline
+    concurrency: int,
+) -> AsyncIterator[aiohttp.ClientSession]:
+    """One pooled session per run; TLS verification stays on."""
+    connector = aiohttp.TCPConnector(limit=concurrency, enable_cleanup_closed=True)
+    async with aiohttp.ClientSession(
+        connector=connector,
+        timeout=aiohttp.ClientTimeout(total=timeout),
+        headers={"User-Agent": USER_AGENT},
+        json_serialize=lambda obj: orjson.dumps(obj).decode(),
+    ) as session:
+        yield session

@@ -1,0 +1,72 @@
+"""The API token: where it comes from, and how it is kept out of every output.
+
+The token is read from ``UNLEASHX_TOKEN`` or from a file (a Kubernetes secret mount).
+It is wrapped in :class:`Secret`, whose ``repr``/``str`` never show it; only the client
+calls :meth:`Secret.reveal`, to put it in the ``token`` header.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from worker.errors import ConfigError, FatalError
+
+
+@dataclass(frozen=True, slots=True)
+class Secret:
+    """A string that refuses to be printed."""
+
+    _value: str = field(repr=False)
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
+def read_token_file(path: Path) -> Secret:
+    """Read a token file; errors name the file, never its content."""
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot read token file {path}: {exc.strerror}", key="token_file") from None
+    if not text:
+        raise ConfigError(f"token file {path} is empty", key="token_file")
+    return Secret(text)
+
+
+class TokenSource:
+    """Hands out the current token; a file-based token may be re-read once after a 401."""
+
+    def __init__(self, token: Secret | None, path: Path | None) -> None:
+        if token is None and path is None:
+            raise ConfigError(
+                "no API token: set UNLEASHX_TOKEN, or token_file in the config / "
+                "UNLEASHX_TOKEN_FILE / --token-file",
+                key="token",
+            )
+        self._path = path
+        self._token = token if token is not None else read_token_file(path)  # type: ignore[arg-type]
+        self._reread = False
+
+    def current(self) -> Secret:
+        return self._token
+
+    def rotate(self) -> bool:
+        """Re-read the token file once (secret rotation); True if a new token was found."""
+        if self._path is None or self._reread:
+            return False
+        self._reread = True
+        try:
+            fresh = read_token_file(self._path)
+        except ConfigError as exc:
+            raise FatalError(str(exc)) from None
+        if fresh == self._token:
+            return False
+        self._token = fresh
+        return True

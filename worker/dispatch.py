@@ -1,0 +1,174 @@
+"""Dispatch stage: send batches concurrently under the rate gate, with retries and splits.
+
+At most ``concurrency`` batches are in flight; a bounded queue between the batcher and the
+senders keeps memory flat. A fatal answer stops new requests (in-flight ones finish) and
+every batch not yet sent is recorded as failed, "not sent". :meth:`Dispatcher.stop` (a
+signal) stops intake at once; batches in flight may finish until they are cancelled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterable
+
+import structlog
+
+from worker.batching import Batch
+from worker.classify import Kind, Verdict
+from worker.client import Reply, UnleashXClient
+from worker.errors import ApiError, FatalError, PayloadTooLargeError, PermanentError, RetryableError
+from worker.ratelimit import RateGate
+from worker.recorder import Recorder
+from worker.retry import RetryPolicy, with_retries
+
+log = structlog.get_logger("audience_purge.dispatch")
+
+
+class Dispatcher:
+    """Owns the sender tasks and decides each batch's end: deleted or failed."""
+
+    def __init__(
+        self,
+        *,
+        client: UnleashXClient,
+        gate: RateGate,
+        policy: RetryPolicy,
+        recorder: Recorder,
+        concurrency: int,
+    ) -> None:
+        self._client = client
+        self._gate = gate
+        self._policy = policy
+        self._recorder = recorder
+        self._concurrency = concurrency
+        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=concurrency)
+        self._size_cap: int | None = None
+        self._feeder: asyncio.Task[None] | None = None
+        self.fatal: FatalError | None = None
+        self.stopping = False
+
+    def stop(self) -> None:
+        """Stop reading input and starting requests; in-flight requests may finish."""
+        self.stopping = True
+        if self._feeder is not None:
+            self._feeder.cancel()
+
+    async def run(self, batches: AsyncIterable[Batch]) -> None:
+        """Send every batch; returns when all are recorded or the run was stopped.
+
+        Cancelling this coroutine cancels the in-flight requests; each such batch is
+        recorded as failed, outcome unknown.
+        """
+        senders = [asyncio.create_task(self._sender()) for _ in range(self._concurrency)]
+        try:
+            self._feeder = asyncio.create_task(self._feed(batches))
+            try:
+                await self._feeder
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if not self.stopping or (current is not None and current.cancelling()):
+                    raise
+            for _ in senders:
+                await self._queue.put(None)
+            await asyncio.gather(*senders)
+        except BaseException:
+            for task in [*senders, self._feeder]:
+                if task is not None:
+                    task.cancel()
+            await asyncio.gather(*senders, return_exceptions=True)
+            raise
+
+    async def _feed(self, batches: AsyncIterable[Batch]) -> None:
+        async for batch in batches:
+            await self._queue.put(batch)
+
+    async def _sender(self) -> None:
+        while (batch := await self._queue.get()) is not None:
+            if self.fatal is not None:
+                self._not_sent(batch, f"not sent: run aborted ({self.fatal.reason})")
+            elif self.stopping:
+                self._not_sent(batch, "interrupted before sending")
+            else:
+                await self._dispatch(batch)
+
+    async def _dispatch(self, batch: Batch) -> None:
+        """Send a batch, pre-split to the size the API is known to accept."""
+        cap = self._size_cap
+        if cap is not None and len(batch.audience_ids) > cap:
+            for half in batch.halves():
+                await self._dispatch(half)
+            return
+        try:
+            await self._send(batch)
+        except asyncio.CancelledError:
+            self._recorder.failed(batch, None, reason="interrupted in flight: outcome unknown",
+                                  retryable=True, attempts=1, latency_ms=None)
+            raise
+
+    async def _send(self, batch: Batch) -> None:
+        attempts = 0
+        last: Reply | None = None
+
+        async def attempt(number: int) -> Reply:
+            nonlocal attempts, last
+            if self.fatal is not None or self.stopping:
+                raise _Abandoned
+            await self._gate.acquire()
+            attempts = number
+            self._recorder.request_made(retry=number > 1)
+            last = await self._client.delete_audience(batch.campaign_id, batch.audience_ids)
+            if last.verdict.kind is not Kind.DELETED:
+                raise last.verdict.error()
+            return last
+
+        context = {"campaign_id": batch.campaign_id, "batch_id": batch.batch_id}
+        try:
+            reply = await with_retries(attempt, self._policy, self._gate, context=context)
+        except PayloadTooLargeError:
+            await self._split(batch, attempts, last)
+        except (PermanentError, RetryableError, FatalError) as exc:
+            self._failed(batch, exc, attempts, last)
+        except _Abandoned:
+            why = self.fatal.reason if self.fatal else "interrupted"
+            self._recorder.failed(batch, last.verdict if last else None,
+                                  reason=f"not confirmed: {why}", retryable=True,
+                                  attempts=attempts, latency_ms=None)
+        else:
+            self._recorder.deleted(batch, reply.verdict, attempts=attempts,
+                                   latency_ms=reply.latency_ms)
+
+    async def _split(self, batch: Batch, attempts: int, last: Reply | None) -> None:
+        size = len(batch.audience_ids)
+        if size == 1:
+            self._failed(batch, PermanentError("payload too large for a single id"),
+                         attempts, last)
+            return
+        self._size_cap = min(self._size_cap or size, size // 2 + size % 2)
+        log.warning("payload too large: splitting", size=size, new_cap=self._size_cap,
+                    campaign_id=batch.campaign_id)
+        for half in batch.halves():
+            await self._dispatch(half)
+
+    def _failed(self, batch: Batch, exc: ApiError, attempts: int, last: Reply | None) -> None:
+        if isinstance(exc, FatalError) and self.fatal is None:
+            self.fatal = exc
+            log.error("fatal API answer: no new requests", reason=exc.reason, status=exc.status)
+        verdict = last.verdict if last else None
+        self._recorder.failed(
+            batch, verdict, reason=_reason(exc, verdict),
+            retryable=isinstance(exc, RetryableError | FatalError),
+            attempts=attempts, latency_ms=last.latency_ms if last else None)
+
+    def _not_sent(self, batch: Batch, reason: str) -> None:
+        self._recorder.failed(batch, None, reason=reason, retryable=True, attempts=0,
+                              latency_ms=None)
+
+
+class _Abandoned(Exception):
+    """A retry that must not start because the run is stopping."""
+
+
+def _reason(exc: ApiError, verdict: Verdict | None) -> str:
+    if isinstance(exc, RetryableError):
+        return f"gave up after retries: {exc.reason}"
+    return exc.reason

@@ -1,0 +1,88 @@
+"""The audience-purge error tree.
+
+Every error the package raises on purpose derives from :class:`PurgeError`.
+Only the CLI maps them to exit codes::
+
+    PurgeError
+    ├── UsageError            bad flags, config or input, found before anything was sent (exit 2)
+    │   ├── ConfigError       a config key is unknown, mistyped or out of range
+    │   └── InputError        the input cannot be opened or has no id column
+    ├── ApiError              something the API said or did not say
+    │   ├── RetryableError    worth another attempt (5xx, 429, timeouts, dropped connections)
+    │   │   └── RateLimitedError   a 429: every sender pauses, not only this one
+    │   ├── PermanentError    the API refused the batch for good (unknown campaign, ...)
+    │   ├── PayloadTooLargeError   a 413: the batch is split in halves and retried
+    │   └── FatalError        the run cannot go on (bad token, wrong endpoint) (exit 3)
+    └── Interrupted           a signal asked the run to stop (exit 75)
+
+Messages never contain the API token: errors are built from statuses and API messages only.
+"""
+
+from __future__ import annotations
+
+
+class PurgeError(Exception):
+    """Base of every deliberate audience-purge error."""
+
+
+class UsageError(PurgeError):
+    """The run was refused before anything was sent."""
+
+
+class ConfigError(UsageError):
+    """A configuration value is unknown, mistyped or out of range."""
+
+    def __init__(self, message: str, *, key: str | None = None) -> None:
+        super().__init__(f"{key}: {message}" if key else message)
+        self.key = key
+
+
+class InputError(UsageError):
+    """The input cannot be read as an audience id list."""
+
+
+class ApiError(PurgeError):
+    """An API answer (or its absence) that is not a success."""
+
+    def __init__(
+        self, reason: str, *, status: int | None = None, message: str | None = None
+    ) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.status = status
+        self.message = message
+
+
+class RetryableError(ApiError):
+    """Another attempt may succeed; ``wait`` is the server's requested delay, if any."""
+
+    def __init__(
+        self,
+        reason: str,
+        *,
+        status: int | None = None,
+        message: str | None = None,
+        wait: float | None = None,
+    ) -> None:
+        super().__init__(reason, status=status, message=message)
+        self.wait = wait
+
+
+class RateLimitedError(RetryableError):
+    """HTTP 429: the shared rate gate pauses every sender."""
+
+
+class PermanentError(ApiError):
+    """The API refused this batch; retrying cannot help."""
+
+
+class PayloadTooLargeError(ApiError):
+    """HTTP 413: the batch must be split."""
+
+
+class FatalError(ApiError):
+    """The run must stop: no new request may start."""
+
+
+class Interrupted(PurgeError):
+    """A signal asked the run to stop."""

@@ -1,0 +1,35 @@
+"""Operational logging (retries, progress, warnings) to stderr, configured once at start-up.
+
+The audit log is a separate, dedicated writer (see :mod:`worker.audit`); nothing here ever
+writes to it. JSON lines when stderr is not a terminal (Kubernetes), colours when it is.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import orjson
+import structlog
+
+
+def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
+    """Set up structlog for stderr; the only module-level state the package keeps."""
+    use_json = not sys.stderr.isatty() if json is None else json
+    renderer: structlog.typing.Processor = (
+        structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str))
+        if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]),
+        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer) if use_json
+        else structlog.PrintLoggerFactory(sys.stderr),
+        cache_logger_on_first_use=False,
+    )

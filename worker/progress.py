@@ -1,0 +1,83 @@
+"""Progress: a live bar on a terminal, a structured event every few seconds otherwise."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager, suppress
+from typing import Any
+
+import structlog
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+from worker.recorder import Tally
+from worker.sources import InputDigest
+
+log = structlog.get_logger("audience_purge.progress")
+
+
+def _mode(requested: str) -> str:
+    if requested == "auto":
+        return "bar" if sys.stderr.isatty() else "log"
+    return requested
+
+
+@asynccontextmanager
+async def progress(
+    tally: Tally, digest: InputDigest, total_bytes: int | None, *, mode: str, interval: float
+) -> AsyncIterator[None]:
+    """Report progress while the body runs; ``mode`` is auto, bar, log or off."""
+    chosen = _mode(mode)
+    task: asyncio.Task[None] | None = None
+    if chosen == "bar":
+        task = asyncio.create_task(_bar(tally, digest, total_bytes))
+    elif chosen == "log":
+        task = asyncio.create_task(_events(tally, digest, total_bytes, interval))
+    try:
+        yield
+    finally:
+        if task is not None:
+            task.cancel()
+            with suppress(asyncio.CancelledError):
+                await task
+
+
+def _fields(tally: Tally, started: float) -> dict[str, Any]:
+    elapsed = max(time.monotonic() - started, 1e-6)
+    return {
+        "deleted": tally.deleted, "failed": tally.failed, "rejected": tally.rejected,
+        "duplicates": tally.duplicates, "requests": tally.requests,
+        "req_per_s": round(tally.requests / elapsed, 2),
+    }
+
+
+async def _events(tally: Tally, digest: InputDigest, total: int | None, interval: float) -> None:
+    started = time.monotonic()
+    try:
+        while True:
+            await asyncio.sleep(interval)
+            share = round(100 * digest.bytes_read / total, 1) if total else None
+            log.info("progress", input_read_pct=share, **_fields(tally, started))
+    finally:
+        log.info("progress", input_read_pct=100.0 if total else None, **_fields(tally, started))
+
+
+async def _bar(tally: Tally, digest: InputDigest, total: int | None) -> None:
+    started = time.monotonic()
+    columns = (
+        TextColumn("[bold]purging"), BarColumn(),
+        TextColumn("deleted [green]{task.fields[deleted]}[/] failed [red]{task.fields[failed]}"
+                   "[/] rejected {task.fields[rejected]} | {task.fields[req_per_s]} req/s"),
+        TimeRemainingColumn(),
+    )
+    with Progress(*columns, console=Console(stderr=True), transient=False) as bar:
+        job = bar.add_task("purge", total=total, **_fields(tally, started))
+        try:
+            while True:
+                bar.update(job, completed=digest.bytes_read, **_fields(tally, started))
+                await asyncio.sleep(0.2)
+        finally:
+            bar.update(job, completed=digest.bytes_read, **_fields(tally, started))

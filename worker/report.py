@@ -1,0 +1,92 @@
+"""Report stage: the JSON summary file and the one-screen human summary."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import orjson
+
+from worker.recorder import Tally
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """What a finished run hands back to the CLI (and to embedding code)."""
+
+    run_id: str
+    exit_code: int
+    tally: Tally
+    duration_s: float
+    audit_log: Path
+    report: Path | None
+    failed_out: Path | None
+    interrupted: bool
+    fatal_reason: str | None
+    dry_run: bool
+    input_sha256: str
+    input_bytes: int
+
+    def summary(self) -> dict[str, Any]:
+        """The report's content: totals first, then where to look."""
+        t = self.tally
+        campaigns = sorted(set(t.deleted_by_campaign) | set(t.failed_by_campaign))
+        return {
+            "run_id": self.run_id,
+            "exit_code": self.exit_code,
+            "dry_run": self.dry_run,
+            "interrupted": self.interrupted,
+            "fatal_reason": self.fatal_reason,
+            "rows": t.rows,
+            "valid": t.valid,
+            "deleted": t.deleted,
+            "failed": t.failed,
+            "rejected": t.rejected,
+            "duplicates": t.duplicates,
+            "requests": t.requests,
+            "retries": t.retries,
+            "duration_s": self.duration_s,
+            "failure_reasons": dict(t.failure_reasons),
+            "campaigns": {
+                str(c): {"deleted": t.deleted_by_campaign[c], "failed": t.failed_by_campaign[c]}
+                for c in campaigns
+            },
+            "input_sha256": self.input_sha256,
+            "input_bytes": self.input_bytes,
+            "audit_log": str(self.audit_log),
+            "failed_out": str(self.failed_out) if self.failed_out else None,
+        }
+
+
+def write_report(path: Path, data: dict[str, Any]) -> None:
+    """Write the report atomically, so a reader never sees half of it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+    os.replace(tmp, path)
+
+
+def print_summary(result: RunResult, out: TextIO) -> None:
+    """A one-screen summary for a person."""
+    t = result.tally
+    verdict = {0: "done", 1: "finished with failures", 2: "refused", 3: "aborted",
+               75: "interrupted"}.get(result.exit_code, "ended")
+    lines = [
+        f"audience-purge run {result.run_id}: {verdict} (exit {result.exit_code})"
+        + (f": {result.fatal_reason}" if result.fatal_reason else ""),
+        f"  rows read   {t.rows:>10}    valid      {t.valid:>10}",
+        f"  deleted     {t.deleted:>10}    failed     {t.failed:>10}",
+        f"  rejected    {t.rejected:>10}    duplicates {t.duplicates:>10}",
+        f"  requests    {t.requests:>10}    retries    {t.retries:>10}    "
+        f"time {result.duration_s:.1f}s",
+    ]
+    lines += [f"  failed: {count} ids, {reason}" for reason, count in
+              t.failure_reasons.most_common(5)]
+    lines.append(f"  audit log   {result.audit_log}")
+    if result.report:
+        lines.append(f"  report      {result.report}")
+    if result.failed_out:
+        lines.append(f"  failed ids  {result.failed_out}")
+    print("\n".join(lines), file=out)

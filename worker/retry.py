@@ -1,0 +1,92 @@
+"""Retry policy: tenacity, bounded by attempts *and* by total time, built once from settings.
+
+Only :class:`RetryableError` is retried. The wait is the server's ``Retry-After`` when it
+gave one, otherwise capped exponential backoff with full jitter. A 429 also pauses the
+shared :class:`RateGate` for that wait, so every sender slows down, not only this one.
+``CancelledError`` is never caught here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_random_exponential,
+)
+
+from worker.errors import RateLimitedError, RetryableError
+from worker.ratelimit import RateGate
+from worker.settings import Settings
+
+T = TypeVar("T")
+log = structlog.get_logger("audience_purge.retry")
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    max_attempts: int
+    max_time: float
+    backoff_initial: float
+    backoff_max: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RetryPolicy:
+        return cls(settings.max_attempts, settings.max_retry_time,
+                   settings.backoff_initial, settings.backoff_max)
+
+
+class _WaitRetryAfterOrBackoff:
+    """Honour the server's wait when it sent one; back off with jitter otherwise."""
+
+    def __init__(self, policy: RetryPolicy) -> None:
+        self._backoff = wait_random_exponential(
+            multiplier=policy.backoff_initial, max=policy.backoff_max)
+
+    def __call__(self, state: RetryCallState) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, RetryableError) and exc.wait is not None:
+            return exc.wait
+        return float(self._backoff(state))
+
+
+async def with_retries(
+    operation: Callable[[int], Awaitable[T]],
+    policy: RetryPolicy,
+    gate: RateGate,
+    *,
+    context: dict[str, object] | None = None,
+) -> T:
+    """Run ``operation(attempt_number)`` until it succeeds or the policy gives up.
+
+    Raises:
+        RetryableError: the last one, when attempts or time ran out.
+        Any other exception from ``operation``, unchanged and at once.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(exc, RateLimitedError):
+            gate.pause(wait)
+        log.warning("retrying", attempt=state.attempt_number, wait_s=round(wait, 3),
+                    reason=getattr(exc, "reason", repr(exc)), **(context or {}))
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception_type(RetryableError),
+        stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_time),
+        wait=_WaitRetryAfterOrBackoff(policy),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await operation(attempt.retry_state.attempt_number)
+    raise AssertionError("unreachable: tenacity either returns or re-raises")

@@ -1,0 +1,136 @@
+"""Everything a running sandbox remembers: campaigns, faults, limiter, and what it was sent.
+
+The bookkeeping exists for tests and benchmarks, which ask the sandbox afterwards what the client
+actually did: which ids arrived, how often an id was resent, how large batches were, and when
+accepted requests came in (to prove a client never outran its rate).
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from itertools import chain
+
+from aiohttp import web
+
+from worker.sandbox.bitmap import Bitmap
+from worker.sandbox.faults import FaultConfig, FaultInjector, SlidingWindowLimiter
+from worker.sandbox.model import Campaign, CampaignSpec
+
+MAX_OUTSIDE_IDS = 10_000
+MAX_ACCEPTED_TIMES = 100_000
+
+
+class Receipts:
+    """Distinct ids received for one campaign id: a bitmap over its range plus a bounded set."""
+
+    __slots__ = ("_in_range", "count", "first", "outside", "resent")
+
+    def __init__(self, first: int, size: int) -> None:
+        self.first = first
+        self._in_range = Bitmap(size)
+        self.outside: set[int] = set()
+        self.count = 0
+        self.resent = 0
+
+    def record(self, ids: Iterable[int]) -> None:
+        """Note ids as received; ids beyond the outside cap count as received but are not kept."""
+        for audience_id in ids:
+            offset = audience_id - self.first
+            if 0 <= offset < self._in_range.size:
+                fresh = self._in_range.set(offset)
+            elif audience_id in self.outside:
+                fresh = False
+            else:
+                fresh = True
+                if len(self.outside) < MAX_OUTSIDE_IDS:
+                    self.outside.add(audience_id)
+            if fresh:
+                self.count += 1
+            else:
+                self.resent += 1
+
+    def received_ids(self) -> list[int]:
+        in_range = (self.first + offset for offset in self._in_range.iter_set())
+        return sorted(chain(in_range, self.outside))
+
+
+class SandboxState:
+    """Mutable state of one sandbox app; handlers reach it through the app, never a global."""
+
+    def __init__(
+        self,
+        campaigns: Iterable[CampaignSpec],
+        faults: FaultConfig,
+        clock: Callable[[], float],
+    ) -> None:
+        self.campaigns = {spec.id: Campaign(spec) for spec in campaigns}
+        self.receipts: dict[int, Receipts] = {}
+        self.injector = FaultInjector(faults)
+        self.limiter = SlidingWindowLimiter(clock)
+        self.clock = clock
+        self.started = clock()
+        self.requests_total = 0
+        self.by_status: Counter[int] = Counter()
+        self.dropped = 0
+        self.max_audience_len = 0
+        self.accepted_times: deque[float] = deque(maxlen=MAX_ACCEPTED_TIMES)
+
+    @property
+    def faults(self) -> FaultConfig:
+        return self.injector.config
+
+    def replace_faults(self, config: FaultConfig) -> None:
+        """Swap the fault config and reseed; the rate windows keep their history."""
+        self.injector = FaultInjector(config)
+
+    def admit_delete(self) -> int | None:
+        """Pass a delete request through the rate limit: None if admitted, else Retry-After."""
+        wait = self.limiter.acquire(self.faults.limit_per_second, self.faults.limit_per_minute)
+        if wait is None:
+            self.accepted_times.append(self.clock() - self.started)
+        return wait
+
+    def record_received(self, campaign_id: int, ids: list[int]) -> None:
+        receipts = self.receipts.get(campaign_id)
+        if receipts is None:
+            campaign = self.campaigns.get(campaign_id)
+            receipts = Receipts(campaign.first, campaign.total) if campaign else Receipts(0, 0)
+            self.receipts[campaign_id] = receipts
+        receipts.record(ids)
+
+    def snapshot(self, *, ids: bool = False, times: bool = False) -> dict[str, object]:
+        """The ``/_sandbox/state`` document; ``ids`` and ``times`` add the bulky parts."""
+        campaigns: dict[str, object] = {}
+        for campaign in self.campaigns.values():
+            entry: dict[str, object] = {
+                "status": campaign.status,
+                "first": campaign.first,
+                "last": campaign.last,
+                "total": campaign.total,
+                "deleted_count": campaign.deleted_count,
+            }
+            if ids:
+                entry["deleted_ids"] = list(campaign.deleted_ids())
+                receipts = self.receipts.get(campaign.id)
+                entry["received_ids"] = receipts.received_ids() if receipts else []
+            campaigns[str(campaign.id)] = entry
+        doc: dict[str, object] = {
+            "campaigns": campaigns,
+            "requests": {
+                "total": self.requests_total,
+                "by_status": {str(code): n for code, n in sorted(self.by_status.items())},
+                "dropped": self.dropped,
+            },
+            "received": {
+                str(cid): {"count": r.count, "resent": r.resent, "outside": sorted(r.outside)}
+                for cid, r in sorted(self.receipts.items())
+            },
+            "max_audience_len": self.max_audience_len,
+        }
+        if times:
+            doc["accepted_times"] = list(self.accepted_times)
+        return doc
+
+
+STATE_KEY = web.AppKey("sandbox_state", SandboxState)
