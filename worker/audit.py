@@ -53,6 +53,9 @@ class AuditLog:
                 _ordered,
                 structlog.processors.JSONRenderer(serializer=_serialize),
             ],
+            # Never the globally configured (level-filtering) wrapper: audit records are not
+            # operational logs, and no log level may drop one.
+            wrapper_class=structlog.BoundLogger,
             cache_logger_on_first_use=True,
         ).bind(run_id=run_id)
 

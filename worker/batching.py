@@ -28,8 +28,10 @@ class Batch:
 
     def halves(self) -> tuple[Batch, Batch]:
         middle = len(self.audience_ids) // 2
-        return (Batch(self.campaign_id, self.audience_ids[:middle]),
-                Batch(self.campaign_id, self.audience_ids[middle:]))
+        return (
+            Batch(self.campaign_id, self.audience_ids[:middle]),
+            Batch(self.campaign_id, self.audience_ids[middle:]),
+        )
 
 
 class Deduper:

@@ -142,8 +142,9 @@ def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
         return Verdict(Kind.RETRYABLE, status, f"server error (HTTP {status})", message, wait)
     if status in (404, 405):
         # Not a documented API error: the URL itself is wrong, and so is every later request.
-        return Verdict(Kind.FATAL, status, f"endpoint not found (HTTP {status}): check base_url",
-                       message)
+        return Verdict(
+            Kind.FATAL, status, f"endpoint not found (HTTP {status}): check base_url", message
+        )
     return Verdict(Kind.PERMANENT, status, f"request refused (HTTP {status})", message)
 
 

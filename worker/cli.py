@@ -30,20 +30,29 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
     parser.add_argument("--base-url", help="API base URL (default: the UnleashX production API)")
     parser.add_argument("--token-file", help="file holding the API token (else UNLEASHX_TOKEN)")
-    parser.add_argument("--insecure-http", action="store_true", default=None,
-                        help="allow plain http to a non-loopback host (the token is exposed)")
+    parser.add_argument(
+        "--insecure-http",
+        action="store_true",
+        default=None,
+        help="allow plain http to a non-loopback host (the token is exposed)",
+    )
     parser.add_argument("--rate", help="request rate: N/second, N/minute (default 100/minute)")
     parser.add_argument("--timeout", help="seconds per request (default 30)")
     parser.add_argument("--max-attempts", help="attempts per batch, first included (default 6)")
     parser.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
-    parser.add_argument("--dry-run", action="store_true", default=None,
-                        help="show what would be sent; send nothing")
+    parser.add_argument(
+        "--dry-run", action="store_true", default=None, help="show what would be sent; send nothing"
+    )
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog=PROG, description=(
-        "Delete UnleashX campaign audience records in bulk: rate-limited, retried, audited."))
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "Delete UnleashX campaign audience records in bulk: rate-limited, retried, audited."
+        ),
+    )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -65,11 +74,18 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox = commands.add_parser("sandbox", help="run the embedded UnleashX simulator")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
-    sandbox.add_argument("--campaign", action="append", default=[],
-                         metavar="ID:STATUS:FIRST-LAST",
-                         help="a campaign to serve (repeatable), e.g. 42:draft:1-5000")
-    sandbox.add_argument("--token", default=None,
-                         help="token the sandbox accepts (default: $UNLEASHX_TOKEN or 'sandbox')")
+    sandbox.add_argument(
+        "--campaign",
+        action="append",
+        default=[],
+        metavar="ID:STATUS:FIRST-LAST",
+        help="a campaign to serve (repeatable), e.g. 42:draft:1-5000",
+    )
+    sandbox.add_argument(
+        "--token",
+        default=None,
+        help="token the sandbox accepts (default: $UNLEASHX_TOKEN or 'sandbox')",
+    )
     sandbox.add_argument("--seed", type=int, default=0, help="fault injection seed")
     sandbox.add_argument("--error-ratio", type=float, default=0.0, help="share of 5xx answers")
     sandbox.add_argument("--drop-ratio", type=float, default=0.0, help="share of dropped conns")
@@ -77,18 +93,40 @@ def build_parser() -> argparse.ArgumentParser:
     sandbox.add_argument("--limit-per-second", type=int, default=None)
     sandbox.add_argument("--limit-per-minute", type=int, default=None)
     sandbox.add_argument("--max-batch", type=int, default=None, help="413 above this many ids")
-    sandbox.add_argument("--error-status", type=int, default=400,
-                         help="HTTP status of the documented API errors (default 400)")
+    sandbox.add_argument(
+        "--error-status",
+        type=int,
+        default=400,
+        help="HTTP status of the documented API errors (default 400)",
+    )
 
     demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
-    demo.add_argument("--dir", type=Path, default=Path("purge-demo"),
-                      help="where the demo writes its CSV, audit log and report")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("purge-demo"),
+        help="where the demo writes its CSV, audit log and report",
+    )
     return parser
 
 
-RUN_KEYS = ("campaign_id", "base_url", "token_file", "insecure_http", "rate", "timeout",
-            "max_attempts", "audit_log", "dry_run", "log_level", "concurrency", "batch_size",
-            "report", "failed_out", "progress")
+RUN_KEYS = (
+    "campaign_id",
+    "base_url",
+    "token_file",
+    "insecure_http",
+    "rate",
+    "timeout",
+    "max_attempts",
+    "audit_log",
+    "dry_run",
+    "log_level",
+    "concurrency",
+    "batch_size",
+    "report",
+    "failed_out",
+    "progress",
+)
 
 
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
@@ -123,10 +161,15 @@ def _sandbox(args: argparse.Namespace) -> int:
     try:
         campaigns = tuple(parse_campaign_spec(spec) for spec in args.campaign)
         faults = FaultConfig(
-            seed=args.seed, error_ratio=args.error_ratio, drop_ratio=args.drop_ratio,
-            latency_ms=args.latency_ms, limit_per_second=args.limit_per_second,
-            limit_per_minute=args.limit_per_minute, max_batch=args.max_batch,
-            error_status=args.error_status)
+            seed=args.seed,
+            error_ratio=args.error_ratio,
+            drop_ratio=args.drop_ratio,
+            latency_ms=args.latency_ms,
+            limit_per_second=args.limit_per_second,
+            limit_per_minute=args.limit_per_minute,
+            max_batch=args.max_batch,
+            error_status=args.error_status,
+        )
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     token = args.token or os.environ.get("UNLEASHX_TOKEN") or "sandbox"
@@ -142,7 +185,10 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
-    "run": _run, "delete-all": _delete_all, "sandbox": _sandbox, "demo": _demo,
+    "run": _run,
+    "delete-all": _delete_all,
+    "sandbox": _sandbox,
+    "demo": _demo,
 }
 
 

@@ -49,8 +49,11 @@ class UnleashXClient:
 
     async def _post(self, payload: dict[str, Any]) -> Reply:
         reply = await self._send(payload)
-        if reply.verdict.kind is Kind.FATAL and reply.verdict.status == 401 \
-                and self._tokens.rotate():
+        if (
+            reply.verdict.kind is Kind.FATAL
+            and reply.verdict.status == 401
+            and self._tokens.rotate()
+        ):
             reply = await self._send(payload)
         return reply
 

@@ -34,7 +34,8 @@ def read_token_file(path: Path) -> Secret:
         text = path.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise ConfigError(
-            f"cannot read token file {path}: {exc.strerror}", key="token_file") from None
+            f"cannot read token file {path}: {exc.strerror}", key="token_file"
+        ) from None
     if not text:
         raise ConfigError(f"token file {path} is empty", key="token_file")
     return Secret(text)

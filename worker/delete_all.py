@@ -32,7 +32,8 @@ def check_confirmation(campaign_id: int | None, confirm: int | None) -> int:
     if confirm != campaign_id:
         raise UsageError(
             f"delete-all deletes EVERY audience record of campaign {campaign_id} and cannot be "
-            f"undone: repeat the id to confirm (--confirm {campaign_id})")
+            f"undone: repeat the id to confirm (--confirm {campaign_id})"
+        )
     return campaign_id
 
 
@@ -42,31 +43,52 @@ async def delete_all(
     """Send one delete_all request (after retries) and return the exit code."""
     payload = {"campaign_id": campaign_id, "delete_all": True}
     if settings.dry_run:
-        print(f"dry run: would POST {settings.base_url}/delete-audience {payload}; "
-              "nothing was sent", file=out)
+        print(
+            f"dry run: would POST {settings.base_url}/delete-audience {payload}; nothing was sent",
+            file=out,
+        )
         return 0
     tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
     run_id = new_run_id()
     audit = AuditLog(settings.audit_log or default_audit_path(settings.audit_dir, run_id), run_id)
     started = time.monotonic()
     try:
-        audit.write("run_started", version=__version__, command="delete-all",
-                    settings=settings.public(), campaign_id=campaign_id)
+        audit.write(
+            "run_started",
+            version=__version__,
+            command="delete-all",
+            settings=settings.public(),
+            campaign_id=campaign_id,
+        )
         code, verdict, attempts, latency = await _send(settings, tokens, campaign_id)
-        fields = {"campaign_id": campaign_id, "http_status": verdict.status if verdict else None,
-                  "attempts": attempts, "latency_ms": latency,
-                  "message": verdict.message if verdict else None}
+        fields = {
+            "campaign_id": campaign_id,
+            "http_status": verdict.status if verdict else None,
+            "attempts": attempts,
+            "latency_ms": latency,
+            "message": verdict.message if verdict else None,
+        }
         if code == 0:
             audit.write("deleted_all", **fields)
-            print(f"campaign {campaign_id}: all audience deleted "
-                  f"({verdict.message if verdict else ''})", file=out)
+            print(
+                f"campaign {campaign_id}: all audience deleted "
+                f"({verdict.message if verdict else ''})",
+                file=out,
+            )
         else:
             reason = verdict.reason if verdict else "no answer"
             audit.write("failed", **fields, reason=reason, retryable=code != 1)
-            print(f"delete-all refused for campaign {campaign_id}: "
-                  f"{verdict.message if verdict and verdict.message else reason}", file=err)
-        audit.write("run_finished", exit_code=code, requests=attempts,
-                    duration_s=round(time.monotonic() - started, 3))
+            print(
+                f"delete-all refused for campaign {campaign_id}: "
+                f"{verdict.message if verdict and verdict.message else reason}",
+                file=err,
+            )
+        audit.write(
+            "run_finished",
+            exit_code=code,
+            requests=attempts,
+            duration_s=round(time.monotonic() - started, 3),
+        )
         print(f"audit log: {audit.path}", file=out)
         return code
     finally:
@@ -92,8 +114,12 @@ async def _send(
             return last
 
         try:
-            reply = await with_retries(attempt, RetryPolicy.from_settings(settings), gate,
-                                       context={"campaign_id": campaign_id})
+            reply = await with_retries(
+                attempt,
+                RetryPolicy.from_settings(settings),
+                gate,
+                context={"campaign_id": campaign_id},
+            )
         except FatalError:
             code = 3
         except ApiError:

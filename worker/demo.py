@@ -45,29 +45,56 @@ def write_sample_csv(path: Path) -> dict[int, set[int]]:
 async def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> int:
     """Run the demo; returns the purge's exit code (0 when every valid id was deleted)."""
     token = secrets.token_urlsafe(16)
-    faults = FaultConfig(seed=7, error_ratio=0.05, drop_ratio=0.02, limit_per_second=12,
-                         retry_after_on_5xx=False)
+    faults = FaultConfig(
+        seed=7, error_ratio=0.05, drop_ratio=0.02, limit_per_second=12, retry_after_on_5xx=False
+    )
     config = SandboxConfig(campaigns=CAMPAIGNS, token=token, faults=faults)
     csv_path = directory / "audience.csv"
     wanted = write_sample_csv(csv_path)
     async with running_sandbox(config) as sandbox:
-        print(f"sandbox: {sandbox.url} (campaigns 42 draft, 77 inprogress; 5% 5xx, 2% dropped "
-              "connections, 12 requests/s limit)", file=out)
-        print(f"input:   {csv_path} ({sum(map(len, wanted.values()))} valid ids, bad rows and "
-              "duplicates included)\n", file=out, flush=True)
+        print(
+            f"sandbox: {sandbox.url} (campaigns 42 draft, 77 inprogress; 5% 5xx, 2% dropped "
+            "connections, 12 requests/s limit)",
+            file=out,
+        )
+        print(
+            f"input:   {csv_path} ({sum(map(len, wanted.values()))} valid ids, bad rows and "
+            "duplicates included)\n",
+            file=out,
+            flush=True,
+        )
         settings = Settings(
-            base_url=sandbox.url, token=Secret(token), rate=RateSpec(10, 1.0),
-            batch_size=25, concurrency=4, backoff_initial=0.2, backoff_max=2.0,
-            audit_dir=directory, report=directory / "report.json",
-            failed_out=directory / "failed.csv", progress="auto", progress_interval=2.0)
+            base_url=sandbox.url,
+            token=Secret(token),
+            rate=RateSpec(10, 1.0),
+            batch_size=25,
+            concurrency=4,
+            backoff_initial=0.2,
+            backoff_max=2.0,
+            audit_dir=directory,
+            report=directory / "report.json",
+            failed_out=directory / "failed.csv",
+            progress="auto",
+            progress_interval=2.0,
+        )
         result = await run_purge(settings, str(csv_path), out=out)
         print_summary(result, out)
-        left = {c: sum(1 for i in ids if sandbox.state.campaigns[c].alive(i))
-                for c, ids in wanted.items()}
-        outside = sum(len(set(receipts.received_ids()) - wanted.get(campaign, set()))
-                      for campaign, receipts in sandbox.state.receipts.items())
-    print(f"\nsandbox check: valid ids still present {sum(left.values())}, "
-          f"ids sent that were not in the input {outside}", file=out)
-    print("verify:  audience-purge run --help; the audit log is JSON Lines, one record per "
-          "batch and per bad or duplicate row", file=out)
+        left = {
+            c: sum(1 for i in ids if sandbox.state.campaigns[c].alive(i))
+            for c, ids in wanted.items()
+        }
+        outside = sum(
+            len(set(receipts.received_ids()) - wanted.get(campaign, set()))
+            for campaign, receipts in sandbox.state.receipts.items()
+        )
+    print(
+        f"\nsandbox check: valid ids still present {sum(left.values())}, "
+        f"ids sent that were not in the input {outside}",
+        file=out,
+    )
+    print(
+        "verify:  audience-purge run --help; the audit log is JSON Lines, one record per "
+        "batch and per bad or duplicate row",
+        file=out,
+    )
     return result.exit_code

@@ -101,8 +101,14 @@ class Dispatcher:
         try:
             await self._send(batch)
         except asyncio.CancelledError:
-            self._recorder.failed(batch, None, reason="interrupted in flight: outcome unknown",
-                                  retryable=True, attempts=1, latency_ms=None)
+            self._recorder.failed(
+                batch,
+                None,
+                reason="interrupted in flight: outcome unknown",
+                retryable=True,
+                attempts=1,
+                latency_ms=None,
+            )
             raise
 
     async def _send(self, batch: Batch) -> None:
@@ -130,22 +136,31 @@ class Dispatcher:
             self._failed(batch, exc, attempts, last)
         except _Abandoned:
             why = self.fatal.reason if self.fatal else "interrupted"
-            self._recorder.failed(batch, last.verdict if last else None,
-                                  reason=f"not confirmed: {why}", retryable=True,
-                                  attempts=attempts, latency_ms=None)
+            self._recorder.failed(
+                batch,
+                last.verdict if last else None,
+                reason=f"not confirmed: {why}",
+                retryable=True,
+                attempts=attempts,
+                latency_ms=None,
+            )
         else:
-            self._recorder.deleted(batch, reply.verdict, attempts=attempts,
-                                   latency_ms=reply.latency_ms)
+            self._recorder.deleted(
+                batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms
+            )
 
     async def _split(self, batch: Batch, attempts: int, last: Reply | None) -> None:
         size = len(batch.audience_ids)
         if size == 1:
-            self._failed(batch, PermanentError("payload too large for a single id"),
-                         attempts, last)
+            self._failed(batch, PermanentError("payload too large for a single id"), attempts, last)
             return
         self._size_cap = min(self._size_cap or size, size // 2 + size % 2)
-        log.warning("payload too large: splitting", size=size, new_cap=self._size_cap,
-                    campaign_id=batch.campaign_id)
+        log.warning(
+            "payload too large: splitting",
+            size=size,
+            new_cap=self._size_cap,
+            campaign_id=batch.campaign_id,
+        )
         for half in batch.halves():
             await self._dispatch(half)
 
@@ -155,13 +170,18 @@ class Dispatcher:
             log.error("fatal API answer: no new requests", reason=exc.reason, status=exc.status)
         verdict = last.verdict if last else None
         self._recorder.failed(
-            batch, verdict, reason=_reason(exc, verdict),
+            batch,
+            verdict,
+            reason=_reason(exc, verdict),
             retryable=isinstance(exc, RetryableError | FatalError),
-            attempts=attempts, latency_ms=last.latency_ms if last else None)
+            attempts=attempts,
+            latency_ms=last.latency_ms if last else None,
+        )
 
     def _not_sent(self, batch: Batch, reason: str) -> None:
-        self._recorder.failed(batch, None, reason=reason, retryable=True, attempts=0,
-                              latency_ms=None)
+        self._recorder.failed(
+            batch, None, reason=reason, retryable=True, attempts=0, latency_ms=None
+        )
 
 
 class _Abandoned(Exception):

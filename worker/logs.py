@@ -18,7 +18,8 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str))
-        if use_json else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
+        if use_json
+        else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
         processors=[
@@ -28,8 +29,10 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelNamesMapping()[level.upper()]),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer) if use_json
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer)
+        if use_json
         else structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=False,
     )

@@ -107,8 +107,11 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         UsageError: the input or the settings are unusable; nothing was sent.
     """
     started = time.monotonic()
-    tokens = None if settings.dry_run else TokenSource(
-        settings.token, None if settings.token else settings.token_file)
+    tokens = (
+        None
+        if settings.dry_run
+        else TokenSource(settings.token, None if settings.token else settings.token_file)
+    )
     source = await open_input(input_path)
     run_id = new_run_id()
     audit_path = settings.audit_log or default_audit_path(settings.audit_dir, run_id)
@@ -123,8 +126,16 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         if failed_out is not None:
             stack.callback(failed_out.close)
         recorder = Recorder(audit, failed_out)
-        audit.write("run_started", version=__version__, command="run", dry_run=settings.dry_run,
-                    settings=settings.public(), input=source.name, input_size=source.size)
+        audit.write(
+            "run_started",
+            version=__version__,
+            command="run",
+            dry_run=settings.dry_run,
+            settings=settings.public(),
+            input=source.name,
+            input_size=source.size,
+            input_sha256=await source.sha256(),
+        )
         batches = plan_batches(source, digest, recorder, settings)
         try:
             if settings.dry_run:
@@ -132,28 +143,48 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             else:
                 assert tokens is not None
                 session = await stack.enter_async_context(
-                    http_session(settings.timeout, settings.concurrency))
+                    http_session(settings.timeout, settings.concurrency)
+                )
                 dispatcher = Dispatcher(
                     client=UnleashXClient(session, settings.base_url, tokens),
                     gate=LocalRateGate(settings.rate, settings.burst),
                     policy=RetryPolicy.from_settings(settings),
-                    recorder=recorder, concurrency=settings.concurrency)
-                interrupted = await _dispatch(dispatcher, batches, recorder, digest, source,
-                                              settings)
+                    recorder=recorder,
+                    concurrency=settings.concurrency,
+                )
+                interrupted = await _dispatch(
+                    dispatcher, batches, recorder, digest, source, settings
+                )
         except BaseException as exc:
-            audit.write("run_finished", exit_code=EXIT_USAGE, error=str(exc),
-                        duration_s=round(time.monotonic() - started, 3),
-                        input_sha256=digest.sha256, input_bytes=digest.bytes_read)
+            audit.write(
+                "run_finished",
+                exit_code=EXIT_USAGE,
+                error=str(exc),
+                duration_s=round(time.monotonic() - started, 3),
+                input_sha256=digest.sha256,
+                input_bytes=digest.bytes_read,
+            )
             raise
         code = _exit_code(dispatcher, recorder, interrupted)
         result = RunResult(
-            run_id=run_id, exit_code=code, tally=recorder.tally,
-            duration_s=round(time.monotonic() - started, 3), audit_log=audit_path,
-            report=settings.report, failed_out=settings.failed_out, interrupted=interrupted,
+            run_id=run_id,
+            exit_code=code,
+            tally=recorder.tally,
+            duration_s=round(time.monotonic() - started, 3),
+            audit_log=audit_path,
+            report=settings.report,
+            failed_out=settings.failed_out,
+            interrupted=interrupted,
             fatal_reason=dispatcher.fatal.reason if dispatcher and dispatcher.fatal else None,
-            dry_run=settings.dry_run, input_sha256=digest.sha256, input_bytes=digest.bytes_read)
-        totals = {k: v for k, v in result.summary().items()
-                  if k not in ("run_id", "audit_log", "failed_out")}
+            dry_run=settings.dry_run,
+            input_sha256=digest.sha256,
+            input_bytes=digest.bytes_read,
+        )
+        totals = {
+            k: v
+            for k, v in result.summary().items()
+            if k not in ("run_id", "audit_log", "failed_out")
+        }
         audit.write("run_finished", **totals)
     if settings.report:
         write_report(settings.report, result.summary())
@@ -173,8 +204,13 @@ async def _dispatch(
     task = asyncio.create_task(dispatcher.run(batches))
     interrupts.task = task
     with signal_handlers(interrupts):
-        async with progress(recorder.tally, digest, source.size, mode=settings.progress,
-                            interval=settings.progress_interval):
+        async with progress(
+            recorder.tally,
+            digest,
+            source.size,
+            mode=settings.progress,
+            interval=settings.progress_interval,
+        ):
             try:
                 await task
             except asyncio.CancelledError:
@@ -192,10 +228,16 @@ async def _dry_run(batches: AsyncIterator[Batch], settings: Settings, out: TextI
         ids[batch.campaign_id] += len(batch.audience_ids)
         requests[batch.campaign_id] += 1
     total = sum(requests.values())
-    print(f"dry run: nothing was sent. Plan at {settings.rate} "
-          f"(batch size {settings.batch_size}):", file=out)
+    print(
+        f"dry run: nothing was sent. Plan at {settings.rate} (batch size {settings.batch_size}):",
+        file=out,
+    )
     for campaign in sorted(ids):
-        print(f"  campaign {campaign}: {ids[campaign]} ids in {requests[campaign]} requests",
-              file=out)
-    print(f"  total: {sum(ids.values())} ids in {len(ids)} campaigns, {total} requests, "
-          f"about {total / settings.rate.per_second:.1f}s at the configured rate", file=out)
+        print(
+            f"  campaign {campaign}: {ids[campaign]} ids in {requests[campaign]} requests", file=out
+        )
+    print(
+        f"  total: {sum(ids.values())} ids in {len(ids)} campaigns, {total} requests, "
+        f"about {total / settings.rate.per_second:.1f}s at the configured rate",
+        file=out,
+    )

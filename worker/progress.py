@@ -48,8 +48,11 @@ async def progress(
 def _fields(tally: Tally, started: float) -> dict[str, Any]:
     elapsed = max(time.monotonic() - started, 1e-6)
     return {
-        "deleted": tally.deleted, "failed": tally.failed, "rejected": tally.rejected,
-        "duplicates": tally.duplicates, "requests": tally.requests,
+        "deleted": tally.deleted,
+        "failed": tally.failed,
+        "rejected": tally.rejected,
+        "duplicates": tally.duplicates,
+        "requests": tally.requests,
         "req_per_s": round(tally.requests / elapsed, 2),
     }
 
@@ -68,9 +71,12 @@ async def _events(tally: Tally, digest: InputDigest, total: int | None, interval
 async def _bar(tally: Tally, digest: InputDigest, total: int | None) -> None:
     started = time.monotonic()
     columns = (
-        TextColumn("[bold]purging"), BarColumn(),
-        TextColumn("deleted [green]{task.fields[deleted]}[/] failed [red]{task.fields[failed]}"
-                   "[/] rejected {task.fields[rejected]} | {task.fields[req_per_s]} req/s"),
+        TextColumn("[bold]purging"),
+        BarColumn(),
+        TextColumn(
+            "deleted [green]{task.fields[deleted]}[/] failed [red]{task.fields[failed]}"
+            "[/] rejected {task.fields[rejected]} | {task.fields[req_per_s]} req/s"
+        ),
         TimeRemainingColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=False) as bar:

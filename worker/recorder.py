@@ -68,8 +68,9 @@ class Recorder:
         self.tally.rejected += 1
 
     def duplicate(self, row: Row) -> None:
-        self.audit.write("duplicate", line=row.line, campaign_id=row.campaign_id,
-                         audience_id=row.audience_id)
+        self.audit.write(
+            "duplicate", line=row.line, campaign_id=row.campaign_id, audience_id=row.audience_id
+        )
         self.tally.rows += 1
         self.tally.duplicates += 1
 

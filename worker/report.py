@@ -71,8 +71,13 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
 def print_summary(result: RunResult, out: TextIO) -> None:
     """A one-screen summary for a person."""
     t = result.tally
-    verdict = {0: "done", 1: "finished with failures", 2: "refused", 3: "aborted",
-               75: "interrupted"}.get(result.exit_code, "ended")
+    verdict = {
+        0: "done",
+        1: "finished with failures",
+        2: "refused",
+        3: "aborted",
+        75: "interrupted",
+    }.get(result.exit_code, "ended")
     lines = [
         f"audience-purge run {result.run_id}: {verdict} (exit {result.exit_code})"
         + (f": {result.fatal_reason}" if result.fatal_reason else ""),
@@ -82,8 +87,9 @@ def print_summary(result: RunResult, out: TextIO) -> None:
         f"  requests    {t.requests:>10}    retries    {t.retries:>10}    "
         f"time {result.duration_s:.1f}s",
     ]
-    lines += [f"  failed: {count} ids, {reason}" for reason, count in
-              t.failure_reasons.most_common(5)]
+    lines += [
+        f"  failed: {count} ids, {reason}" for reason, count in t.failure_reasons.most_common(5)
+    ]
     lines.append(f"  audit log   {result.audit_log}")
     if result.report:
         lines.append(f"  report      {result.report}")

@@ -39,8 +39,12 @@ class RetryPolicy:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RetryPolicy:
-        return cls(settings.max_attempts, settings.max_retry_time,
-                   settings.backoff_initial, settings.backoff_max)
+        return cls(
+            settings.max_attempts,
+            settings.max_retry_time,
+            settings.backoff_initial,
+            settings.backoff_max,
+        )
 
 
 class _WaitRetryAfterOrBackoff:
@@ -48,7 +52,8 @@ class _WaitRetryAfterOrBackoff:
 
     def __init__(self, policy: RetryPolicy) -> None:
         self._backoff = wait_random_exponential(
-            multiplier=policy.backoff_initial, max=policy.backoff_max)
+            multiplier=policy.backoff_initial, max=policy.backoff_max
+        )
 
     def __call__(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -76,8 +81,13 @@ async def with_retries(
         wait = state.next_action.sleep if state.next_action else 0.0
         if isinstance(exc, RateLimitedError):
             gate.pause(wait)
-        log.warning("retrying", attempt=state.attempt_number, wait_s=round(wait, 3),
-                    reason=getattr(exc, "reason", repr(exc)), **(context or {}))
+        log.warning(
+            "retrying",
+            attempt=state.attempt_number,
+            wait_s=round(wait, 3),
+            reason=getattr(exc, "reason", repr(exc)),
+            **(context or {}),
+        )
 
     retrying = AsyncRetrying(
         retry=retry_if_exception_type(RetryableError),

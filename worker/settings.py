@@ -56,8 +56,9 @@ class Settings:
             if f.name == "token":
                 continue
             value = getattr(self, f.name)
-            out[f.name] = value if value is None or isinstance(value, int | float | bool) \
-                else str(value)
+            out[f.name] = (
+                value if value is None or isinstance(value, int | float | bool) else str(value)
+            )
         return out
 
 
@@ -71,6 +72,7 @@ def _int(low: int, high: int) -> Callable[[Any], int]:
         if not low <= value <= high:
             raise ValueError(f"must be between {low} and {high}, got {value}")
         return int(value)
+
     return parse
 
 
@@ -85,6 +87,7 @@ def _float(low: float, high: float) -> Callable[[Any], float]:
         if not low <= number <= high:
             raise ValueError(f"must be between {low:g} and {high:g}, got {number:g}")
         return number
+
     return parse
 
 
@@ -118,6 +121,7 @@ def _choice(*options: str) -> Callable[[Any], str]:
         if text not in options:
             raise ValueError(f"expected one of {', '.join(options)}, got {value!r}")
         return text
+
     return parse
 
 
@@ -168,7 +172,9 @@ def _validated(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
             if key == "token":
                 raise ConfigError(
                     f"{origin}: an API token must not be written in the config file; "
-                    "use token_file or UNLEASHX_TOKEN", key=key)
+                    "use token_file or UNLEASHX_TOKEN",
+                    key=key,
+                )
             raise ConfigError(f"{origin}: unknown key", key=key)
         try:
             out[key] = parser(value)
@@ -185,7 +191,9 @@ def check_base_url(url: str, *, insecure_http: bool) -> str:
     if parts.scheme == "http" and not insecure_http and not is_loopback(parts.hostname):
         raise ConfigError(
             f"plain http to {parts.hostname} is refused (the token would travel unencrypted); "
-            "use https, or --insecure-http if you really mean it", key="base_url")
+            "use https, or --insecure-http if you really mean it",
+            key="base_url",
+        )
     return url.rstrip("/")
 
 
@@ -210,8 +218,11 @@ def load_settings(
     merged: dict[str, Any] = {}
     if config_path is not None:
         merged.update(_validated(read_config_file(config_path), str(config_path)))
-    merged.update(_validated(
-        {key: env[name] for name, key in ENV_KEYS.items() if env.get(name)}, "environment"))
+    merged.update(
+        _validated(
+            {key: env[name] for name, key in ENV_KEYS.items() if env.get(name)}, "environment"
+        )
+    )
     given = {key: value for key, value in flags.items() if value is not None}
     if "token_file" in given or ("token_file" in merged and "UNLEASHX_TOKEN" not in env):
         token = None

@@ -95,7 +95,8 @@ def detect_layout(cells: Sequence[str], *, default_campaign: int | None) -> Layo
         if id_col is None:
             raise InputError(
                 f"no recognisable id column in header {','.join(names)!r}: "
-                "expected audience_id (or id)")
+                "expected audience_id (or id)"
+            )
         campaign_col = names.index(CAMPAIGN_COLUMN) if CAMPAIGN_COLUMN in names else None
         layout = Layout(id_col, campaign_col, has_header=True)
     elif len(cells) == 1:
@@ -103,7 +104,8 @@ def detect_layout(cells: Sequence[str], *, default_campaign: int | None) -> Layo
     else:
         raise InputError(
             f"{len(cells)} columns but no header line: add a header naming audience_id "
-            "(and campaign_id)")
+            "(and campaign_id)"
+        )
     if layout.campaign_col is None and default_campaign is None:
         raise InputError("the input has no campaign_id column: give --campaign-id N")
     return layout
@@ -119,8 +121,11 @@ def parse_line(
     if isinstance(audience, str):
         return Rejected(line, raw, f"audience_id {audience}")
     campaign: int | str | None = default_campaign
-    if layout.campaign_col is not None and layout.campaign_col < len(cells) \
-            and cells[layout.campaign_col].strip():
+    if (
+        layout.campaign_col is not None
+        and layout.campaign_col < len(cells)
+        and cells[layout.campaign_col].strip()
+    ):
         campaign = parse_id(cells[layout.campaign_col])
     if campaign is None:
         return Rejected(line, raw, "campaign_id missing and no --campaign-id given")
@@ -155,6 +160,14 @@ class ByteSource:
         if self._reader is not None:
             return await self._reader.read(BLOCK)
         return await asyncio.to_thread(self._handle.read1, BLOCK)  # type: ignore[attr-defined]
+
+    async def sha256(self) -> str | None:
+        """Hash of a file's content before reading (None for stdin: hashed as it is read)."""
+        if self._handle is sys.stdin.buffer:
+            return None
+        with open(self.name, "rb") as again:
+            digest = await asyncio.to_thread(hashlib.file_digest, again, "sha256")
+        return digest.hexdigest()
 
     def close(self) -> None:
         if self._handle is not sys.stdin.buffer:
