@@ -93,8 +93,8 @@ async def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> int:
         file=out,
     )
     print(
-        "verify:  audience-purge run --help; the audit log is JSON Lines, one record per "
-        "batch and per bad or duplicate row",
+        f"next:    read {result.audit_log} (one JSON record per batch, bad row and "
+        "duplicate), then rehearse your own purge with `audience-purge sandbox --help`",
         file=out,
     )
     return result.exit_code

@@ -13,6 +13,16 @@ import orjson
 import structlog
 
 
+class _CurrentStderr:
+    """Writes to whatever ``sys.stderr`` is now, so a live progress bar can redirect logs."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Set up structlog for stderr; the only module-level state the package keeps."""
     use_json = not sys.stderr.isatty() if json is None else json
@@ -33,6 +43,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         ),
         logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer)
         if use_json
-        else structlog.PrintLoggerFactory(sys.stderr),
+        else structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

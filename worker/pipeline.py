@@ -23,6 +23,7 @@ from worker.batching import Batch, Batcher, Deduper
 from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
+from worker.errors import UsageError
 from worker.progress import progress
 from worker.ratelimit import LocalRateGate
 from worker.recorder import FailedOut, Recorder
@@ -53,6 +54,7 @@ async def plan_batches(
                 recorder.accepted(item)
                 if (batch := batcher.add(item)) is not None:
                     yield batch
+    recorder.tally.input_read = True
     for batch in batcher.flush():
         yield batch
 
@@ -126,6 +128,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         if failed_out is not None:
             stack.callback(failed_out.close)
         recorder = Recorder(audit, failed_out)
+        input_sha256, input_lines = await source.survey()
         audit.write(
             "run_started",
             version=__version__,
@@ -134,7 +137,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             settings=settings.public(),
             input=source.name,
             input_size=source.size,
-            input_sha256=await source.sha256(),
+            input_sha256=input_sha256,
         )
         batches = plan_batches(source, digest, recorder, settings)
         try:
@@ -152,14 +155,12 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                     recorder=recorder,
                     concurrency=settings.concurrency,
                 )
-                interrupted = await _dispatch(
-                    dispatcher, batches, recorder, digest, source, settings
-                )
+                interrupted = await _dispatch(dispatcher, batches, recorder, input_lines, settings)
         except BaseException as exc:
             audit.write(
                 "run_finished",
-                exit_code=EXIT_USAGE,
-                error=str(exc),
+                exit_code=EXIT_USAGE if isinstance(exc, UsageError) else None,
+                error=str(exc) or type(exc).__name__,
                 duration_s=round(time.monotonic() - started, 3),
                 input_sha256=digest.sha256,
                 input_bytes=digest.bytes_read,
@@ -195,8 +196,7 @@ async def _dispatch(
     dispatcher: Dispatcher,
     batches: AsyncIterator[Batch],
     recorder: Recorder,
-    digest: InputDigest,
-    source: ByteSource,
+    total_lines: int | None,
     settings: Settings,
 ) -> bool:
     """Run the dispatcher under signal handlers and progress; True if interrupted."""
@@ -206,8 +206,7 @@ async def _dispatch(
     with signal_handlers(interrupts):
         async with progress(
             recorder.tally,
-            digest,
-            source.size,
+            total_lines,
             mode=settings.progress,
             interval=settings.progress_interval,
         ):

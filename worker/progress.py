@@ -1,4 +1,9 @@
-"""Progress: a live bar on a terminal, a structured event every few seconds otherwise."""
+"""Progress: a live bar on a terminal, a structured event every few seconds otherwise.
+
+Progress counts input rows that reached their end (deleted, failed, rejected, duplicate)
+against the file's line count, so the ETA follows the API, not the file reader. For stdin
+the total is unknown and the bar only counts.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +19,6 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
 from worker.recorder import Tally
-from worker.sources import InputDigest
 
 log = structlog.get_logger("audience_purge.progress")
 
@@ -25,17 +29,22 @@ def _mode(requested: str) -> str:
     return requested
 
 
+def done(tally: Tally) -> int:
+    """Rows that reached their end."""
+    return tally.deleted + tally.failed + tally.rejected + tally.duplicates
+
+
 @asynccontextmanager
 async def progress(
-    tally: Tally, digest: InputDigest, total_bytes: int | None, *, mode: str, interval: float
+    tally: Tally, total_lines: int | None, *, mode: str, interval: float
 ) -> AsyncIterator[None]:
     """Report progress while the body runs; ``mode`` is auto, bar, log or off."""
     chosen = _mode(mode)
     task: asyncio.Task[None] | None = None
     if chosen == "bar":
-        task = asyncio.create_task(_bar(tally, digest, total_bytes))
+        task = asyncio.create_task(_bar(tally, total_lines))
     elif chosen == "log":
-        task = asyncio.create_task(_events(tally, digest, total_bytes, interval))
+        task = asyncio.create_task(_events(tally, total_lines, interval))
     try:
         yield
     finally:
@@ -57,18 +66,18 @@ def _fields(tally: Tally, started: float) -> dict[str, Any]:
     }
 
 
-async def _events(tally: Tally, digest: InputDigest, total: int | None, interval: float) -> None:
+async def _events(tally: Tally, total: int | None, interval: float) -> None:
     started = time.monotonic()
     try:
         while True:
             await asyncio.sleep(interval)
-            share = round(100 * digest.bytes_read / total, 1) if total else None
-            log.info("progress", input_read_pct=share, **_fields(tally, started))
+            share = round(min(100.0, 100 * done(tally) / total), 1) if total else None
+            log.info("progress", done_pct=share, **_fields(tally, started))
     finally:
-        log.info("progress", input_read_pct=100.0 if total else None, **_fields(tally, started))
+        log.info("progress", **_fields(tally, started))
 
 
-async def _bar(tally: Tally, digest: InputDigest, total: int | None) -> None:
+async def _bar(tally: Tally, total: int | None) -> None:
     started = time.monotonic()
     columns = (
         TextColumn("[bold]purging"),
@@ -83,7 +92,15 @@ async def _bar(tally: Tally, digest: InputDigest, total: int | None) -> None:
         job = bar.add_task("purge", total=total, **_fields(tally, started))
         try:
             while True:
-                bar.update(job, completed=digest.bytes_read, **_fields(tally, started))
+                bar.update(job, completed=done(tally), **_fields(tally, started))
                 await asyncio.sleep(0.2)
         finally:
-            bar.update(job, completed=digest.bytes_read, **_fields(tally, started))
+            # The line count includes the header and blank lines: once the input was read
+            # whole, the rows that reached their end are the true total.
+            final = done(tally)
+            bar.update(
+                job,
+                completed=final,
+                total=final if tally.input_read else total,
+                **_fields(tally, started),
+            )

@@ -29,6 +29,7 @@ class Tally:
     deleted: int = 0
     failed: int = 0
     requests: int = 0
+    input_read: bool = False
     retries: int = 0
     deleted_by_campaign: Counter[int] = field(default_factory=Counter)
     failed_by_campaign: Counter[int] = field(default_factory=Counter)

@@ -161,17 +161,24 @@ class ByteSource:
             return await self._reader.read(BLOCK)
         return await asyncio.to_thread(self._handle.read1, BLOCK)  # type: ignore[attr-defined]
 
-    async def sha256(self) -> str | None:
-        """Hash of a file's content before reading (None for stdin: hashed as it is read)."""
+    async def survey(self) -> tuple[str | None, int | None]:
+        """SHA-256 and line count of a file before it is read; (None, None) for stdin."""
         if self._handle is sys.stdin.buffer:
-            return None
-        with open(self.name, "rb") as again:
-            digest = await asyncio.to_thread(hashlib.file_digest, again, "sha256")
-        return digest.hexdigest()
+            return None, None
+        return await asyncio.to_thread(_survey, Path(self.name))
 
     def close(self) -> None:
         if self._handle is not sys.stdin.buffer:
             self._handle.close()
+
+
+def _survey(path: Path) -> tuple[str, int]:
+    digest, lines = hashlib.sha256(), 0
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+            lines += block.count(b"\n")
+    return digest.hexdigest(), lines
 
 
 async def open_input(path: str) -> ByteSource:
