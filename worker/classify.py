@@ -79,7 +79,7 @@ _SPACES = re.compile(r"\s+")
 
 def normalise(message: str) -> str:
     """Lower-case, single-spaced, without a trailing full stop: how messages are compared."""
-    return _SPACES.sub(" ", message).strip().rstrip(".!").lower()
+    return _SPACES.sub(" ", message).strip().rstrip(".! ").lower()
 
 
 def parse_retry_after(value: str | None, *, now: float | None = None) -> float | None:
@@ -113,7 +113,11 @@ def _message_of(body: bytes) -> tuple[bool, str | None, Mapping[str, object]]:
 
 
 def _declares_failure(data: Mapping[str, object]) -> bool:
-    return any(data.get(flag) is False for flag in _FALSE_FLAGS) or "error" in data
+    return any(data.get(flag) is False for flag in _FALSE_FLAGS) or data.get("error") not in (
+        None,
+        False,
+        "",
+    )
 
 
 def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:

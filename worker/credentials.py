@@ -7,20 +7,31 @@ calls :meth:`Secret.reveal`, to put it in the ``token`` header.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from worker.errors import ConfigError, FatalError
+import structlog
+
+from worker.errors import ConfigError
+
+log = structlog.get_logger("audience_purge.credentials")
 
 
-@dataclass(frozen=True, slots=True)
 class Secret:
-    """A string that refuses to be printed."""
+    """A string that refuses to be printed (not a dataclass: ``asdict`` would expose it)."""
 
-    _value: str = field(repr=False)
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
 
     def reveal(self) -> str:
         return self._value
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -66,7 +77,8 @@ class TokenSource:
         try:
             fresh = read_token_file(self._path)
         except ConfigError as exc:
-            raise FatalError(str(exc)) from None
+            log.error("token file could not be re-read after a 401", error=str(exc))
+            return False
         if fresh == self._token:
             return False
         self._token = fresh

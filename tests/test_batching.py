@@ -1,0 +1,170 @@
+"""Specification of worker.batching: dedupe, per-campaign batches, deterministic batch ids."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.batching import Batch, Batcher, Deduper
+from worker.sources import Row
+
+
+def rows(campaign_id: int, *ids: int) -> list[Row]:
+    return [Row(n, campaign_id, i) for n, i in enumerate(ids, start=1)]
+
+
+def feed(batcher: Batcher, items: list[Row]) -> list[Batch]:
+    return [batch for row in items if (batch := batcher.add(row)) is not None]
+
+
+# -- Batcher ------------------------------------------------------------------------------------
+
+
+def test_batch_is_handed_out_when_it_becomes_full() -> None:
+    batcher = Batcher(3)
+
+    results = [batcher.add(row) for row in rows(7, 1, 2, 3)]
+
+    assert results == [None, None, Batch(7, (1, 2, 3))]
+
+
+def test_full_batches_keep_input_order() -> None:
+    batcher = Batcher(2)
+
+    assert feed(batcher, rows(7, 5, 3, 9, 1)) == [Batch(7, (5, 3)), Batch(7, (9, 1))]
+
+
+def test_batches_never_mix_campaigns() -> None:
+    batcher = Batcher(2)
+    interleaved = [Row(1, 1, 10), Row(2, 2, 20), Row(3, 1, 11), Row(4, 2, 21), Row(5, 3, 30)]
+
+    full = feed(batcher, interleaved)
+
+    assert full == [Batch(1, (10, 11)), Batch(2, (20, 21))]
+    assert list(batcher.flush()) == [Batch(3, (30,))]
+
+
+def test_flush_hands_out_every_partial_batch() -> None:
+    batcher = Batcher(10)
+    feed(batcher, [Row(1, 1, 10), Row(2, 2, 20), Row(3, 1, 11)])
+
+    assert list(batcher.flush()) == [Batch(1, (10, 11)), Batch(2, (20,))]
+
+
+def test_flush_empties_the_batcher() -> None:
+    batcher = Batcher(10)
+    feed(batcher, rows(1, 10, 11))
+    list(batcher.flush())
+
+    assert list(batcher.flush()) == []
+
+
+def test_flush_after_exactly_full_batches_has_nothing_left() -> None:
+    batcher = Batcher(2)
+    feed(batcher, rows(1, 10, 11, 12, 13))
+
+    assert list(batcher.flush()) == []
+
+
+def test_campaign_batch_restarts_after_being_handed_out() -> None:
+    batcher = Batcher(2)
+
+    full = feed(batcher, rows(1, 10, 11, 12))
+
+    assert (full, list(batcher.flush())) == ([Batch(1, (10, 11))], [Batch(1, (12,))])
+
+
+def test_batch_size_one_hands_out_every_row() -> None:
+    batcher = Batcher(1)
+
+    assert feed(batcher, rows(4, 8, 9)) == [Batch(4, (8,)), Batch(4, (9,))]
+
+
+@pytest.mark.parametrize(("count", "size"), [(1, 100), (99, 100), (100, 100), (101, 100), (250, 7)])
+def test_every_row_lands_in_exactly_one_batch_of_at_most_batch_size(count: int, size: int) -> None:
+    batcher = Batcher(size)
+    ids = list(range(1, count + 1))
+
+    batches = [*feed(batcher, rows(5, *ids)), *batcher.flush()]
+
+    assert [i for b in batches for i in b.audience_ids] == ids
+    assert [len(b.audience_ids) for b in batches] == [size] * (count // size) + (
+        [count % size] if count % size else []
+    )
+
+
+# -- Deduper ------------------------------------------------------------------------------------
+
+
+def test_deduper_accepts_a_pair_the_first_time() -> None:
+    assert Deduper().first_time(1, 100) is True
+
+
+def test_deduper_refuses_every_repeat() -> None:
+    deduper = Deduper()
+    deduper.first_time(1, 100)
+
+    assert [deduper.first_time(1, 100) for _ in range(3)] == [False, False, False]
+
+
+def test_deduper_treats_the_same_id_in_another_campaign_as_new() -> None:
+    deduper = Deduper()
+    deduper.first_time(1, 100)
+
+    assert deduper.first_time(2, 100) is True
+
+
+def test_deduper_over_a_stream() -> None:
+    deduper = Deduper()
+    pairs = [(1, 5), (1, 6), (1, 5), (2, 5), (2, 5), (1, 6), (1, 7)]
+
+    assert [deduper.first_time(c, a) for c, a in pairs] == [
+        True,
+        True,
+        False,
+        True,
+        False,
+        False,
+        True,
+    ]
+
+
+# -- Batch ----------------------------------------------------------------------------------------
+
+
+def test_batch_id_is_deterministic() -> None:
+    assert Batch(42, (101, 102, 103)).batch_id == Batch(42, (101, 102, 103)).batch_id
+
+
+def test_batch_id_is_24_hex_digits() -> None:
+    batch_id = Batch(42, (101,)).batch_id
+
+    assert (len(batch_id), set(batch_id) <= set("0123456789abcdef")) == (24, True)
+
+
+@pytest.mark.parametrize(
+    ("one", "other"),
+    [
+        (Batch(42, (101, 102)), Batch(43, (101, 102))),
+        (Batch(42, (101, 102)), Batch(42, (101, 103))),
+        (Batch(42, (101, 102)), Batch(42, (102, 101))),
+        (Batch(42, (101, 102)), Batch(42, (101, 102, 103))),
+        (Batch(1, (23,)), Batch(12, (3,))),
+        (Batch(42, (1, 12)), Batch(42, (11, 2))),
+    ],
+)
+def test_batch_id_differs_for_different_campaigns_or_ids(one: Batch, other: Batch) -> None:
+    assert one.batch_id != other.batch_id
+
+
+@pytest.mark.parametrize(
+    ("ids", "first", "second"),
+    [
+        ((1, 2, 3, 4), (1, 2), (3, 4)),
+        ((1, 2, 3, 4, 5), (1, 2), (3, 4, 5)),
+        ((1, 2), (1,), (2,)),
+    ],
+)
+def test_halves_split_in_order_within_the_campaign(
+    ids: tuple[int, ...], first: tuple[int, ...], second: tuple[int, ...]
+) -> None:
+    assert Batch(9, ids).halves() == (Batch(9, first), Batch(9, second))

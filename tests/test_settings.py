@@ -1,0 +1,553 @@
+"""Specification of worker.settings and worker.credentials: precedence, validation, secrecy."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from worker.credentials import Secret, TokenSource, read_token_file
+from worker.errors import ConfigError
+from worker.ratelimit import RateSpec
+from worker.settings import DEFAULT_BASE_URL, Settings, check_base_url, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "tok-Zx9-s3cr3t-VALUE-4711"
+
+
+WriteConfig = Callable[..., Path]
+
+
+@pytest.fixture
+def write_config(tmp_path: Path) -> WriteConfig:
+    def write(text: str, name: str = "purge.toml") -> Path:
+        path = tmp_path / name
+        path.write_text(text, encoding="utf-8")
+        return path
+
+    return write
+
+
+# -- defaults and precedence ------------------------------------------------------------------
+
+
+def test_no_flags_env_or_file_gives_the_defaults() -> None:
+    assert load_settings({}, {}) == Settings()
+
+
+def test_public_settings_of_the_defaults() -> None:
+    assert load_settings({}, {}).public() == {
+        "base_url": DEFAULT_BASE_URL,
+        "token_file": None,
+        "rate": "100/minute",
+        "burst": 1,
+        "concurrency": 8,
+        "batch_size": 100,
+        "timeout": 30.0,
+        "max_attempts": 6,
+        "max_retry_time": 300.0,
+        "backoff_initial": 0.5,
+        "backoff_max": 30.0,
+        "campaign_id": None,
+        "audit_dir": "purge-audit",
+        "audit_log": None,
+        "report": None,
+        "failed_out": None,
+        "insecure_http": False,
+        "dry_run": False,
+        "progress": "auto",
+        "progress_interval": 5.0,
+        "log_level": "info",
+    }
+
+
+def test_config_file_values_override_the_defaults(write_config: WriteConfig) -> None:
+    path = write_config(
+        'base_url = "https://file.example/api"\n'
+        "batch_size = 250\n"
+        'rate = "10/second"\n'
+        "burst = 5\n"
+        "campaign_id = 42\n"
+        "insecure_http = true\n"
+        'audit_dir = "audits"\n'
+    )
+
+    settings = load_settings({}, {}, path)
+
+    assert settings == Settings(
+        base_url="https://file.example/api",
+        batch_size=250,
+        rate=RateSpec(10, 1.0),
+        burst=5,
+        campaign_id=42,
+        insecure_http=True,
+        audit_dir=Path("audits"),
+    )
+
+
+def test_base_url_from_file_beats_the_default(write_config: WriteConfig) -> None:
+    path = write_config('base_url = "https://file.example"\n')
+
+    assert load_settings({}, {}, path).base_url == "https://file.example"
+
+
+def test_base_url_from_env_beats_the_file(write_config: WriteConfig) -> None:
+    path = write_config('base_url = "https://file.example"\n')
+    env = {"UNLEASHX_BASE_URL": "https://env.example"}
+
+    assert load_settings({}, env, path).base_url == "https://env.example"
+
+
+def test_base_url_flag_beats_env_and_file(write_config: WriteConfig) -> None:
+    path = write_config('base_url = "https://file.example"\n')
+    env = {"UNLEASHX_BASE_URL": "https://env.example"}
+
+    settings = load_settings({"base_url": "https://flag.example"}, env, path)
+
+    assert settings.base_url == "https://flag.example"
+
+
+def test_flag_given_as_none_does_not_override(write_config: WriteConfig) -> None:
+    path = write_config('base_url = "https://file.example"\nbatch_size = 7\n')
+
+    settings = load_settings({"base_url": None, "batch_size": None}, {}, path)
+
+    assert (settings.base_url, settings.batch_size) == ("https://file.example", 7)
+
+
+def test_empty_env_value_is_ignored(write_config: WriteConfig) -> None:
+    path = write_config('base_url = "https://file.example"\n')
+
+    assert load_settings({}, {"UNLEASHX_BASE_URL": ""}, path).base_url == "https://file.example"
+
+
+def test_flags_given_as_strings_are_parsed() -> None:
+    flags = {"batch_size": "50", "timeout": "2.5", "rate": "5/s", "insecure_http": "yes"}
+
+    settings = load_settings(flags, {})
+
+    assert (settings.batch_size, settings.timeout, settings.rate, settings.insecure_http) == (
+        50,
+        2.5,
+        RateSpec(5, 1.0),
+        True,
+    )
+
+
+def test_flag_beats_file_for_other_keys(write_config: WriteConfig) -> None:
+    path = write_config("batch_size = 250\n")
+
+    assert load_settings({"batch_size": 10}, {}, path).batch_size == 10
+
+
+# -- the token --------------------------------------------------------------------------------
+
+
+def test_token_from_env() -> None:
+    settings = load_settings({}, {"UNLEASHX_TOKEN": f"  {TOKEN}\n"})
+
+    assert (settings.token, settings.token_file) == (Secret(TOKEN), None)
+
+
+def test_token_file_from_config_file(write_config: WriteConfig) -> None:
+    path = write_config('token_file = "/run/secrets/unleashx"\n')
+
+    settings = load_settings({}, {}, path)
+
+    assert (settings.token, settings.token_file) == (None, Path("/run/secrets/unleashx"))
+
+
+def test_token_file_from_env() -> None:
+    settings = load_settings({}, {"UNLEASHX_TOKEN_FILE": "/run/secrets/env"})
+
+    assert (settings.token, settings.token_file) == (None, Path("/run/secrets/env"))
+
+
+def test_token_file_env_beats_token_file_in_config(write_config: WriteConfig) -> None:
+    path = write_config('token_file = "/run/secrets/file"\n')
+
+    settings = load_settings({}, {"UNLEASHX_TOKEN_FILE": "/run/secrets/env"}, path)
+
+    assert (settings.token, settings.token_file) == (None, Path("/run/secrets/env"))
+
+
+def test_token_env_beats_token_file_in_config(write_config: WriteConfig) -> None:
+    path = write_config('token_file = "/run/secrets/file"\n')
+
+    settings = load_settings({}, {"UNLEASHX_TOKEN": TOKEN}, path)
+
+    assert settings.token == Secret(TOKEN)
+
+
+def test_token_file_flag_beats_token_env(write_config: WriteConfig) -> None:
+    path = write_config('token_file = "/run/secrets/file"\n')
+    env = {"UNLEASHX_TOKEN": TOKEN, "UNLEASHX_TOKEN_FILE": "/run/secrets/env"}
+
+    settings = load_settings({"token_file": "/run/secrets/flag"}, env, path)
+
+    assert (settings.token, settings.token_file) == (None, Path("/run/secrets/flag"))
+
+
+def test_token_in_config_file_is_refused_without_echoing_it(write_config: WriteConfig) -> None:
+    path = write_config(f'token = "{TOKEN}"\n')
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert info.value.key == "token"
+    assert str(path) in str(info.value)
+    assert "token_file" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+# -- validation -------------------------------------------------------------------------------
+
+
+def test_unknown_key_in_file_is_named(write_config: WriteConfig) -> None:
+    path = write_config("batchsize = 10\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert info.value.key == "batchsize"
+    assert str(info.value) == f"batchsize: {path}: unknown key"
+
+
+def test_unknown_flag_is_named() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"colour": "blue"}, {})
+
+    assert info.value.key == "colour"
+
+
+@pytest.mark.parametrize(
+    ("key", "toml_value"),
+    [
+        ("batch_size", '"ten"'),
+        ("batch_size", "true"),
+        ("batch_size", "1.5"),
+        ("concurrency", '"many"'),
+        ("timeout", '"soon"'),
+        ("timeout", "false"),
+        ("insecure_http", '"maybe"'),
+        ("insecure_http", "1"),
+        ("rate", "10"),
+        ("rate", '"fast"'),
+        ("base_url", "5"),
+        ("base_url", '"  "'),
+        ("progress", '"fancy"'),
+        ("log_level", '"loud"'),
+        ("audit_dir", "3"),
+        ("campaign_id", '"forty-two"'),
+    ],
+)
+def test_wrong_type_is_named(write_config: WriteConfig, key: str, toml_value: str) -> None:
+    path = write_config(f"{key} = {toml_value}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: {path}: ")
+
+
+@pytest.mark.parametrize(
+    ("key", "toml_value"),
+    [
+        ("batch_size", "0"),
+        ("batch_size", "1001"),
+        ("batch_size", "-1"),
+        ("concurrency", "0"),
+        ("concurrency", "257"),
+        ("burst", "0"),
+        ("timeout", "0"),
+        ("max_attempts", "0"),
+        ("campaign_id", "0"),
+        ("campaign_id", "-42"),
+        ("campaign_id", "9223372036854775807.0"),
+        ("rate", '"0/s"'),
+        ("progress_interval", "0.0"),
+    ],
+)
+def test_out_of_range_value_is_named(write_config: WriteConfig, key: str, toml_value: str) -> None:
+    path = write_config(f"{key} = {toml_value}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(("key", "value"), [("batch_size", 1), ("batch_size", 1000)])
+def test_range_bounds_are_inclusive(key: str, value: int) -> None:
+    assert getattr(load_settings({key: value}, {}), key) == value
+
+
+@pytest.mark.parametrize(
+    ("flags", "key"),
+    [
+        ({"rate": "fast"}, "rate"),
+        ({"batch_size": "0"}, "batch_size"),
+        ({"batch_size": "1001"}, "batch_size"),
+        ({"concurrency": 0}, "concurrency"),
+        ({"timeout": "-1"}, "timeout"),
+    ],
+)
+def test_bad_flag_value_is_named(flags: dict[str, object], key: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(flags, {})
+
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: option: ")
+
+
+def test_backoff_max_below_backoff_initial_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"backoff_initial": 5, "backoff_max": 1}, {})
+
+    assert info.value.key == "backoff_max"
+
+
+def test_invalid_toml_names_the_file(write_config: WriteConfig) -> None:
+    path = write_config("batch_size = = 3\n[unterminated\n")
+
+    with pytest.raises(ConfigError, match="is not valid TOML") as info:
+        load_settings({}, {}, path)
+
+    assert str(path) in str(info.value)
+
+
+def test_missing_config_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere.toml"
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert str(info.value) == f"config file {path} does not exist"
+
+
+def test_config_path_that_is_a_directory_names_it(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read config file") as info:
+        load_settings({}, {}, tmp_path)
+
+    assert str(tmp_path) in str(info.value)
+
+
+def test_example_config_loads() -> None:
+    example = REPO_ROOT / "config.example.toml"
+    if not example.exists():
+        pytest.skip("config.example.toml does not exist yet")
+
+    assert isinstance(load_settings({}, {}, example), Settings)
+
+
+# -- base_url safety ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("http://127.0.0.1:8080/api/v1/global/", "http://127.0.0.1:8080/api/v1/global"),
+        ("http://127.5.5.5/api", "http://127.5.5.5/api"),
+        ("http://localhost:9000", "http://localhost:9000"),
+        ("http://LOCALHOST:9000/", "http://LOCALHOST:9000"),
+        ("http://[::1]:8080/api", "http://[::1]:8080/api"),
+        ("https://example.com/api/", "https://example.com/api"),
+        ("https://10.0.0.1/api", "https://10.0.0.1/api"),
+        (DEFAULT_BASE_URL, DEFAULT_BASE_URL),
+    ],
+)
+def test_base_url_allowed(url: str, expected: str) -> None:
+    assert check_base_url(url, insecure_http=False) == expected
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.0.0.1/api",
+        "http://example.com",
+        "http://localhost.example.com/",
+        "http://127.0.0.1.nip.io/",
+        "http://[::2]/",
+    ],
+)
+def test_plain_http_to_a_non_loopback_host_is_refused(url: str) -> None:
+    with pytest.raises(ConfigError, match="plain http") as info:
+        check_base_url(url, insecure_http=False)
+
+    assert info.value.key == "base_url"
+
+
+@pytest.mark.parametrize("url", ["http://10.0.0.1/api", "http://example.com"])
+def test_plain_http_is_allowed_with_insecure_http(url: str) -> None:
+    assert check_base_url(url, insecure_http=True) == url
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://127.0.0.1/api", "file:///etc/passwd", "127.0.0.1:8080", "https://", ""]
+)
+@pytest.mark.parametrize("insecure_http", [False, True])
+def test_non_http_url_is_refused(url: str, insecure_http: bool) -> None:
+    with pytest.raises(ConfigError, match="not an http") as info:
+        check_base_url(url, insecure_http=insecure_http)
+
+    assert info.value.key == "base_url"
+
+
+def test_load_settings_refuses_plain_http_base_url_from_env() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {"UNLEASHX_BASE_URL": "http://10.0.0.1/api"})
+
+    assert info.value.key == "base_url"
+
+
+def test_load_settings_allows_plain_http_with_insecure_http_flag() -> None:
+    settings = load_settings({"insecure_http": True}, {"UNLEASHX_BASE_URL": "http://10.0.0.1"})
+
+    assert (settings.base_url, settings.insecure_http) == ("http://10.0.0.1", True)
+
+
+# -- secrecy ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def secret_settings() -> Settings:
+    return load_settings({}, {"UNLEASHX_TOKEN": TOKEN})
+
+
+def test_settings_repr_hides_the_token(secret_settings: Settings) -> None:
+    assert TOKEN not in repr(secret_settings)
+
+
+def test_settings_str_hides_the_token(secret_settings: Settings) -> None:
+    assert TOKEN not in str(secret_settings)
+
+
+def test_public_settings_leave_the_token_out(secret_settings: Settings) -> None:
+    public = secret_settings.public()
+
+    assert "token" not in public
+    assert TOKEN not in repr(public)
+
+
+def test_asdict_of_settings_still_hides_the_token(secret_settings: Settings) -> None:
+    assert TOKEN not in repr(dataclasses.asdict(secret_settings))
+
+
+@pytest.mark.parametrize("render", [repr, str, "{}".format, "{!r}".format])
+def test_secret_never_renders_its_value(render: Callable[[object], str]) -> None:
+    assert render(Secret(TOKEN)) == "Secret('***')"
+
+
+def test_secret_reveals_its_value() -> None:
+    assert Secret(TOKEN).reveal() == TOKEN
+
+
+def test_settings_are_frozen(secret_settings: Settings) -> None:
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        secret_settings.batch_size = 5  # type: ignore[misc]
+
+
+# -- credentials ----------------------------------------------------------------------------------
+
+
+def test_token_source_without_token_or_file_says_how_to_provide_one() -> None:
+    with pytest.raises(ConfigError) as info:
+        TokenSource(None, None)
+
+    assert info.value.key == "token"
+    for hint in ("UNLEASHX_TOKEN", "token_file", "UNLEASHX_TOKEN_FILE", "--token-file"):
+        assert hint in str(info.value)
+
+
+def test_token_file_content_is_stripped(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(f"  {TOKEN}\n\n", encoding="utf-8")
+
+    assert read_token_file(path) == Secret(TOKEN)
+
+
+def test_missing_token_file_names_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "absent"
+
+    with pytest.raises(ConfigError) as info:
+        read_token_file(path)
+
+    assert info.value.key == "token_file"
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.parametrize("content", ["", "  \n\n"])
+def test_empty_token_file_is_refused(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "token"
+    path.write_text(content, encoding="utf-8")
+
+    with pytest.raises(ConfigError) as info:
+        read_token_file(path)
+
+    assert str(info.value) == f"token_file: token file {path} is empty"
+
+
+def test_token_source_prefers_the_given_token_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("from-file", encoding="utf-8")
+
+    assert TokenSource(Secret(TOKEN), path).current() == Secret(TOKEN)
+
+
+def test_token_source_reads_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN, encoding="utf-8")
+
+    assert TokenSource(None, path).current() == Secret(TOKEN)
+
+
+def test_rotate_without_a_file_finds_nothing() -> None:
+    tokens = TokenSource(Secret(TOKEN), None)
+
+    assert (tokens.rotate(), tokens.current()) == (False, Secret(TOKEN))
+
+
+def test_rotate_with_an_unchanged_file_finds_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN, encoding="utf-8")
+    tokens = TokenSource(None, path)
+
+    assert (tokens.rotate(), tokens.current()) == (False, Secret(TOKEN))
+
+
+def test_rotate_picks_up_a_changed_file(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("old-token", encoding="utf-8")
+    tokens = TokenSource(None, path)
+    path.write_text("new-token\n", encoding="utf-8")
+
+    assert (tokens.rotate(), tokens.current()) == (True, Secret("new-token"))
+
+
+def test_rotate_rereads_the_file_only_once(tmp_path: Path) -> None:
+    path = tmp_path / "token"
+    path.write_text("first", encoding="utf-8")
+    tokens = TokenSource(None, path)
+    path.write_text("second", encoding="utf-8")
+    tokens.rotate()
+    path.write_text("third", encoding="utf-8")
+
+    assert (tokens.rotate(), tokens.current()) == (False, Secret("second"))
+
+
+def test_rotate_with_a_vanished_file_finds_no_new_token_and_logs_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "token"
+    path.write_text(TOKEN, encoding="utf-8")
+    tokens = TokenSource(None, path)
+    path.unlink()
+
+    assert tokens.rotate() is False
+    assert tokens.current() == Secret(TOKEN)
+    captured = capsys.readouterr()
+    assert str(path) in captured.out + captured.err
+    assert TOKEN not in captured.out + captured.err
