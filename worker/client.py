@@ -18,7 +18,7 @@ import orjson
 
 from worker import __version__
 from worker.classify import Kind, Verdict, classify, transport_failure
-from worker.credentials import TokenSource
+from worker.credentials import Secret, TokenSource
 
 USER_AGENT = f"audience-purge/{__version__}"
 
@@ -48,18 +48,17 @@ class UnleashXClient:
         return await self._post({"campaign_id": campaign_id, "delete_all": True})
 
     async def _post(self, payload: dict[str, Any]) -> Reply:
-        reply = await self._send(payload)
-        if (
-            reply.verdict.kind is Kind.FATAL
-            and reply.verdict.status == 401
-            and self._tokens.rotate()
-        ):
-            reply = await self._send(payload)
+        token = self._tokens.current()
+        reply = await self._send(payload, token)
+        unauthorised = reply.verdict.kind is Kind.FATAL and reply.verdict.status == 401
+        # Another request may have rotated the token while this one was in flight.
+        if unauthorised and (self._tokens.current() != token or self._tokens.rotate()):
+            reply = await self._send(payload, self._tokens.current())
         return reply
 
-    async def _send(self, payload: dict[str, Any]) -> Reply:
+    async def _send(self, payload: dict[str, Any], token: Secret) -> Reply:
         headers = {
-            "token": self._tokens.current().reveal(),
+            "token": token.reveal(),
             "Content-Type": "application/json",
             "Accept": "application/json",
         }

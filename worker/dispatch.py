@@ -9,7 +9,7 @@ signal) stops intake at once; batches in flight may finish until they are cancel
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable
 
 import structlog
 
@@ -68,6 +68,8 @@ class Dispatcher:
                 current = asyncio.current_task()
                 if not self.stopping or (current is not None and current.cancelling()):
                     raise
+                if isinstance(batches, AsyncGenerator):
+                    await batches.aclose()  # lets the batcher account for its open batches
             for _ in senders:
                 await self._queue.put(None)
             await asyncio.gather(*senders)
@@ -80,7 +82,11 @@ class Dispatcher:
 
     async def _feed(self, batches: AsyncIterable[Batch]) -> None:
         async for batch in batches:
-            await self._queue.put(batch)
+            try:
+                await self._queue.put(batch)
+            except asyncio.CancelledError:
+                self._not_sent(batch, "interrupted before sending")
+                raise
 
     async def _sender(self) -> None:
         while (batch := await self._queue.get()) is not None:

@@ -44,19 +44,30 @@ async def plan_batches(
     """Validate, de-duplicate and batch the input, recording every row that is not sent."""
     dedupe = Deduper()
     batcher = Batcher(settings.batch_size)
-    async for block in read_rows(source, digest, default_campaign=settings.campaign_id):
-        for item in block:
-            if isinstance(item, Rejected):
-                recorder.rejected(item)
-            elif not dedupe.first_time(item.campaign_id, item.audience_id):
-                recorder.duplicate(item)
-            else:
-                recorder.accepted(item)
-                if (batch := batcher.add(item)) is not None:
-                    yield batch
-    recorder.tally.input_read = True
-    for batch in batcher.flush():
-        yield batch
+    try:
+        async for block in read_rows(source, digest, default_campaign=settings.campaign_id):
+            for item in block:
+                if isinstance(item, Rejected):
+                    recorder.rejected(item)
+                elif not dedupe.first_time(item.campaign_id, item.audience_id):
+                    recorder.duplicate(item)
+                else:
+                    recorder.accepted(item)
+                    if (batch := batcher.add(item)) is not None:
+                        yield batch
+        recorder.tally.input_read = True
+        for batch in batcher.flush():
+            yield batch
+    finally:
+        for batch in batcher.flush():  # only left when the run was stopped early
+            recorder.failed(
+                batch,
+                None,
+                reason="interrupted before sending",
+                retryable=True,
+                attempts=0,
+                latency_ms=None,
+            )
 
 
 @contextmanager

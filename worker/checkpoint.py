@@ -1,0 +1,230 @@
+"""Crash-safe progress: what a re-run of the same command needs to continue.
+
+Design (low watermark + exceptions). The input is read in order; every row has a byte
+offset. The *watermark* W is the offset of the first row that has not reached its end
+(deleted, failed, rejected, duplicate). A checkpoint stores:
+
+- W, and a verified prefix (B, line count, SHA-256 of the input's first B bytes, B <= W) so
+  a changed input is noticed without trusting file names or sizes;
+- ``seen``: every valid (campaign, id) pair met before W, as roaring bitmaps, so rows after
+  W are still recognised as duplicates of rows before it;
+- ``done_above``: pairs at or after W that already reached their end (batches finish out of
+  order), so they are not sent again;
+- ``failed``: pairs that failed, retried first on resume unless ``--no-retry-failed``;
+- the audit chain head, so the next run's audit file links to this one.
+
+Resuming re-reads (and hashes) the first B bytes at disk speed, drops rows before W
+without parsing them into work, and skips ``done_above`` pairs: resume time and memory do
+not grow with the work already done. Files are replaced atomically (write, fsync, rename,
+fsync the directory); a state that cannot be read is an error naming the file, never a
+silent restart from zero.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pyroaring import BitMap64
+
+from worker.errors import UsageError
+
+FORMAT = 1
+STATE_FILE = "state.json"
+_HEADER = struct.Struct("<QQ")
+
+
+class StateError(UsageError):
+    """The state directory is unusable (corrupt, from another input, ...): exit 2."""
+
+
+Pairs = dict[int, BitMap64]
+
+
+def dump_pairs(pairs: Mapping[int, BitMap64]) -> bytes:
+    """Serialise per-campaign bitmaps: (campaign, length, roaring bytes) repeated."""
+    out = bytearray()
+    for campaign, ids in sorted(pairs.items()):
+        ids.run_optimize()
+        blob = ids.serialize()
+        out += _HEADER.pack(campaign, len(blob)) + blob
+    return bytes(out)
+
+
+def load_pairs(data: bytes, name: str) -> Pairs:
+    pairs: Pairs = {}
+    at = 0
+    try:
+        while at < len(data):
+            campaign, size = _HEADER.unpack_from(data, at)
+            at += _HEADER.size
+            if at + size > len(data):
+                raise ValueError("truncated")
+            pairs[campaign] = BitMap64.deserialize(data[at : at + size])
+            at += size
+    except (ValueError, struct.error) as exc:
+        raise StateError(
+            f"state file {name} is corrupt ({exc}); use --fresh to start over"
+        ) from None
+    return pairs
+
+
+def pairs_from(items: Iterable[tuple[int, int]]) -> Pairs:
+    pairs: Pairs = {}
+    for campaign, audience in items:
+        pairs.setdefault(campaign, BitMap64()).add(audience)
+    return pairs
+
+
+def count(pairs: Mapping[int, BitMap64]) -> int:
+    return sum(len(ids) for ids in pairs.values())
+
+
+@dataclass(slots=True)
+class Checkpoint:
+    """One consistent snapshot of a run's progress."""
+
+    input_name: str
+    watermark: int = 0
+    watermark_line: int = 0
+    prefix_bytes: int = 0
+    prefix_lines: int = 0
+    prefix_sha256: str = hashlib.sha256().hexdigest()
+    complete: bool = False
+    run_ids: list[str] = field(default_factory=list)
+    audit: dict[str, Any] = field(default_factory=dict)
+    totals: dict[str, int] = field(default_factory=dict)
+    seen: Pairs = field(default_factory=dict)
+    done_above: Pairs = field(default_factory=dict)
+    failed: Pairs = field(default_factory=dict)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+class StateStore:
+    """Reads and writes checkpoints in one directory; one generation of files at a time."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.path = directory / STATE_FILE
+        self._generation = 0
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def save(self, point: Checkpoint) -> None:
+        """Write the bitmaps of a new generation, then switch state.json to them."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self._generation += 1
+        blobs: dict[str, str] = {}
+        for part in ("seen", "done_above", "failed"):
+            data = dump_pairs(getattr(point, part))
+            name = f"{part}.{self._generation}.bin"
+            _write_atomic(self.directory / name, data)
+            blobs[part] = f"{name}:{hashlib.sha256(data).hexdigest()}"
+        doc = {
+            "format": FORMAT,
+            "generation": self._generation,
+            "input": {
+                "name": point.input_name,
+                "watermark": point.watermark,
+                "watermark_line": point.watermark_line,
+                "prefix_bytes": point.prefix_bytes,
+                "prefix_lines": point.prefix_lines,
+                "prefix_sha256": point.prefix_sha256,
+            },
+            "complete": point.complete,
+            "run_ids": point.run_ids,
+            "audit": point.audit,
+            "totals": point.totals,
+            "files": blobs,
+        }
+        _write_atomic(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        _fsync_dir(self.directory)
+        self._remove_other_generations(set(name.split(":")[0] for name in blobs.values()))
+
+    def _remove_other_generations(self, keep: set[str]) -> None:
+        for stale in self.directory.glob("*.bin"):
+            if stale.name not in keep:
+                stale.unlink(missing_ok=True)
+
+    def load(self) -> Checkpoint:
+        """Read the current checkpoint; anything unreadable is a StateError naming the file."""
+        try:
+            doc = orjson.loads(self.path.read_bytes())
+            if doc.get("format") != FORMAT:
+                raise StateError(
+                    f"state file {self.path} has format {doc.get('format')!r}, expected {FORMAT}"
+                )
+            self._generation = int(doc["generation"])
+            meta = doc["input"]
+            point = Checkpoint(
+                input_name=str(meta["name"]),
+                watermark=int(meta["watermark"]),
+                watermark_line=int(meta["watermark_line"]),
+                prefix_bytes=int(meta["prefix_bytes"]),
+                prefix_lines=int(meta["prefix_lines"]),
+                prefix_sha256=str(meta["prefix_sha256"]),
+                complete=bool(doc["complete"]),
+                run_ids=[str(r) for r in doc["run_ids"]],
+                audit=dict(doc["audit"]),
+                totals={str(k): int(v) for k, v in doc["totals"].items()},
+            )
+            files = doc["files"]
+        except StateError:
+            raise
+        except (
+            OSError,
+            orjson.JSONDecodeError,
+            KeyError,
+            TypeError,
+            ValueError,
+            AttributeError,
+        ) as exc:
+            raise StateError(
+                f"state file {self.path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
+                "use --fresh to start over"
+            ) from None
+        for part in ("seen", "done_above", "failed"):
+            setattr(point, part, self._load_blob(str(files.get(part, ""))))
+        return point
+
+    def _load_blob(self, ref: str) -> Pairs:
+        name, _, digest = ref.partition(":")
+        path = self.directory / name
+        try:
+            data = path.read_bytes()
+        except OSError:
+            raise StateError(f"state file {path} is missing; use --fresh to start over") from None
+        if hashlib.sha256(data).hexdigest() != digest:
+            raise StateError(
+                f"state file {path} is corrupt (checksum mismatch); use --fresh to start over"
+            )
+        return load_pairs(data, str(path))
+
+    def clear(self) -> None:
+        """Forget the state (``--fresh``)."""
+        for stale in [*self.directory.glob("*.bin"), self.path]:
+            stale.unlink(missing_ok=True)
+        self._generation = 0
