@@ -68,7 +68,14 @@ def write_csv(path: Path, lines: list[str]) -> Path:
     return path
 
 
-def read_audit(path: Path) -> list[dict[str, Any]]:
+CHAIN_KEYS = ("seq", "prev_hash", "hash", "previous", "head_hmac")
+
+
+def read_audit(path: Path, *, chain: bool = False) -> list[dict[str, Any]]:
+    """The audit records; without ``chain``, the chain fields are left out (tested apart)."""
     import orjson
 
-    return [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    records = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+    if chain:
+        return records
+    return [{k: v for k, v in r.items() if k not in CHAIN_KEYS} for r in records]

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import io
 import itertools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import orjson
 import pytest
+import structlog
 
 from tests.conftest import write_csv
 from worker.logs import configure_logging
@@ -17,10 +18,17 @@ from worker.ratelimit import RateSpec
 from worker.settings import Settings
 
 
+@pytest.fixture
+def json_logging(capfd: pytest.CaptureFixture[str]) -> Iterator[None]:
+    configure_logging("info", json=True)
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("json_logging")
 async def test_log_mode_emits_progress_events_with_counts_on_stderr(
     make_settings: Callable[..., Settings], tmp_path: Path, capfd: pytest.CaptureFixture[str]
 ) -> None:
-    configure_logging("info", json=True)
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 31)])
     settings = make_settings(
         campaign_id=42,

@@ -1,7 +1,9 @@
 """The audit log: one JSON object per line, written through structlog by a single writer.
 
-Every record has ``ts`` (RFC 3339, UTC), ``event`` and ``run_id``; the writer flushes after
-each record, so a crash loses nothing that was acknowledged. The token never reaches this
+Every record has ``ts`` (RFC 3339, UTC), ``event``, ``run_id``, and the chain fields ``seq``,
+``prev_hash`` and ``hash`` (see :mod:`worker.audit_query` for the chain's definition and its
+verification); the writer flushes after each record, so a crash loses nothing that was
+acknowledged. The token never reaches this
 module: records are built from ids, statuses and the API's messages only.
 """
 
@@ -16,6 +18,9 @@ from typing import Any, BinaryIO
 import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
+
+from worker.audit_query import ZERO_HASH, head_hmac, record_hash
+from worker.errors import ConfigError
 
 FIRST_KEYS = ("ts", "event", "run_id")
 
@@ -35,22 +40,98 @@ def _ordered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
 
 
 def _serialize(obj: Any, **_: Any) -> bytes:
-    return orjson.dumps(obj, default=str)
+    return orjson.dumps(obj)
+
+
+def last_record(path: Path) -> dict[str, Any] | None:
+    """The last complete record of an existing audit file (None if there is none)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - (1 << 20)))
+            lines = handle.read().splitlines()
+    except FileNotFoundError:
+        return None
+    for line in reversed(lines):
+        try:
+            record = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(record, dict):
+            return record
+    return None
+
+
+def read_key_file(path: Path | None) -> bytes | None:
+    """The HMAC key for signing or checking chain heads; errors name the file only."""
+    if path is None:
+        return None
+    try:
+        key = path.read_bytes().strip()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="audit_key_file") from None
+    if not key:
+        raise ConfigError(f"{path} is empty", key="audit_key_file")
+    return key
+
+
+class _Chain:
+    """structlog processor: numbers each record and links it to the previous one's hash."""
+
+    def __init__(self, seq: int, prev_hash: str, key: bytes | None) -> None:
+        self.seq = seq
+        self.prev_hash = prev_hash
+        self._key = key
+
+    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
+        # Normalise first (tuples, paths, ...) so the hash covers exactly the written JSON.
+        record: dict[str, Any] = orjson.loads(orjson.dumps(event_dict, default=str))
+        record["seq"] = self.seq
+        record["prev_hash"] = self.prev_hash
+        if self._key is not None and record.get("event") == "run_finished":
+            record["head_hmac"] = head_hmac(self._key, self.seq, self.prev_hash)
+        record["hash"] = record_hash(record)
+        self.seq += 1
+        self.prev_hash = record["hash"]
+        return record
 
 
 class AuditLog:
-    """Appends audit records to a JSON Lines file."""
+    """Appends hash-chained audit records to a JSON Lines file.
 
-    def __init__(self, path: Path, run_id: str) -> None:
+    A file that already has records is continued (its chain goes on); a new file whose run
+    continues an earlier one starts from that file's last hash, named in ``previous``.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        run_id: str,
+        *,
+        previous: dict[str, Any] | None = None,
+        key: bytes | None = None,
+    ) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.run_id = run_id
+        last = last_record(path)
+        if last is not None:
+            self._chain = _Chain(int(last.get("seq", -1)) + 1, str(last.get("hash")), key)
+            self.previous: dict[str, Any] | None = None
+        elif previous is not None:
+            self._chain = _Chain(0, str(previous["last_hash"]), key)
+            self.previous = previous
+        else:
+            self._chain = _Chain(0, ZERO_HASH, key)
+            self.previous = None
         self._file: BinaryIO = path.open("ab")
         self._log = structlog.wrap_logger(
             structlog.BytesLogger(self._file),
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
                 _ordered,
+                self._chain,
                 structlog.processors.JSONRenderer(serializer=_serialize),
             ],
             # Never the globally configured (level-filtering) wrapper: audit records are not
@@ -59,8 +140,19 @@ class AuditLog:
             cache_logger_on_first_use=True,
         ).bind(run_id=run_id)
 
+    def head(self) -> dict[str, Any]:
+        """Where the chain stands: what a continuing file names as ``previous``."""
+        return {
+            "audit_log": str(self.path),
+            "run_id": self.run_id,
+            "last_seq": self._chain.seq - 1,
+            "last_hash": self._chain.prev_hash,
+        }
+
     def write(self, event: str, **fields: Any) -> None:
         """Write and flush one record."""
+        if self.previous is not None and self._chain.seq == 0:
+            fields = {**fields, "previous": self.previous}
         self._log.msg(event, **fields)
 
     def close(self) -> None:

@@ -41,6 +41,9 @@ def _connection_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-attempts", help="attempts per batch, first included (default 6)")
     parser.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
     parser.add_argument(
+        "--audit-key-file", help="HMAC key file: sign the audit chain head in run_finished"
+    )
+    parser.add_argument(
         "--dry-run", action="store_true", default=None, help="show what would be sent; send nothing"
     )
     parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
@@ -100,6 +103,28 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP status of the documented API errors (default 400)",
     )
 
+    audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
+    verify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="audit files, oldest first (a resumed run's files in order)",
+    )
+    verify.add_argument(
+        "--audit-key-file", type=Path, help="HMAC key file: also check the signed chain heads"
+    )
+    summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
+    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    find = audit_commands.add_parser("find", help="every record that mentions an audience id")
+    find.add_argument("audience_id", type=int, metavar="AUDIENCE_ID")
+    find.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    find.add_argument("--campaign-id", type=int, help="only records of this campaign")
+    find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
+
     demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
     demo.add_argument(
         "--dir",
@@ -119,6 +144,7 @@ RUN_KEYS = (
     "timeout",
     "max_attempts",
     "audit_log",
+    "audit_key_file",
     "dry_run",
     "log_level",
     "concurrency",
@@ -184,11 +210,18 @@ def _demo(args: argparse.Namespace) -> int:
     return asyncio.run(run_demo(args.dir))
 
 
+def _audit(args: argparse.Namespace) -> int:
+    from worker.audit_cli import AUDIT_COMMANDS
+
+    return AUDIT_COMMANDS[args.audit_command](args)
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "run": _run,
     "delete-all": _delete_all,
     "sandbox": _sandbox,
     "demo": _demo,
+    "audit": _audit,
 }
 
 

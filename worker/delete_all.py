@@ -13,7 +13,7 @@ from typing import TextIO
 import structlog
 
 from worker import __version__
-from worker.audit import AuditLog, default_audit_path, new_run_id
+from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.classify import Kind, Verdict
 from worker.client import Reply, UnleashXClient, http_session
 from worker.credentials import TokenSource
@@ -50,7 +50,11 @@ async def delete_all(
         return 0
     tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
     run_id = new_run_id()
-    audit = AuditLog(settings.audit_log or default_audit_path(settings.audit_dir, run_id), run_id)
+    audit = AuditLog(
+        settings.audit_log or default_audit_path(settings.audit_dir, run_id),
+        run_id,
+        key=read_key_file(settings.audit_key_file),
+    )
     started = time.monotonic()
     try:
         audit.write(

@@ -27,7 +27,9 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
     """Set up structlog for stderr; the only module-level state the package keeps."""
     use_json = not sys.stderr.isatty() if json is None else json
     renderer: structlog.typing.Processor = (
-        structlog.processors.JSONRenderer(serializer=lambda o, **_: orjson.dumps(o, default=str))
+        structlog.processors.JSONRenderer(
+            serializer=lambda o, **_: orjson.dumps(o, default=str).decode()
+        )
         if use_json
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
@@ -41,8 +43,6 @@ def configure_logging(level: str = "info", *, json: bool | None = None) -> None:
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping()[level.upper()]
         ),
-        logger_factory=structlog.BytesLoggerFactory(sys.stderr.buffer)
-        if use_json
-        else structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
+        logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
     )

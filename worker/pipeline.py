@@ -18,7 +18,7 @@ from typing import TextIO
 import structlog
 
 from worker import __version__
-from worker.audit import AuditLog, default_audit_path, new_run_id
+from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.batching import Batch, Batcher, Deduper
 from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
@@ -133,7 +133,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
     interrupted = False
     async with AsyncExitStack() as stack:
         stack.callback(source.close)
-        audit = AuditLog(audit_path, run_id)
+        audit = AuditLog(audit_path, run_id, key=read_key_file(settings.audit_key_file))
         stack.callback(audit.close)
         failed_out = FailedOut(settings.failed_out) if settings.failed_out else None
         if failed_out is not None:

@@ -41,6 +41,7 @@ class Settings:
     campaign_id: int | None = None
     audit_dir: Path = Path("purge-audit")
     audit_log: Path | None = None
+    audit_key_file: Path | None = None
     report: Path | None = None
     failed_out: Path | None = None
     insecure_http: bool = False
@@ -140,6 +141,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "campaign_id": _int(1, 2**63 - 1),
     "audit_dir": _path,
     "audit_log": _path,
+    "audit_key_file": _path,
     "report": _path,
     "failed_out": _path,
     "insecure_http": _bool,

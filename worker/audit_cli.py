@@ -1,0 +1,118 @@
+"""``audience-purge audit verify|summary|find``: what an auditor runs on the audit logs.
+
+Exit codes: 0 intact / found; 1 tampering or truncation found (verify), or the id appears
+in no record (find); 2 a file cannot be read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from worker.audit import read_key_file
+from worker.audit_query import find, summarize, verify
+from worker.errors import UsageError
+
+
+def _readable(paths: list[Path]) -> list[Path]:
+    for path in paths:
+        if not path.is_file():
+            raise UsageError(f"audit file {path} does not exist or is not a file")
+    return paths
+
+
+def verify_command(args: argparse.Namespace) -> int:
+    key = read_key_file(args.audit_key_file)
+    ends, problem = verify(_readable(args.paths), key)
+    if problem is not None:
+        print(f"TAMPERED or INCOMPLETE: {problem}", file=sys.stdout)
+        return 1
+    records = sum(end.records for end in ends)
+    signed = sum(end.signed for end in ends)
+    hmac_note = (
+        f", {signed} signed head(s) checked"
+        if key
+        else f", {signed} signed head(s) not checked (no --audit-key-file)"
+        if signed
+        else ""
+    )
+    print(
+        f"OK: {len(ends)} file(s), {records} records, chain intact{hmac_note}; "
+        f"head {ends[-1].last_hash[:16]}…"
+    )
+    return 0
+
+
+def summary_command(args: argparse.Namespace) -> int:
+    data = summarize(_readable(args.paths))
+    if args.json:
+        sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 0
+    print("events:")
+    for event, n in data["events"].items():
+        print(f"  {event:<14} {n}")
+    print("campaigns:")
+    for campaign, counts in data["campaigns"].items():
+        shown = ", ".join(f"{k} {v}" for k, v in counts.items())
+        print(f"  {campaign}: {shown}")
+    print("runs:")
+    for run in data["runs"]:
+        print(
+            f"  {run.get('run_id')}: {run.get('command', '?')} started {run.get('started')} "
+            f"finished {run.get('finished', '-')} exit {run.get('exit_code', '-')}"
+            + (" (interrupted)" if run.get("interrupted") else "")
+        )
+    return 0
+
+
+def _describe(record: dict[str, Any]) -> str:
+    event = record.get("event")
+    parts = [str(record.get("ts")), f"run {record.get('run_id')}", str(event)]
+    if record.get("campaign_id") is not None:
+        parts.append(f"campaign {record['campaign_id']}")
+    if event in ("deleted", "failed", "deleted_all"):
+        parts.append(f"HTTP {record.get('http_status')} {record.get('message')!r}")
+    if event == "failed":
+        parts.append(f"reason: {record.get('reason')}")
+    if event in ("rejected", "duplicate"):
+        parts.append(f"input line {record.get('line')}")
+    if event == "rejected":
+        parts.append(f"reason: {record.get('reason')}")
+    return "  ".join(parts)
+
+
+def find_command(args: argparse.Namespace) -> int:
+    hits = list(find(_readable(args.paths), args.audience_id, args.campaign_id))
+    for path, line, record in hits:
+        if args.json:
+            sys.stdout.write(
+                orjson.dumps({"file": str(path), "line": line, **record}).decode() + "\n"
+            )
+        else:
+            print(f"{path}:{line}  {_describe(record)}")
+    if not args.json:
+        deleted = [r for _, _, r in hits if r.get("event") == "deleted"]
+        if deleted:
+            first = deleted[0]
+            print(
+                f"=> audience id {args.audience_id} was erased: {first.get('ts')} in run "
+                f"{first.get('run_id')} (HTTP {first.get('http_status')}, "
+                f"{first.get('message')!r})"
+            )
+        elif hits:
+            print(f"=> audience id {args.audience_id} has no deletion record")
+        else:
+            print(f"=> audience id {args.audience_id} appears in no audit record")
+    return 0 if hits else 1
+
+
+AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify": verify_command,
+    "summary": summary_command,
+    "find": find_command,
+}
