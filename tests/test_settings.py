@@ -53,6 +53,7 @@ def test_public_settings_of_the_defaults() -> None:
         "campaign_id": None,
         "audit_dir": "purge-audit",
         "audit_log": None,
+        "audit_key_file": None,
         "report": None,
         "failed_out": None,
         "insecure_http": False,
