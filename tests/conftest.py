@@ -56,6 +56,7 @@ def make_settings(sandbox: SandboxHandle, token: str, tmp_path: Path) -> Callabl
             "report": tmp_path / "report.json",
             "failed_out": tmp_path / "failed.csv",
             "progress": "off",
+            "state_dir": tmp_path / "state",
         }
         fields.update(overrides)
         return Settings(**fields)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from worker.batching import Batch, Batcher, Deduper
-from worker.sources import Row
+from worker.validate import Row
 
 
 def rows(campaign_id: int, *ids: int) -> list[Row]:
@@ -13,7 +13,7 @@ def rows(campaign_id: int, *ids: int) -> list[Row]:
 
 
 def feed(batcher: Batcher, items: list[Row]) -> list[Batch]:
-    return [batch for row in items if (batch := batcher.add(row)) is not None]
+    return [batch for row in items for batch in batcher.add(row)]
 
 
 # -- Batcher ------------------------------------------------------------------------------------
@@ -22,9 +22,9 @@ def feed(batcher: Batcher, items: list[Row]) -> list[Batch]:
 def test_batch_is_handed_out_when_it_becomes_full() -> None:
     batcher = Batcher(3)
 
-    results = [batcher.add(row) for row in rows(7, 1, 2, 3)]
+    results = [list(batcher.add(row)) for row in rows(7, 1, 2, 3)]
 
-    assert results == [None, None, Batch(7, (1, 2, 3))]
+    assert results == [[], [], [Batch(7, (1, 2, 3))]]
 
 
 def test_full_batches_keep_input_order() -> None:
@@ -168,3 +168,29 @@ def test_halves_split_in_order_within_the_campaign(
     ids: tuple[int, ...], first: tuple[int, ...], second: tuple[int, ...]
 ) -> None:
     assert Batch(9, ids).halves() == (Batch(9, first), Batch(9, second))
+
+
+def test_a_partial_batch_that_waited_too_long_is_handed_out_early() -> None:
+    batcher = Batcher(10, stale_rows=1000)
+    rare = Row(1, 9, 900, offset=0)
+    common = [Row(n, 1, n, offset=n * 10) for n in range(2, 1026)]
+
+    handed = feed(batcher, [rare, *common])
+
+    assert Batch(9, (900,)) in handed
+    assert batcher.oldest_open() is None or batcher.oldest_open() > 0
+
+
+def test_oldest_open_is_the_first_offset_still_waiting() -> None:
+    batcher = Batcher(10)
+    feed(batcher, [Row(1, 1, 5, offset=100), Row(2, 2, 6, offset=200), Row(3, 1, 7, offset=300)])
+
+    assert batcher.oldest_open() == 100
+    assert sorted(batcher.open_ids()) == [(1, 5), (1, 7), (2, 6)]
+
+
+def test_deduper_holds_a_million_clustered_ids_in_little_memory() -> None:
+    dedupe = Deduper()
+    assert all(dedupe.first_time(1, i) for i in range(1, 1_000_001))
+    assert not dedupe.first_time(1, 500_000)
+    assert dedupe.seen[1].get_statistics()["n_bytes_bitset_containers"] <= 200_000

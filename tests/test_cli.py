@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 from conftest import read_audit, write_csv
 
+from worker.cli import main
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 
@@ -312,19 +313,28 @@ async def test_sigterm_stops_the_run_with_exit_75_and_a_finished_audit_log(
     assert sandbox.state.campaigns[42].deleted_count == finished["deleted"]
 
 
-async def test_sigterm_leaves_every_valid_row_deleted_or_failed(
+async def test_rerun_after_sigterm_finishes_without_resending_a_confirmed_id(
     sandbox: SandboxHandle, token: str, tmp_path: Path
 ) -> None:
     done = await interrupted_run(sandbox, token, tmp_path)
-
     assert done.code == 75, done.err
-    records = read_audit(tmp_path / "audit.jsonl")
-    finished = records[-1]
-    batched = sorted(
-        i for r in records if r["event"] in ("deleted", "failed") for i in r["audience_ids"]
+    confirmed = sandbox.state.campaigns[42].deleted_count
+
+    path = tmp_path / "ids.csv"
+    again = await purge(
+        *run_args(sandbox, tmp_path, "--input", str(path), "--campaign-id", "42"),
+        cwd=tmp_path,
+        token=token,
     )
-    assert batched == list(range(1, finished["valid"] + 1))
-    assert finished["deleted"] + finished["failed"] == finished["valid"]
+
+    assert again.code == 0, again.err
+    assert sandbox.state.campaigns[42].deleted_count == 200
+    assert sandbox.state.receipts[42].resent == 0
+    records = read_audit(tmp_path / "audit.jsonl")
+    second = [r for r in records if r["run_id"] == records[-1]["run_id"]]
+    assert second[0]["resumed"]["runs"] == [records[0]["run_id"]]
+    assert second[-1]["deleted"] == 200 - confirmed
+    assert main(["audit", "verify", str(tmp_path / "audit.jsonl")]) == 0
 
 
 async def test_help_works(tmp_path: Path) -> None:

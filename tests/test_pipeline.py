@@ -9,6 +9,7 @@ import io
 import math
 import re
 from collections.abc import Callable
+from dataclasses import replace
 from itertools import zip_longest
 from pathlib import Path
 from typing import Any
@@ -113,6 +114,8 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "input": str(path),
         "input_size": path.stat().st_size,
         "input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        "state_dir": str(settings.state_dir),
+        "resumed": None,
     }
     assert "token" not in started["settings"]
     assert started["settings"]["base_url"] == sandbox.url
@@ -134,6 +137,13 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
             "message": DELETED_MESSAGE,
         }
         assert isinstance(record["latency_ms"], float)
+    sending = sorted(of(records, "sending"), key=lambda r: r["audience_ids"][0])
+    assert [(r["batch_id"], r["audience_ids"]) for r in sending] == [
+        (r["batch_id"], r["audience_ids"]) for r in deleted
+    ]
+    for record in deleted:
+        intent = next(i for i, r in enumerate(records) if r.get("batch_id") == record["batch_id"])
+        assert records[intent]["event"] == "sending"
         assert record["latency_ms"] >= 0
 
     finished = records[-1]
@@ -153,6 +163,9 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "duplicates": 0,
         "requests": 3,
         "retries": 0,
+        "already_done": 0,
+        "unconfirmed": 0,
+        "failed_left": 0,
         "duration_s": finished["duration_s"],
         "failure_reasons": {},
         "campaigns": {"42": {"deleted": 25, "failed": 0}},
@@ -473,6 +486,7 @@ async def test_failed_out_file_is_accepted_as_input_by_the_next_run(
         audit_log=tmp_path / "again.jsonl",
         failed_out=tmp_path / "again-failed.csv",
         report=tmp_path / "again.json",
+        state_dir=tmp_path / "again-state",
     )
 
     result = await run_purge(again, str(first.failed_out), out=io.StringIO())
@@ -487,8 +501,8 @@ async def test_failed_out_file_is_accepted_as_input_by_the_next_run(
     assert failed_out_rows(again.failed_out) == ("campaign_id,audience_id", unknown)
 
 
-async def test_wrong_token_aborts_with_exit_3_without_a_retry_storm(
-    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
+async def test_wrong_token_aborts_with_exit_3_without_a_retry_storm_and_a_rerun_finishes(
+    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path, token: str
 ) -> None:
     ids = list(range(1, 101))
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in ids])
@@ -504,17 +518,21 @@ async def test_wrong_token_aborts_with_exit_3_without_a_retry_storm(
     records = audit_of(settings)
     assert_well_formed(records, result)
     assert of(records, "deleted") == []
-    assert audited_ids(records, "failed") == ids
-    refused = [r for r in of(records, "failed") if r["http_status"] == 401]
-    assert refused
+    refused = of(records, "failed")
+    assert 1 <= len(refused) <= settings.concurrency
+    assert all(r["http_status"] == 401 for r in refused)
     assert all(r["reason"] == "authentication refused (HTTP 401)" for r in refused)
-    not_sent = [r for r in of(records, "failed") if r["reason"].startswith("not sent")]
-    assert not_sent
-    assert all(r["attempts"] == 0 and r["http_status"] is None for r in not_sent)
-    assert (result.tally.deleted, result.tally.failed) == (0, 100)
+    sent = sorted(i for r in of(records, "sending") for i in r["audience_ids"])
+    assert audited_ids(records, "failed") == sent
+    assert result.tally.deleted == 0
     assert records[-1]["exit_code"] == 3
-    assert settings.failed_out is not None
-    assert failed_out_rows(settings.failed_out)[1] == [(42, i) for i in ids]
+
+    fixed = replace(settings, token=Secret(token), audit_log=tmp_path / "second.jsonl")
+    second = await run_purge(fixed, str(path), out=io.StringIO())
+
+    assert second.exit_code == 0
+    assert [i for i in ids if sandbox.state.campaigns[42].alive(i)] == []
+    assert second.tally.deleted == len(ids)
 
 
 async def test_wrong_token_in_token_file_aborts_with_exit_3(

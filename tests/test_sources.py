@@ -18,18 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import InputError
-from worker.sources import (
-    MAX_ID,
-    ByteSource,
-    InputDigest,
-    Layout,
-    Rejected,
-    Row,
-    detect_layout,
-    open_input,
-    parse_id,
-    read_rows,
-)
+from worker.sources import ByteSource, InputDigest, open_input, read_rows
+from worker.validate import MAX_ID, Layout, Rejected, Row, detect_layout, parse_id
 
 CAMPAIGN = 42
 

@@ -63,6 +63,12 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
+def _ends_with_newline(path: Path) -> bool:
+    with path.open("rb") as handle:
+        handle.seek(-1, os.SEEK_END)
+        return handle.read(1) == b"\n"
+
+
 def read_key_file(path: Path | None) -> bytes | None:
     """The HMAC key for signing or checking chain heads; errors name the file only."""
     if path is None:
@@ -90,7 +96,7 @@ class _Chain:
         record["seq"] = self.seq
         record["prev_hash"] = self.prev_hash
         if self._key is not None and record.get("event") == "run_finished":
-            record["head_hmac"] = head_hmac(self._key, self.seq, self.prev_hash)
+            record["head_hmac"] = head_hmac(self._key, record)
         record["hash"] = record_hash(record)
         self.seq += 1
         self.prev_hash = record["hash"]
@@ -126,6 +132,8 @@ class AuditLog:
             self._chain = _Chain(0, ZERO_HASH, key)
             self.previous = None
         self._file: BinaryIO = path.open("ab")
+        if self._file.tell() and not _ends_with_newline(path):
+            self._file.write(b"\n")  # a torn last line stays torn; our records stay readable
         self._log = structlog.wrap_logger(
             structlog.BytesLogger(self._file),
             processors=[
@@ -154,6 +162,12 @@ class AuditLog:
         if self.previous is not None and self._chain.seq == 0:
             fields = {**fields, "previous": self.previous}
         self._log.msg(event, **fields)
+
+    def sync(self) -> None:
+        """Make every record written so far durable (before a checkpoint names it)."""
+        if not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
 
     def close(self) -> None:
         """Make the file durable, then close it."""

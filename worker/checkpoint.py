@@ -6,8 +6,9 @@ offset. The *watermark* W is the offset of the first row that has not reached it
 
 - W, and a verified prefix (B, line count, SHA-256 of the input's first B bytes, B <= W) so
   a changed input is noticed without trusting file names or sizes;
-- ``seen``: every valid (campaign, id) pair met before W, as roaring bitmaps, so rows after
-  W are still recognised as duplicates of rows before it;
+- ``seen``: every valid (campaign, id) pair met so far, as roaring bitmaps, and ``pending``:
+  those of rows at or after W still on their way; ``seen - pending - done_above`` is what
+  was met before W, so rows after W are still recognised as duplicates of rows before it;
 - ``done_above``: pairs at or after W that already reached their end (batches finish out of
   order), so they are not sent again;
 - ``failed``: pairs that failed, retried first on resume unless ``--no-retry-failed``;
@@ -23,9 +24,10 @@ silent restart from zero.
 from __future__ import annotations
 
 import hashlib
+import heapq
 import os
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,15 +35,13 @@ from typing import Any
 import orjson
 from pyroaring import BitMap64
 
-from worker.errors import UsageError
+from worker.batching import Batch
+from worker.errors import StateError
 
 FORMAT = 1
 STATE_FILE = "state.json"
 _HEADER = struct.Struct("<QQ")
-
-
-class StateError(UsageError):
-    """The state directory is unusable (corrupt, from another input, ...): exit 2."""
+PARTS = ("seen", "pending", "done_above", "failed")
 
 
 Pairs = dict[int, BitMap64]
@@ -92,7 +92,6 @@ class Checkpoint:
 
     input_name: str
     watermark: int = 0
-    watermark_line: int = 0
     prefix_bytes: int = 0
     prefix_lines: int = 0
     prefix_sha256: str = hashlib.sha256().hexdigest()
@@ -100,9 +99,81 @@ class Checkpoint:
     run_ids: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
+    layout: tuple[int, int | None, bool] | None = None
     seen: Pairs = field(default_factory=dict)
+    pending: Pairs = field(default_factory=dict)
     done_above: Pairs = field(default_factory=dict)
     failed: Pairs = field(default_factory=dict)
+
+    def seen_before_watermark(self) -> Pairs:
+        """The pairs met before W: what a resumed run's de-duplication starts from."""
+        out: Pairs = {}
+        for campaign, ids in self.seen.items():
+            rest = ids.copy()
+            for part in (self.pending, self.done_above):
+                if campaign in part:
+                    rest.difference_update(part[campaign])
+            out[campaign] = rest
+        return out
+
+
+def _layout(value: object) -> tuple[int, int | None, bool] | None:
+    if value is None:
+        return None
+    if not isinstance(value, list) or len(value) != 3:
+        raise ValueError(f"bad layout {value!r}")
+    id_col, campaign_col, header = value
+    return int(id_col), None if campaign_col is None else int(campaign_col), bool(header)
+
+
+def default_state_dir(input_path: str, campaign_id: int | None, base_url: str) -> Path:
+    """Derived from what identifies a purge, so re-running the same command finds it."""
+    name = "stdin" if input_path == "-" else str(Path(input_path).resolve())
+    key = f"{name}|{campaign_id}|{base_url}"
+    stem = "stdin" if input_path == "-" else Path(input_path).stem
+    return Path("purge-state") / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+class Ledger:
+    """Which batches are on their way and which finished above the watermark.
+
+    The watermark is the smallest of: the first row of any batch not yet settled, the first
+    row still waiting in the batcher, and the next row to be read.
+    """
+
+    def __init__(self, read_from: int) -> None:
+        self.read_pos = read_from
+        self._pending: dict[int, Batch] = {}
+        self._settled: list[tuple[int, int, Batch]] = []
+        self._count = 0
+
+    def dispatched(self, batch: Batch) -> None:
+        self._pending[id(batch)] = batch
+
+    def settled(self, batch: Batch) -> None:
+        if self._pending.pop(id(batch), None) is not None:
+            self._count += 1
+            heapq.heappush(self._settled, (batch.last_offset, self._count, batch))
+
+    def idle(self) -> bool:
+        return not self._pending
+
+    def watermark(self, oldest_open: int | None) -> int:
+        candidates = [self.read_pos, *(b.first_offset for b in self._pending.values())]
+        if oldest_open is not None:
+            candidates.append(oldest_open)
+        return min(candidates)
+
+    def done_above(self, watermark: int) -> Pairs:
+        """Pairs of settled batches with rows at or after the watermark (older ones pruned)."""
+        while self._settled and self._settled[0][0] < watermark:
+            heapq.heappop(self._settled)
+        return pairs_from((b.campaign_id, i) for _, _, b in self._settled for i in b.audience_ids)
+
+    def pending_pairs(self) -> Iterator[tuple[int, int]]:
+        for batch in self._pending.values():
+            for audience in batch.audience_ids:
+                yield batch.campaign_id, audience
 
 
 def _fsync_dir(path: Path) -> None:
@@ -138,7 +209,7 @@ class StateStore:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._generation += 1
         blobs: dict[str, str] = {}
-        for part in ("seen", "done_above", "failed"):
+        for part in PARTS:
             data = dump_pairs(getattr(point, part))
             name = f"{part}.{self._generation}.bin"
             _write_atomic(self.directory / name, data)
@@ -149,11 +220,11 @@ class StateStore:
             "input": {
                 "name": point.input_name,
                 "watermark": point.watermark,
-                "watermark_line": point.watermark_line,
                 "prefix_bytes": point.prefix_bytes,
                 "prefix_lines": point.prefix_lines,
                 "prefix_sha256": point.prefix_sha256,
             },
+            "layout": point.layout,
             "complete": point.complete,
             "run_ids": point.run_ids,
             "audit": point.audit,
@@ -182,10 +253,10 @@ class StateStore:
             point = Checkpoint(
                 input_name=str(meta["name"]),
                 watermark=int(meta["watermark"]),
-                watermark_line=int(meta["watermark_line"]),
                 prefix_bytes=int(meta["prefix_bytes"]),
                 prefix_lines=int(meta["prefix_lines"]),
                 prefix_sha256=str(meta["prefix_sha256"]),
+                layout=_layout(doc.get("layout")),
                 complete=bool(doc["complete"]),
                 run_ids=[str(r) for r in doc["run_ids"]],
                 audit=dict(doc["audit"]),
@@ -206,7 +277,7 @@ class StateStore:
                 f"state file {self.path} is unreadable or corrupt ({type(exc).__name__}: {exc}); "
                 "use --fresh to start over"
             ) from None
-        for part in ("seen", "done_above", "failed"):
+        for part in PARTS:
             setattr(point, part, self._load_blob(str(files.get(part, ""))))
         return point
 

@@ -68,6 +68,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--report", help="write a JSON summary here")
     run.add_argument("--failed-out", help="write failed ids here as CSV (campaign_id,audience_id)")
     run.add_argument("--progress", help="auto, bar, log or off (default auto)")
+    run.add_argument(
+        "--state-dir", help="where progress is kept (default purge-state/<derived from input>)"
+    )
+    run.add_argument(
+        "--fresh", action="store_true", default=None, help="ignore and replace saved progress"
+    )
+    run.add_argument(
+        "--no-retry-failed",
+        dest="retry_failed",
+        action="store_false",
+        default=None,
+        help="on resume, do not retry ids that failed in earlier runs",
+    )
+    run.add_argument(
+        "--grace", help="seconds in-flight requests get after SIGTERM/SIGINT (default 20)"
+    )
 
     wipe = commands.add_parser("delete-all", help="delete EVERY audience of a draft campaign")
     wipe.add_argument("--campaign-id", required=True)
@@ -152,6 +168,10 @@ RUN_KEYS = (
     "report",
     "failed_out",
     "progress",
+    "state_dir",
+    "fresh",
+    "retry_failed",
+    "grace",
 )
 
 

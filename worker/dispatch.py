@@ -1,22 +1,32 @@
 """Dispatch stage: send batches concurrently under the rate gate, with retries and splits.
 
 At most ``concurrency`` batches are in flight; a bounded queue between the batcher and the
-senders keeps memory flat. A fatal answer stops new requests (in-flight ones finish) and
-every batch not yet sent is recorded as failed, "not sent". :meth:`Dispatcher.stop` (a
-signal) stops intake at once; batches in flight may finish until they are cancelled.
+senders keeps memory flat. A batch *settles* when its outcome (deleted or failed) is in the
+audit log; only then is ``on_settled`` told, which lets the checkpoint move past it.
+
+Stopping (a signal, or a fatal answer such as a 401) stops intake at once: queued batches
+are not sent, retries do not start, and in-flight requests may finish. Batches that did
+not settle stay pending in the checkpoint and are sent again by the next run; one whose
+request was cut off is audited as ``unconfirmed``.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, AsyncIterable
+from collections.abc import AsyncGenerator, AsyncIterable, Callable
 
 import structlog
 
 from worker.batching import Batch
 from worker.classify import Kind, Verdict
 from worker.client import Reply, UnleashXClient
-from worker.errors import ApiError, FatalError, PayloadTooLargeError, PermanentError, RetryableError
+from worker.errors import (
+    ApiError,
+    FatalError,
+    PayloadTooLargeError,
+    PermanentError,
+    RetryableError,
+)
 from worker.ratelimit import RateGate
 from worker.recorder import Recorder
 from worker.retry import RetryPolicy, with_retries
@@ -25,7 +35,7 @@ log = structlog.get_logger("audience_purge.dispatch")
 
 
 class Dispatcher:
-    """Owns the sender tasks and decides each batch's end: deleted or failed."""
+    """Owns the sender tasks and decides each batch's end: deleted, failed or unsettled."""
 
     def __init__(
         self,
@@ -35,12 +45,14 @@ class Dispatcher:
         policy: RetryPolicy,
         recorder: Recorder,
         concurrency: int,
+        on_settled: Callable[[Batch], None] = lambda _: None,
     ) -> None:
         self._client = client
         self._gate = gate
         self._policy = policy
         self._recorder = recorder
         self._concurrency = concurrency
+        self._on_settled = on_settled
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=concurrency)
         self._size_cap: int | None = None
         self._feeder: asyncio.Task[None] | None = None
@@ -54,10 +66,9 @@ class Dispatcher:
             self._feeder.cancel()
 
     async def run(self, batches: AsyncIterable[Batch]) -> None:
-        """Send every batch; returns when all are recorded or the run was stopped.
+        """Send every batch; returns when all settled or the run was stopped.
 
-        Cancelling this coroutine cancels the in-flight requests; each such batch is
-        recorded as failed, outcome unknown.
+        Cancelling this coroutine cancels the in-flight requests (audited as unconfirmed).
         """
         senders = [asyncio.create_task(self._sender()) for _ in range(self._concurrency)]
         try:
@@ -68,8 +79,8 @@ class Dispatcher:
                 current = asyncio.current_task()
                 if not self.stopping or (current is not None and current.cancelling()):
                     raise
-                if isinstance(batches, AsyncGenerator):
-                    await batches.aclose()  # lets the batcher account for its open batches
+            if isinstance(batches, AsyncGenerator):
+                await batches.aclose()
             for _ in senders:
                 await self._queue.put(None)
             await asyncio.gather(*senders)
@@ -82,48 +93,32 @@ class Dispatcher:
 
     async def _feed(self, batches: AsyncIterable[Batch]) -> None:
         async for batch in batches:
-            try:
-                await self._queue.put(batch)
-            except asyncio.CancelledError:
-                self._not_sent(batch, "interrupted before sending")
-                raise
+            await self._queue.put(batch)
 
     async def _sender(self) -> None:
         while (batch := await self._queue.get()) is not None:
-            if self.fatal is not None:
-                self._not_sent(batch, f"not sent: run aborted ({self.fatal.reason})")
-            elif self.stopping:
-                self._not_sent(batch, "interrupted before sending")
-            else:
-                await self._dispatch(batch)
+            if not self.stopping and await self._dispatch(batch):
+                self._on_settled(batch)
 
-    async def _dispatch(self, batch: Batch) -> None:
-        """Send a batch, pre-split to the size the API is known to accept."""
+    async def _dispatch(self, batch: Batch) -> bool:
+        """Send a batch, pre-split to the size the API is known to accept; True if settled."""
         cap = self._size_cap
         if cap is not None and len(batch.audience_ids) > cap:
-            for half in batch.halves():
-                await self._dispatch(half)
-            return
+            return all([await self._dispatch(half) for half in batch.halves()])
+        self._recorder.sending(batch)
         try:
-            await self._send(batch)
+            return await self._send(batch)
         except asyncio.CancelledError:
-            self._recorder.failed(
-                batch,
-                None,
-                reason="interrupted in flight: outcome unknown",
-                retryable=True,
-                attempts=1,
-                latency_ms=None,
-            )
+            self._recorder.unconfirmed(batch, "cancelled in flight: outcome unknown")
             raise
 
-    async def _send(self, batch: Batch) -> None:
+    async def _send(self, batch: Batch) -> bool:
         attempts = 0
         last: Reply | None = None
 
         async def attempt(number: int) -> Reply:
             nonlocal attempts, last
-            if self.fatal is not None or self.stopping:
+            if self.stopping:
                 raise _Abandoned
             await self._gate.acquire()
             attempts = number
@@ -137,29 +132,22 @@ class Dispatcher:
         try:
             reply = await with_retries(attempt, self._policy, self._gate, context=context)
         except PayloadTooLargeError:
-            await self._split(batch, attempts, last)
+            return await self._split(batch, attempts, last)
         except (PermanentError, RetryableError, FatalError) as exc:
             self._failed(batch, exc, attempts, last)
+            return True
         except _Abandoned:
-            why = self.fatal.reason if self.fatal else "interrupted"
-            self._recorder.failed(
-                batch,
-                last.verdict if last else None,
-                reason=f"not confirmed: {why}",
-                retryable=True,
-                attempts=attempts,
-                latency_ms=None,
-            )
-        else:
-            self._recorder.deleted(
-                batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms
-            )
+            if attempts:
+                self._recorder.unconfirmed(batch, "stopped before a retry could settle it")
+            return False
+        self._recorder.deleted(batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms)
+        return True
 
-    async def _split(self, batch: Batch, attempts: int, last: Reply | None) -> None:
+    async def _split(self, batch: Batch, attempts: int, last: Reply | None) -> bool:
         size = len(batch.audience_ids)
         if size == 1:
             self._failed(batch, PermanentError("payload too large for a single id"), attempts, last)
-            return
+            return True
         self._size_cap = min(self._size_cap or size, size // 2 + size % 2)
         log.warning(
             "payload too large: splitting",
@@ -167,13 +155,13 @@ class Dispatcher:
             new_cap=self._size_cap,
             campaign_id=batch.campaign_id,
         )
-        for half in batch.halves():
-            await self._dispatch(half)
+        return all([await self._dispatch(half) for half in batch.halves()])
 
     def _failed(self, batch: Batch, exc: ApiError, attempts: int, last: Reply | None) -> None:
         if isinstance(exc, FatalError) and self.fatal is None:
             self.fatal = exc
             log.error("fatal API answer: no new requests", reason=exc.reason, status=exc.status)
+            self.stop()
         verdict = last.verdict if last else None
         self._recorder.failed(
             batch,
@@ -182,11 +170,6 @@ class Dispatcher:
             retryable=isinstance(exc, RetryableError | FatalError),
             attempts=attempts,
             latency_ms=last.latency_ms if last else None,
-        )
-
-    def _not_sent(self, batch: Batch, reason: str) -> None:
-        self._recorder.failed(
-            batch, None, reason=reason, retryable=True, attempts=0, latency_ms=None
         )
 
 

@@ -6,7 +6,8 @@ Only the CLI maps them to exit codes::
     PurgeError
     ├── UsageError            bad flags, config or input, found before anything was sent (exit 2)
     │   ├── ConfigError       a config key is unknown, mistyped or out of range
-    │   └── InputError        the input cannot be opened or has no id column
+    │   ├── InputError        the input cannot be opened or has no id column
+    │   └── StateError        the saved progress is unusable, or belongs to another input
     ├── ApiError              something the API said or did not say
     │   ├── RetryableError    worth another attempt (5xx, 429, timeouts, dropped connections)
     │   │   └── RateLimitedError   a 429: every sender pauses, not only this one
@@ -39,6 +40,10 @@ class ConfigError(UsageError):
 
 class InputError(UsageError):
     """The input cannot be read as an audience id list."""
+
+
+class StateError(UsageError):
+    """The state directory cannot be used to resume (corrupt, or the input changed)."""
 
 
 class ApiError(PurgeError):

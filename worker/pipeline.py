@@ -2,122 +2,52 @@
 
 This is the embedding API: :func:`run_purge` takes one :class:`Settings` and an input path
 and returns a :class:`RunResult`; it raises only :class:`UsageError` (nothing was sent).
+Resources live in one ``AsyncExitStack``; progress is checkpointed (see
+:mod:`worker.resume`) so that re-running the same command continues the purge.
 """
 
 from __future__ import annotations
 
 import asyncio
-import signal
 import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import AsyncExitStack, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, suppress
 from typing import TextIO
 
 import structlog
 
 from worker import __version__
 from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.batching import Batch, Batcher, Deduper
+from worker.batching import Batch
+from worker.checkpoint import Checkpoint, count
 from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
 from worker.errors import UsageError
+from worker.planning import plan_batches
 from worker.progress import progress
 from worker.ratelimit import LocalRateGate
 from worker.recorder import FailedOut, Recorder
 from worker.report import RunResult, write_report
+from worker.resume import Checkpointer, make_plan, open_state, previous_link
 from worker.retry import RetryPolicy
 from worker.settings import Settings
-from worker.sources import ByteSource, InputDigest, Rejected, open_input, read_rows
+from worker.shutdown import Interrupts, signal_handlers
+from worker.sources import InputDigest, open_input
 
 log = structlog.get_logger("audience_purge.pipeline")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
-GRACE_SECONDS = 20.0
-
-
-async def plan_batches(
-    source: ByteSource, digest: InputDigest, recorder: Recorder, settings: Settings
-) -> AsyncIterator[Batch]:
-    """Validate, de-duplicate and batch the input, recording every row that is not sent."""
-    dedupe = Deduper()
-    batcher = Batcher(settings.batch_size)
-    try:
-        async for block in read_rows(source, digest, default_campaign=settings.campaign_id):
-            for item in block:
-                if isinstance(item, Rejected):
-                    recorder.rejected(item)
-                elif not dedupe.first_time(item.campaign_id, item.audience_id):
-                    recorder.duplicate(item)
-                else:
-                    recorder.accepted(item)
-                    if (batch := batcher.add(item)) is not None:
-                        yield batch
-        recorder.tally.input_read = True
-        for batch in batcher.flush():
-            yield batch
-    finally:
-        for batch in batcher.flush():  # only left when the run was stopped early
-            recorder.failed(
-                batch,
-                None,
-                reason="interrupted before sending",
-                retryable=True,
-                attempts=0,
-                latency_ms=None,
-            )
-
-
-@contextmanager
-def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Explicit SIGINT/SIGTERM handlers: a container's PID 1 has no default ones."""
-    loop = asyncio.get_running_loop()
-    signals = (signal.SIGINT, signal.SIGTERM)
-    for sig in signals:
-        loop.add_signal_handler(sig, on_signal, sig)
-    try:
-        yield
-    finally:
-        for sig in signals:
-            loop.remove_signal_handler(sig)
-
-
-class _Interrupts:
-    """First signal: stop intake, grace for in-flight requests. Second: cancel them now."""
-
-    def __init__(self, dispatcher: Dispatcher, grace: float) -> None:
-        self._dispatcher = dispatcher
-        self._grace = grace
-        self.task: asyncio.Task[None] | None = None
-        self.count = 0
-
-    def __call__(self, signum: int) -> None:
-        self.count += 1
-        log.warning("signal received", signal=signal.Signals(signum).name, count=self.count)
-        self._dispatcher.stop()
-        if self.task is None:
-            return
-        if self.count == 1:
-            asyncio.get_running_loop().call_later(self._grace, self.task.cancel)
-        else:
-            self.task.cancel()
-
-
-def _exit_code(dispatcher: Dispatcher | None, recorder: Recorder, interrupted: bool) -> int:
-    if dispatcher is not None and dispatcher.fatal is not None:
-        return EXIT_FATAL
-    if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if recorder.tally.failed else EXIT_OK
 
 
 async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> RunResult:
     """Run one purge (or, with ``settings.dry_run``, plan it) and return its result.
 
     Raises:
-        UsageError: the input or the settings are unusable; nothing was sent.
+        UsageError: the input, the settings or the saved state are unusable; nothing was
+            sent.
     """
     started = time.monotonic()
     tokens = (
@@ -125,6 +55,8 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         if settings.dry_run
         else TokenSource(settings.token, None if settings.token else settings.token_file)
     )
+    store, point = (None, None) if settings.dry_run else open_state(settings, input_path)
+    plan = make_plan(point, settings)
     source = await open_input(input_path)
     run_id = new_run_id()
     audit_path = settings.audit_log or default_audit_path(settings.audit_dir, run_id)
@@ -133,12 +65,17 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
     interrupted = False
     async with AsyncExitStack() as stack:
         stack.callback(source.close)
-        audit = AuditLog(audit_path, run_id, key=read_key_file(settings.audit_key_file))
+        audit = AuditLog(
+            audit_path,
+            run_id,
+            previous=previous_link(point),
+            key=read_key_file(settings.audit_key_file),
+        )
         stack.callback(audit.close)
         failed_out = FailedOut(settings.failed_out) if settings.failed_out else None
         if failed_out is not None:
             stack.callback(failed_out.close)
-        recorder = Recorder(audit, failed_out)
+        recorder = Recorder(audit, failed_out, dict(point.failed) if point else None)
         input_sha256, input_lines = await source.survey()
         audit.write(
             "run_started",
@@ -149,13 +86,21 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             input=source.name,
             input_size=source.size,
             input_sha256=input_sha256,
+            state_dir=str(store.directory) if store else None,
+            resumed=_resumed(point),
         )
-        batches = plan_batches(source, digest, recorder, settings)
+        batches = plan_batches(plan, source, digest, recorder, settings)
+        checkpoints = (
+            None
+            if store is None
+            else Checkpointer(store, plan, digest, recorder, audit, source.name, point)
+        )
         try:
             if settings.dry_run:
                 await _dry_run(batches, settings, out)
             else:
                 assert tokens is not None
+                assert checkpoints is not None
                 session = await stack.enter_async_context(
                     http_session(settings.timeout, settings.concurrency)
                 )
@@ -165,8 +110,11 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                     policy=RetryPolicy.from_settings(settings),
                     recorder=recorder,
                     concurrency=settings.concurrency,
+                    on_settled=plan.ledger.settled,
                 )
-                interrupted = await _dispatch(dispatcher, batches, recorder, input_lines, settings)
+                interrupted = await _dispatch(
+                    dispatcher, batches, recorder, input_lines, settings, checkpoints
+                )
         except BaseException as exc:
             audit.write(
                 "run_finished",
@@ -177,6 +125,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                 input_bytes=digest.bytes_read,
             )
             raise
+        stopped = interrupted or (dispatcher is not None and dispatcher.fatal is not None)
         code = _exit_code(dispatcher, recorder, interrupted)
         result = RunResult(
             run_id=run_id,
@@ -191,16 +140,35 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             dry_run=settings.dry_run,
             input_sha256=digest.sha256,
             input_bytes=digest.bytes_read,
+            state_dir=store.directory if store else None,
+            failed_left=count(recorder.failed_pairs),
         )
-        totals = {
-            k: v
-            for k, v in result.summary().items()
-            if k not in ("run_id", "audit_log", "failed_out")
-        }
-        audit.write("run_finished", **totals)
+        audit.write("run_finished", **result.audit_totals())
+        if checkpoints is not None:
+            checkpoints.final(stopped=stopped)
     if settings.report:
         write_report(settings.report, result.summary())
     return result
+
+
+def _resumed(point: Checkpoint | None) -> dict[str, object] | None:
+    if point is None:
+        return None
+    return {
+        "runs": point.run_ids,
+        "watermark": point.watermark,
+        "complete": point.complete,
+        "failed": count(point.failed),
+        "confirmed_deleted": point.totals.get("deleted", 0),
+    }
+
+
+def _exit_code(dispatcher: Dispatcher | None, recorder: Recorder, interrupted: bool) -> int:
+    if dispatcher is not None and dispatcher.fatal is not None:
+        return EXIT_FATAL
+    if interrupted:
+        return EXIT_INTERRUPTED
+    return EXIT_FAILED if count(recorder.failed_pairs) else EXIT_OK
 
 
 async def _dispatch(
@@ -209,24 +177,31 @@ async def _dispatch(
     recorder: Recorder,
     total_lines: int | None,
     settings: Settings,
+    checkpoints: Checkpointer,
 ) -> bool:
-    """Run the dispatcher under signal handlers and progress; True if interrupted."""
-    interrupts = _Interrupts(dispatcher, GRACE_SECONDS)
+    """Run the dispatcher under signal handlers, progress and checkpoints; True if a
+    signal interrupted it."""
     task = asyncio.create_task(dispatcher.run(batches))
-    interrupts.task = task
-    with signal_handlers(interrupts):
-        async with progress(
-            recorder.tally,
-            total_lines,
-            mode=settings.progress,
-            interval=settings.progress_interval,
-        ):
-            try:
-                await task
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if current is not None and current.cancelling():
-                    raise
+    interrupts = Interrupts(dispatcher.stop, task, settings.grace)
+    saver = asyncio.create_task(checkpoints.every(settings.checkpoint_interval))
+    try:
+        with signal_handlers(interrupts):
+            async with progress(
+                recorder.tally,
+                total_lines,
+                mode=settings.progress,
+                interval=settings.progress_interval,
+            ):
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+    finally:
+        saver.cancel()
+        with suppress(asyncio.CancelledError):
+            await saver
     return interrupts.count > 0
 
 

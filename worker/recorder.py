@@ -12,10 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from pyroaring import BitMap64
+
 from worker.audit import AuditLog
 from worker.batching import Batch
 from worker.classify import Verdict
-from worker.sources import Rejected, Row
+from worker.validate import Rejected, Row
 
 
 @dataclass(slots=True)
@@ -29,6 +31,8 @@ class Tally:
     deleted: int = 0
     failed: int = 0
     requests: int = 0
+    unconfirmed: int = 0
+    already_done: int = 0
     input_read: bool = False
     retries: int = 0
     deleted_by_campaign: Counter[int] = field(default_factory=Counter)
@@ -58,10 +62,42 @@ class FailedOut:
 class Recorder:
     """Writes outcomes to the audit log, the tally and the failed-out file."""
 
-    def __init__(self, audit: AuditLog, failed_out: FailedOut | None = None) -> None:
+    def __init__(
+        self,
+        audit: AuditLog,
+        failed_out: FailedOut | None = None,
+        failed_pairs: dict[int, BitMap64] | None = None,
+    ) -> None:
         self.audit = audit
         self.tally = Tally()
         self._failed_out = failed_out
+        # Every pair that failed and has not been deleted since: retried on resume.
+        self.failed_pairs: dict[int, BitMap64] = failed_pairs if failed_pairs is not None else {}
+
+    def sending(self, batch: Batch) -> None:
+        """Write-ahead: the intent is on disk before the request can reach the API."""
+        self.audit.write(
+            "sending",
+            campaign_id=batch.campaign_id,
+            batch_id=batch.batch_id,
+            audience_ids=batch.audience_ids,
+        )
+
+    def unconfirmed(self, batch: Batch, reason: str) -> None:
+        """A batch that was (or may have been) sent, without a final answer: sent again later."""
+        self.audit.write(
+            "unconfirmed",
+            campaign_id=batch.campaign_id,
+            batch_id=batch.batch_id,
+            audience_ids=batch.audience_ids,
+            reason=reason,
+        )
+        self.tally.unconfirmed += len(batch.audience_ids)
+
+    def already_done(self, row: Row) -> None:
+        """A row an earlier run already finished (resume): neither sent nor audited again."""
+        self.tally.rows += 1
+        self.tally.already_done += 1
 
     def rejected(self, item: Rejected) -> None:
         self.audit.write("rejected", line=item.line, raw=item.raw, reason=item.reason)
@@ -87,6 +123,9 @@ class Recorder:
         self.audit.write("deleted", **self._batch_fields(batch, verdict, attempts, latency_ms))
         self.tally.deleted += len(batch.audience_ids)
         self.tally.deleted_by_campaign[batch.campaign_id] += len(batch.audience_ids)
+        failed = self.failed_pairs.get(batch.campaign_id)
+        if failed is not None:
+            failed.difference_update(BitMap64(batch.audience_ids))
 
     def failed(
         self,
@@ -103,6 +142,9 @@ class Recorder:
         self.tally.failed += len(batch.audience_ids)
         self.tally.failed_by_campaign[batch.campaign_id] += len(batch.audience_ids)
         self.tally.failure_reasons[reason] += len(batch.audience_ids)
+        self.failed_pairs.setdefault(batch.campaign_id, BitMap64()).update(
+            BitMap64(batch.audience_ids)
+        )
         if self._failed_out is not None:
             self._failed_out.add(batch)
 

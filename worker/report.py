@@ -28,6 +28,8 @@ class RunResult:
     dry_run: bool
     input_sha256: str
     input_bytes: int
+    state_dir: Path | None = None
+    failed_left: int = 0
 
     def summary(self) -> dict[str, Any]:
         """The report's content: totals first, then where to look."""
@@ -47,6 +49,9 @@ class RunResult:
             "duplicates": t.duplicates,
             "requests": t.requests,
             "retries": t.retries,
+            "already_done": t.already_done,
+            "unconfirmed": t.unconfirmed,
+            "failed_left": self.failed_left,
             "duration_s": self.duration_s,
             "failure_reasons": dict(t.failure_reasons),
             "campaigns": {
@@ -57,7 +62,13 @@ class RunResult:
             "input_bytes": self.input_bytes,
             "audit_log": str(self.audit_log),
             "failed_out": str(self.failed_out) if self.failed_out else None,
+            "state_dir": str(self.state_dir) if self.state_dir else None,
         }
+
+    def audit_totals(self) -> dict[str, Any]:
+        """The summary as ``run_finished`` carries it (the record names the run already)."""
+        skip = ("run_id", "audit_log", "failed_out", "state_dir")
+        return {k: v for k, v in self.summary().items() if k not in skip}
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
@@ -87,12 +98,20 @@ def print_summary(result: RunResult, out: TextIO) -> None:
         f"  requests    {t.requests:>10}    retries    {t.retries:>10}    "
         f"time {result.duration_s:.1f}s",
     ]
+    if t.already_done or t.unconfirmed:
+        lines.append(f"  done before {t.already_done:>10}    unconfirmed {t.unconfirmed:>9}")
     lines += [
         f"  failed: {count} ids, {reason}" for reason, count in t.failure_reasons.most_common(5)
     ]
+    if result.failed_left > t.failed:
+        lines.append(f"  failed in earlier runs, not retried: {result.failed_left - t.failed}")
+    if result.exit_code in (3, 75):
+        lines.append("  to continue: fix the cause if any, then re-run the same command")
     lines.append(f"  audit log   {result.audit_log}")
     if result.report:
         lines.append(f"  report      {result.report}")
     if result.failed_out:
         lines.append(f"  failed ids  {result.failed_out}")
+    if result.state_dir:
+        lines.append(f"  state       {result.state_dir}")
     print("\n".join(lines), file=out)

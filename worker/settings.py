@@ -44,6 +44,11 @@ class Settings:
     audit_key_file: Path | None = None
     report: Path | None = None
     failed_out: Path | None = None
+    state_dir: Path | None = None
+    fresh: bool = False
+    retry_failed: bool = True
+    grace: float = 20.0
+    checkpoint_interval: float = 1.0
     insecure_http: bool = False
     dry_run: bool = False
     progress: str = "auto"
@@ -144,6 +149,11 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "audit_key_file": _path,
     "report": _path,
     "failed_out": _path,
+    "state_dir": _path,
+    "fresh": _bool,
+    "retry_failed": _bool,
+    "grace": _float(0.0, 3600),
+    "checkpoint_interval": _float(0.05, 3600),
     "insecure_http": _bool,
     "dry_run": _bool,
     "progress": _choice("auto", "bar", "log", "off"),

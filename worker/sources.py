@@ -1,137 +1,107 @@
 """Input stage: stream a CSV of audience ids (file or stdin) into validated rows.
 
-The input is never loaded whole: bytes are read in blocks off the event loop, split into
-physical lines (so line numbers in the audit log are the ones an editor shows), and parsed
-with :mod:`csv`. Each data line becomes exactly one :class:`Row` or :class:`Rejected`.
+The input is never loaded whole: bytes are read in blocks off the event loop and split into
+physical lines, so line numbers are the ones an editor shows and every row knows its byte
+offset. The digest hashes exactly the bytes consumed and keeps marks at block boundaries,
+from which a checkpoint takes a verifiable prefix; a resumed run re-reads that prefix,
+checks its hash, and drops the rows before the watermark.
 """
 
 from __future__ import annotations
 
 import asyncio
-import csv
 import hashlib
 import os
-import re
 import stat
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections import deque
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from worker.errors import InputError
+from worker.errors import InputError, StateError
+from worker.validate import (
+    Layout,
+    Rejected,
+    Row,
+    detect_layout,
+    parse_id,
+    parse_line,
+    split_cells,
+)
 
-MAX_ID = 2**63 - 1
+__all__ = [
+    "ByteSource",
+    "InputDigest",
+    "Rejected",
+    "ResumeFrom",
+    "Row",
+    "detect_layout",
+    "open_input",
+    "parse_id",
+    "parse_line",
+    "read_rows",
+    "split_cells",
+]
+
 BLOCK = 1 << 16
-ID_COLUMNS = ("audience_id", "id")
-CAMPAIGN_COLUMN = "campaign_id"
-_DIGITS = re.compile(r"[0-9]+")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]*")
+BOM = b"\xef\xbb\xbf"
+MARKS = 8192
 
 
 @dataclass(frozen=True, slots=True)
-class Row:
-    line: int
-    campaign_id: int
-    audience_id: int
+class Prefix:
+    """The first ``size`` bytes of the input: ``lines`` newlines, SHA-256 ``sha256``."""
 
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    line: int
-    raw: str
-    reason: str
+    size: int
+    lines: int
+    sha256: str
 
 
 @dataclass(slots=True)
 class InputDigest:
-    """What was read: its size and SHA-256, for the audit log and resume checks."""
+    """What was consumed: size, line count and SHA-256, with marks at block boundaries."""
 
     bytes_read: int = 0
     lines: int = 0
+    layout: Layout | None = None
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
+    _marks: deque[tuple[int, int, hashlib._Hash]] = field(
+        default_factory=lambda: deque(maxlen=MARKS)
+    )
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
+    def consume(self, data: bytes, lines: int) -> None:
+        self._hash.update(data)
+        self.bytes_read += len(data)
+        self.lines += lines
+        self._marks.append((self.bytes_read, self.lines, self._hash.copy()))
 
-def parse_id(text: str) -> int | str:
-    """The id in ``text``, or the reason it is not a positive 64-bit integer."""
-    value = text.strip()
-    if not value:
-        return "empty value"
-    if not _DIGITS.fullmatch(value):
-        if value.startswith("-") and _DIGITS.fullmatch(value[1:]):
-            return "not a positive integer"
-        return "not an integer"
-    if len(value) > 19 or int(value) > MAX_ID:
-        return "out of 64-bit range"
-    number = int(value)
-    return number if number > 0 else "not a positive integer"
+    def restart(self, prefix: Prefix, hashed: hashlib._Hash) -> None:
+        self.bytes_read, self.lines, self._hash = prefix.size, prefix.lines, hashed
+        self._marks.append((prefix.size, prefix.lines, hashed.copy()))
+
+    def prefix_before(self, offset: int) -> Prefix:
+        """The longest marked prefix that ends at or before ``offset``."""
+        best = Prefix(0, 0, hashlib.sha256().hexdigest())
+        for size, lines, hashed in self._marks:
+            if size > offset:
+                break
+            best = Prefix(size, lines, hashed.hexdigest()) if size > best.size else best
+        return best
 
 
 @dataclass(frozen=True, slots=True)
-class Layout:
-    """Where the ids are: column indexes decided from the first line."""
+class ResumeFrom:
+    """Where a resumed run picks the input up: re-read ``prefix``, then skip to ``watermark``."""
 
-    id_col: int
-    campaign_col: int | None
-    has_header: bool
-
-
-def detect_layout(cells: Sequence[str], *, default_campaign: int | None) -> Layout:
-    """Decide from the first non-blank line whether it is a header and where the columns are.
-
-    A first line whose cells look like names is a header; without one, the file must be a
-    single column of audience ids.
-
-    Raises:
-        InputError: no recognisable id column, or several unnamed columns.
-    """
-    names = [cell.strip().lower().lstrip("\ufeff") for cell in cells]
-    if any(_NAME.fullmatch(name) for name in names):
-        id_col = next((names.index(n) for n in ID_COLUMNS if n in names), None)
-        if id_col is None:
-            raise InputError(
-                f"no recognisable id column in header {','.join(names)!r}: "
-                "expected audience_id (or id)"
-            )
-        campaign_col = names.index(CAMPAIGN_COLUMN) if CAMPAIGN_COLUMN in names else None
-        layout = Layout(id_col, campaign_col, has_header=True)
-    elif len(cells) == 1:
-        layout = Layout(0, None, has_header=False)
-    else:
-        raise InputError(
-            f"{len(cells)} columns but no header line: add a header naming audience_id "
-            "(and campaign_id)"
-        )
-    if layout.campaign_col is None and default_campaign is None:
-        raise InputError("the input has no campaign_id column: give --campaign-id N")
-    return layout
-
-
-def parse_line(
-    cells: Sequence[str], line: int, layout: Layout, default_campaign: int | None
-) -> Row | Rejected:
-    raw = ",".join(cells)
-    if layout.id_col >= len(cells):
-        return Rejected(line, raw, "missing audience_id")
-    audience = parse_id(cells[layout.id_col])
-    if isinstance(audience, str):
-        return Rejected(line, raw, f"audience_id {audience}")
-    campaign: int | str | None = default_campaign
-    if (
-        layout.campaign_col is not None
-        and layout.campaign_col < len(cells)
-        and cells[layout.campaign_col].strip()
-    ):
-        campaign = parse_id(cells[layout.campaign_col])
-    if campaign is None:
-        return Rejected(line, raw, "campaign_id missing and no --campaign-id given")
-    if isinstance(campaign, str):
-        return Rejected(line, raw, f"campaign_id {campaign}")
-    return Row(line, campaign, audience)
+    prefix: Prefix
+    watermark: int
+    layout: Layout
 
 
 class ByteSource:
@@ -145,6 +115,7 @@ class ByteSource:
     def __init__(self, handle: BinaryIO, name: str, size: int | None) -> None:
         self._handle = handle
         self._reader: asyncio.StreamReader | None = None
+        self._pushback = b""
         self.name = name
         self.size = size
 
@@ -157,9 +128,15 @@ class ByteSource:
 
     async def read(self) -> bytes:
         """The next block; empty at the end of the input."""
+        if self._pushback:
+            data, self._pushback = self._pushback, b""
+            return data
         if self._reader is not None:
             return await self._reader.read(BLOCK)
         return await asyncio.to_thread(self._handle.read1, BLOCK)  # type: ignore[attr-defined]
+
+    def unread(self, data: bytes) -> None:
+        self._pushback = data + self._pushback
 
     async def survey(self) -> tuple[str | None, int | None]:
         """SHA-256 and line count of a file before it is read; (None, None) for stdin."""
@@ -204,64 +181,101 @@ async def open_input(path: str) -> ByteSource:
     return source
 
 
-async def _lines(source: ByteSource, digest: InputDigest) -> AsyncIterator[list[str]]:
-    """Blocks of complete decoded lines."""
+async def skip_prefix(source: ByteSource, digest: InputDigest, prefix: Prefix) -> None:
+    """Consume the first ``prefix.size`` bytes, checking they are the ones a checkpoint saw.
+
+    Raises:
+        StateError: the input is shorter, or its prefix hashes differently.
+    """
+    hashed = hashlib.sha256()
+    remaining = prefix.size
+    while remaining:
+        block = await source.read()
+        if not block:
+            raise StateError(
+                f"input {source.name} changed since the state was written (it is shorter "
+                "now): re-run with --fresh to start over"
+            )
+        take = block[:remaining]
+        hashed.update(take)
+        remaining -= len(take)
+        if len(take) < len(block):
+            source.unread(block[len(take) :])
+    if hashed.hexdigest() != prefix.sha256:
+        raise StateError(
+            f"input {source.name} changed since the state was written (its first "
+            f"{prefix.size} bytes differ): re-run with --fresh to start over"
+        )
+    digest.restart(prefix, hashed)
+
+
+async def _blocks(
+    source: ByteSource, digest: InputDigest
+) -> AsyncIterator[tuple[int, int, list[bytes]]]:
+    """(offset, line number before it, complete raw lines) for each block read."""
     rest = b""
-    first = True
     while True:
         block = await source.read()
-        digest.bytes_read += len(block)
-        digest._hash.update(block)
         data = rest + block
         cut = data.rfind(b"\n") + 1 if block else len(data)
         data, rest = data[:cut], data[cut:]
         if data:
-            text = data.decode("utf-8", "replace")
-            if first:
-                text, first = text.removeprefix("\ufeff"), False
-            lines = text.split("\n")
-            yield lines[:-1] if block else lines
+            start, line0 = digest.bytes_read, digest.lines
+            lines = data.split(b"\n")
+            if block:
+                lines.pop()  # the empty string after the block's last newline
+            digest.consume(data, len(lines))
+            yield start, line0, lines
         if not block:
             return
 
 
-def split_cells(line: str) -> list[str] | None:
-    """CSV cells of one physical line; None if the line is not valid CSV."""
-    line = line.removesuffix("\r")
-    if '"' not in line and "\0" not in line:
-        return line.split(",")
-    try:
-        return next(csv.reader([line]), [])
-    except csv.Error:
-        return None
-
-
 async def read_rows(
-    source: ByteSource, digest: InputDigest, *, default_campaign: int | None
+    source: ByteSource,
+    digest: InputDigest,
+    *,
+    default_campaign: int | None,
+    resume: ResumeFrom | None = None,
 ) -> AsyncIterator[list[Row | Rejected]]:
-    """Validated rows in blocks; a blank line is skipped, every other line yields one item.
+    """Validated rows, one list per block read; a blank line is skipped, every other line
+    yields one item. After each list, ``digest.bytes_read`` is where the next row starts.
 
     Raises:
         InputError: the input is empty, or its first line does not tell where the ids
             are (see detect_layout).
+        StateError: resuming, and the input is not the one the checkpoint saw.
     """
-    layout: Layout | None = None
-    async for lines in _lines(source, digest):
+    watermark = 0
+    if resume is not None:
+        await skip_prefix(source, digest, resume.prefix)
+        digest.layout, watermark = resume.layout, resume.watermark
+    async for start, line0, lines in _blocks(source, digest):
         out: list[Row | Rejected] = []
-        for number, line in enumerate(lines, start=digest.lines + 1):
-            cells = split_cells(line)
-            if cells is None:
-                out.append(Rejected(number, line, "not valid CSV"))
+        offset = start
+        for number, raw in enumerate(lines, start=line0 + 1):
+            here, offset = offset, offset + len(raw) + 1
+            if here < watermark:
                 continue
-            if all(not cell.strip() for cell in cells):
-                continue
-            if layout is None:
-                layout = detect_layout(cells, default_campaign=default_campaign)
-                if layout.has_header:
-                    continue
-            out.append(parse_line(cells, number, layout, default_campaign))
-        digest.lines += len(lines)
-        if out:
-            yield out
-    if layout is None:
+            if here == 0 and raw.startswith(BOM):
+                raw = raw[len(BOM) :]
+            item = _parse(raw.decode("utf-8", "replace"), number, here, digest, default_campaign)
+            if item is not None:
+                out.append(item)
+        yield out
+    if digest.layout is None:
         raise InputError("the input is empty: no header and no audience ids")
+
+
+def _parse(
+    line: str, number: int, offset: int, digest: InputDigest, default_campaign: int | None
+) -> Row | Rejected | None:
+    cells = split_cells(line)
+    if cells is None:
+        return Rejected(number, line, "not valid CSV", offset)
+    if all(not cell.strip() for cell in cells):
+        return None
+    if digest.layout is None:
+        digest.layout = detect_layout(cells, default_campaign=default_campaign)
+        if digest.layout.has_header:
+            return None
+    return parse_line(cells, number, digest.layout, default_campaign, offset)

@@ -1,0 +1,80 @@
+"""Planning stage: validated rows → de-duplicated batches, on a fresh run or a resumed one.
+
+A resumed run first re-sends the ids that failed before (unless told not to), then picks
+the input up at the checkpoint's watermark: rows an earlier run already finished are
+counted and skipped, and de-duplication starts from every pair met before the watermark.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+
+from worker.batching import Batch, Batcher, Deduper
+from worker.checkpoint import Ledger, Pairs
+from worker.recorder import Recorder
+from worker.settings import Settings
+from worker.sources import ByteSource, InputDigest, ResumeFrom, read_rows
+from worker.validate import Rejected
+
+
+@dataclass(slots=True)
+class Plan:
+    """What one run has to do, and the structures its checkpoints are taken from."""
+
+    ledger: Ledger
+    batcher: Batcher
+    dedupe: Deduper
+    resume: ResumeFrom | None = None
+    skip: Pairs = field(default_factory=dict)
+    retry: Pairs = field(default_factory=dict)
+
+
+def retry_batches(retry: Pairs, batch_size: int) -> Iterator[Batch]:
+    """The failed pairs of earlier runs, in batches (they are not input rows: no offsets)."""
+    for campaign, ids in sorted(retry.items()):
+        chunk: list[int] = []
+        for audience in ids:
+            chunk.append(audience)
+            if len(chunk) == batch_size:
+                yield Batch(campaign, tuple(chunk))
+                chunk = []
+        if chunk:
+            yield Batch(campaign, tuple(chunk))
+
+
+def _already_done(skip: Pairs, campaign: int, audience: int) -> bool:
+    ids = skip.get(campaign)
+    return ids is not None and audience in ids
+
+
+async def plan_batches(
+    plan: Plan,
+    source: ByteSource,
+    digest: InputDigest,
+    recorder: Recorder,
+    settings: Settings,
+) -> AsyncIterator[Batch]:
+    """Yield batches to send; every row that is not sent is recorded here."""
+    for batch in retry_batches(plan.retry, settings.batch_size):
+        yield batch
+    rows = read_rows(source, digest, default_campaign=settings.campaign_id, resume=plan.resume)
+    async for block in rows:
+        for item in block:
+            plan.ledger.read_pos = item.offset
+            if isinstance(item, Rejected):
+                recorder.rejected(item)
+            elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
+                recorder.duplicate(item)
+            elif _already_done(plan.skip, item.campaign_id, item.audience_id):
+                recorder.already_done(item)
+            else:
+                recorder.accepted(item)
+                for batch in plan.batcher.add(item):
+                    plan.ledger.dispatched(batch)
+                    yield batch
+        plan.ledger.read_pos = digest.bytes_read
+    recorder.tally.input_read = True
+    for batch in plan.batcher.flush(digest.bytes_read):
+        plan.ledger.dispatched(batch)
+        yield batch

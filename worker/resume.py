@@ -1,0 +1,164 @@
+"""Resume: turn a saved checkpoint into a plan, and take checkpoints while a run goes on.
+
+See :mod:`worker.checkpoint` for the design. This module decides *when* to checkpoint
+(every ``checkpoint_interval`` seconds, and once at the end, synchronously) and
+what a snapshot of the running pipeline is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from worker.audit import AuditLog, last_record
+from worker.batching import Batcher, Deduper
+from worker.checkpoint import (
+    Checkpoint,
+    Ledger,
+    Pairs,
+    StateStore,
+    count,
+    default_state_dir,
+    pairs_from,
+)
+from worker.planning import Plan
+from worker.recorder import Recorder
+from worker.settings import Settings
+from worker.sources import InputDigest, Prefix, ResumeFrom
+from worker.validate import Layout
+
+log = structlog.get_logger("audience_purge.resume")
+
+
+def open_state(settings: Settings, input_path: str) -> tuple[StateStore, Checkpoint | None]:
+    """The run's state store, and its checkpoint unless there is none or ``--fresh``."""
+    directory = settings.state_dir or default_state_dir(
+        input_path, settings.campaign_id, settings.base_url
+    )
+    store = StateStore(directory)
+    if settings.fresh:
+        store.clear()
+        return store, None
+    return store, store.load() if store.exists() else None
+
+
+def make_plan(point: Checkpoint | None, settings: Settings) -> Plan:
+    """A fresh plan, or one that continues ``point``."""
+    if point is None:
+        return Plan(Ledger(0), Batcher(settings.batch_size), Deduper())
+    resume = None
+    if point.layout is not None:
+        resume = ResumeFrom(
+            Prefix(point.prefix_bytes, point.prefix_lines, point.prefix_sha256),
+            point.watermark,
+            Layout(*point.layout),
+        )
+    return Plan(
+        Ledger(point.watermark),
+        Batcher(settings.batch_size),
+        Deduper(point.seen_before_watermark()),
+        resume=resume,
+        skip=point.done_above,
+        retry={c: ids.copy() for c, ids in point.failed.items()} if settings.retry_failed else {},
+    )
+
+
+def previous_link(point: Checkpoint | None) -> dict[str, Any] | None:
+    """Where the last run's audit chain ended, read from its file (the truth on disk)."""
+    if point is None or not point.audit.get("audit_log"):
+        return None
+    path = Path(str(point.audit["audit_log"]))
+    last = last_record(path)
+    if last is None or "hash" not in last:
+        log.warning("previous audit log not found: the new chain starts unlinked", path=str(path))
+        return None
+    return {
+        "audit_log": str(path),
+        "run_id": last.get("run_id"),
+        "last_seq": last.get("seq"),
+        "last_hash": last["hash"],
+    }
+
+
+@dataclass(slots=True)
+class Checkpointer:
+    """Takes consistent snapshots of a running plan and saves them."""
+
+    store: StateStore
+    plan: Plan
+    digest: InputDigest
+    recorder: Recorder
+    audit: AuditLog
+    input_name: str
+    prior: Checkpoint | None
+
+    def snapshot(self, *, complete: bool) -> Checkpoint:
+        plan = self.plan
+        watermark = (
+            self.digest.bytes_read
+            if complete
+            else plan.ledger.watermark(plan.batcher.oldest_open())
+        )
+        prefix = self.digest.prefix_before(watermark)
+        pending = pairs_from([*plan.ledger.pending_pairs(), *plan.batcher.open_ids()])
+        done = _union(plan.ledger.done_above(watermark), plan.skip)
+        layout = self.digest.layout
+        prior_deleted = self.prior.totals.get("deleted", 0) if self.prior else 0
+        return Checkpoint(
+            input_name=self.input_name,
+            watermark=watermark,
+            prefix_bytes=prefix.size,
+            prefix_lines=prefix.lines,
+            prefix_sha256=prefix.sha256,
+            layout=None
+            if layout is None
+            else (layout.id_col, layout.campaign_col, layout.has_header),
+            complete=complete,
+            run_ids=[*(self.prior.run_ids if self.prior else []), self.audit.run_id],
+            audit=self.audit.head(),
+            totals={
+                "deleted": prior_deleted + self.recorder.tally.deleted,
+                "failed_left": count(self.recorder.failed_pairs),
+            },
+            seen=plan.dedupe.seen,
+            pending=pending,
+            done_above=done,
+            failed=self.recorder.failed_pairs,
+        )
+
+    def save(self, *, complete: bool = False) -> None:
+        """Audit first, then state: the state never claims more than the audit proves."""
+        self.audit.sync()
+        self.store.save(self.snapshot(complete=complete))
+
+    def finished(self) -> bool:
+        plan = self.plan
+        return (
+            self.recorder.tally.input_read
+            and plan.ledger.idle()
+            and plan.batcher.oldest_open() is None
+        )
+
+    async def every(self, interval: float) -> None:
+        """Save periodically until cancelled."""
+        while True:
+            await asyncio.sleep(interval)
+            self.save()
+
+    def final(self, *, stopped: bool) -> None:
+        """The last save of a run (synchronous: no cancellation can cut it short)."""
+        self.save(complete=not stopped and self.finished())
+
+
+def _union(a: Pairs, b: Pairs) -> Pairs:
+    out: Pairs = {c: ids.copy() for c, ids in a.items()}
+    for campaign, ids in b.items():
+        if campaign in out:
+            out[campaign] |= ids
+        else:
+            out[campaign] = ids.copy()
+    return out
