@@ -21,6 +21,7 @@ from conftest import read_audit, write_csv
 from worker import __version__
 from worker.batching import Batch
 from worker.credentials import Secret
+from worker.errors import UsageError
 from worker.pipeline import run_purge
 from worker.ratelimit import RateSpec
 from worker.report import RunResult
@@ -738,3 +739,20 @@ async def test_requests_slower_than_the_timeout_are_retried_then_failed_as_retry
         "retryable": True,
     }
     assert sandbox.state.requests_total == 3
+
+
+async def test_an_input_error_leaves_no_state_so_the_corrected_input_runs(
+    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["audience_id", "1", "2"])
+    settings = make_settings()  # no --campaign-id and no campaign_id column
+
+    with pytest.raises(UsageError, match="campaign"):
+        await run_purge(settings, str(path), out=io.StringIO())
+    write_csv(path, ["campaign_id,audience_id", "42,1", "42,2"])
+    again = replace(settings, audit_log=tmp_path / "second.jsonl")
+    result = await run_purge(again, str(path), out=io.StringIO())
+
+    assert result.exit_code == 0
+    assert sandbox.state.requests_total == 1
+    assert not sandbox.state.campaigns[42].alive(1)

@@ -9,6 +9,8 @@ and the default per-run audit files (``purge-audit/``) are the ones an operator 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
 import os
 import signal
 import sys
@@ -248,19 +250,21 @@ def stdin_purge(purge: Purge) -> Purge:
 Verify = Callable[[list[Path]], tuple[int, str]]
 
 
+def audit_verify_in(
+    directory: Path, paths: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
+    """``audience-purge audit verify PATHS`` run from ``directory``: exit code and output."""
+    out = io.StringIO()
+    with monkeypatch.context() as patch, contextlib.redirect_stdout(out):
+        patch.chdir(directory)
+        code = main(["audit", "verify", *map(str, paths)])
+    return code, out.getvalue()
+
+
 @pytest.fixture
-def audit_verify(
-    purge: Purge, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> Verify:
-    """``audience-purge audit verify FILES``, run from the purge's directory: exit code, output."""
-
-    def verify(paths: list[Path]) -> tuple[int, str]:
-        with monkeypatch.context() as patch:
-            patch.chdir(purge.cwd)
-            code = main(["audit", "verify", *map(str, paths)])
-        return code, capsys.readouterr().out
-
-    return verify
+def audit_verify(purge: Purge, monkeypatch: pytest.MonkeyPatch) -> Verify:
+    """``audit verify`` as the operator runs it: from the purge's directory."""
+    return lambda paths: audit_verify_in(purge.cwd, paths, monkeypatch)
 
 
 def assert_every_input_id_deleted_and_nothing_else_sent(sandbox: SandboxHandle) -> None:
@@ -335,10 +339,7 @@ async def test_rerun_after_kill_9_while_retrying_failed_ids_audits_no_false_dupl
 
 
 async def test_audit_verify_accepts_a_crashed_and_resumed_runs_files_from_another_directory(
-    purge: Purge,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-    tmp_path_factory: pytest.TempPathFactory,
+    purge: Purge, monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     killed = await purge.stopped_when(many_batches_done, how=signal.SIGKILL)
     assert killed.code == -signal.SIGKILL
@@ -347,11 +348,11 @@ async def test_audit_verify_accepts_a_crashed_and_resumed_runs_files_from_anothe
     files = purge.audit_files()
     assert len(files) == 2
     # An auditor checks the files where they were collected, not where the purge ran.
-    monkeypatch.chdir(tmp_path_factory.mktemp("auditor"))
+    auditor = tmp_path_factory.mktemp("auditor")
 
-    code = main(["audit", "verify", *map(str, files)])
+    code, report = audit_verify_in(auditor, files, monkeypatch)
 
-    assert code == 0, capsys.readouterr().out
+    assert code == 0, report
 
 
 # -- changed input ------------------------------------------------------------------------

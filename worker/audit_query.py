@@ -61,6 +61,7 @@ class ChainEnd:
     signed: int = 0
     first_prev: str = ZERO_HASH
     previous: dict[str, Any] = field(default_factory=dict)
+    run_ids: set[str] = field(default_factory=set)
 
 
 def _records(path: Path) -> Iterator[tuple[int, bytes]]:
@@ -115,6 +116,7 @@ def verify_file(path: Path, key: bytes | None = None) -> tuple[ChainEnd, Problem
         end.last_seq = record["seq"]
         end.last_hash = record["hash"]
         end.finished = record.get("event") == "run_finished"
+        end.run_ids.add(str(record.get("run_id")))
     if end.records == 0:
         return end, Problem(path, 1, "empty audit log")
     return end, None
@@ -123,32 +125,40 @@ def verify_file(path: Path, key: bytes | None = None) -> tuple[ChainEnd, Problem
 def verify(
     paths: Sequence[Path], key: bytes | None = None
 ) -> tuple[list[ChainEnd], Problem | None]:
-    """Verify files in order; a file continued by a later one may end without run_finished."""
+    """Verify files (in any order, from anywhere): each chain, and the links between them.
+
+    A file may end without ``run_finished`` only if another given file continues it (a
+    crash, then a resume). Links are found by chain identity (last hash and seq), not by
+    path, so archived or moved files verify the same.
+    """
     ends: list[ChainEnd] = []
     for path in paths:
         end, problem = verify_file(path, key)
         if problem is not None:
             return ends, problem
         ends.append(end)
-    by_name = {str(e.path.resolve()): e for e in ends}
-    continued: set[str] = set()
+    by_tail = {(e.last_hash, e.last_seq): e for e in ends}
+    continued: set[int] = set()
     for end in ends:
         if end.first_prev == ZERO_HASH:
             continue
-        named = str(Path(str(end.previous.get("audit_log", ""))).resolve())
-        prior = by_name.get(named)
-        if prior is None:
+        last_seq = end.previous.get("last_seq")
+        prior = by_tail.get((end.first_prev, last_seq if isinstance(last_seq, int) else -2))
+        if prior is not None and prior is not end:
+            continued.add(id(prior))
             continue
-        if (prior.last_hash, prior.last_seq) != (end.first_prev, end.previous.get("last_seq")):
+        holder = next(
+            (e for e in ends if e is not end and end.previous.get("run_id") in e.run_ids), None
+        )
+        if holder is not None:
             return ends, Problem(
-                prior.path,
-                prior.records,
+                holder.path,
+                holder.records,
                 f"chain continued by {end.path} does not end here "
                 "(records were removed from the tail)",
             )
-        continued.add(named)
     for end in ends:
-        if not end.finished and str(end.path.resolve()) not in continued:
+        if not end.finished and id(end) not in continued:
             return ends, Problem(
                 end.path,
                 end.records,

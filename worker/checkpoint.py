@@ -96,6 +96,7 @@ class Checkpoint:
     prefix_lines: int = 0
     prefix_sha256: str = hashlib.sha256().hexdigest()
     complete: bool = False
+    input_sha256: str | None = None
     run_ids: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
@@ -143,6 +144,7 @@ class Ledger:
 
     def __init__(self, read_from: int) -> None:
         self.read_pos = read_from
+        self._floor = read_from  # rows before it were finished by earlier runs
         self._pending: dict[int, Batch] = {}
         self._settled: list[tuple[int, int, Batch]] = []
         self._count = 0
@@ -162,7 +164,7 @@ class Ledger:
         candidates = [self.read_pos, *(b.first_offset for b in self._pending.values())]
         if oldest_open is not None:
             candidates.append(oldest_open)
-        return min(candidates)
+        return max(self._floor, min(candidates))
 
     def done_above(self, watermark: int) -> Pairs:
         """Pairs of settled batches with rows at or after the watermark (older ones pruned)."""
@@ -226,6 +228,7 @@ class StateStore:
             },
             "layout": point.layout,
             "complete": point.complete,
+            "input_sha256": point.input_sha256,
             "run_ids": point.run_ids,
             "audit": point.audit,
             "totals": point.totals,
@@ -258,6 +261,7 @@ class StateStore:
                 prefix_sha256=str(meta["prefix_sha256"]),
                 layout=_layout(doc.get("layout")),
                 complete=bool(doc["complete"]),
+                input_sha256=doc.get("input_sha256"),
                 run_ids=[str(r) for r in doc["run_ids"]],
                 audit=dict(doc["audit"]),
                 totals={str(k): int(v) for k, v in doc["totals"].items()},

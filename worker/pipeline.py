@@ -25,7 +25,7 @@ from worker.checkpoint import Checkpoint, count
 from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
-from worker.errors import UsageError
+from worker.errors import StateError, UsageError
 from worker.planning import plan_batches
 from worker.progress import progress
 from worker.ratelimit import LocalRateGate
@@ -77,6 +77,11 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             stack.callback(failed_out.close)
         recorder = Recorder(audit, failed_out, dict(point.failed) if point else None)
         input_sha256, input_lines = await source.survey()
+        if point is not None and point.input_sha256 and input_sha256 != point.input_sha256:
+            raise StateError(
+                f"input {source.name} changed since the state was written (its SHA-256 "
+                "differs): re-run with --fresh to start over"
+            )
         audit.write(
             "run_started",
             version=__version__,
@@ -93,8 +98,12 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         checkpoints = (
             None
             if store is None
-            else Checkpointer(store, plan, digest, recorder, audit, source.name, point)
+            else Checkpointer(
+                store, plan, digest, recorder, audit, source.name, point, input_sha256
+            )
         )
+        if checkpoints is not None:
+            checkpoints.save()  # from the first request on, a crash leaves a state to resume
         try:
             if settings.dry_run:
                 await _dry_run(batches, settings, out)
@@ -116,6 +125,8 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                     dispatcher, batches, recorder, input_lines, settings, checkpoints
                 )
         except BaseException as exc:
+            if isinstance(exc, UsageError) and point is None and store is not None:
+                store.clear()  # nothing was sent: a corrected input must not look "changed"
             audit.write(
                 "run_finished",
                 exit_code=EXIT_USAGE if isinstance(exc, UsageError) else None,

@@ -95,6 +95,7 @@ class Checkpointer:
     audit: AuditLog
     input_name: str
     prior: Checkpoint | None
+    input_sha256: str | None = None
 
     def snapshot(self, *, complete: bool) -> Checkpoint:
         plan = self.plan
@@ -104,9 +105,16 @@ class Checkpointer:
             else plan.ledger.watermark(plan.batcher.oldest_open())
         )
         prefix = self.digest.prefix_before(watermark)
+        prior = self.prior
+        if prior is not None and prefix.size < prior.prefix_bytes <= watermark:
+            # Not re-read that far yet (retrying failures, or still skipping): keep the
+            # prior's verified prefix rather than a shorter one.
+            prefix = Prefix(prior.prefix_bytes, prior.prefix_lines, prior.prefix_sha256)
         pending = pairs_from([*plan.ledger.pending_pairs(), *plan.batcher.open_ids()])
         done = _union(plan.ledger.done_above(watermark), plan.skip)
-        layout = self.digest.layout
+        layout = self.digest.layout or (
+            Layout(*prior.layout) if prior is not None and prior.layout else None
+        )
         prior_deleted = self.prior.totals.get("deleted", 0) if self.prior else 0
         return Checkpoint(
             input_name=self.input_name,
@@ -118,6 +126,7 @@ class Checkpointer:
             if layout is None
             else (layout.id_col, layout.campaign_col, layout.has_header),
             complete=complete,
+            input_sha256=self.input_sha256,
             run_ids=[*(self.prior.run_ids if self.prior else []), self.audit.run_id],
             audit=self.audit.head(),
             totals={

@@ -47,7 +47,7 @@ __all__ = [
 
 BLOCK = 1 << 16
 BOM = b"\xef\xbb\xbf"
-MARKS = 8192
+KEEP_BYTES = 8 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,37 +61,54 @@ class Prefix:
 
 @dataclass(slots=True)
 class InputDigest:
-    """What was consumed: size, line count and SHA-256, with marks at block boundaries."""
+    """What was consumed: size, line count and SHA-256.
+
+    It keeps, for recent blocks, the hash state before each block and the block's bytes
+    (up to ``KEEP_BYTES``), so that a checkpoint can hash *exactly* the input before its
+    watermark; for older positions it falls back to the last block boundary before it.
+    """
 
     bytes_read: int = 0
     lines: int = 0
     layout: Layout | None = None
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
-    _marks: deque[tuple[int, int, hashlib._Hash]] = field(
-        default_factory=lambda: deque(maxlen=MARKS)
-    )
+    _blocks: deque[tuple[int, int, hashlib._Hash, bytes]] = field(default_factory=deque)
+    _kept: int = 0
 
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
 
     def consume(self, data: bytes, lines: int) -> None:
+        self._remember(data)
         self._hash.update(data)
         self.bytes_read += len(data)
         self.lines += lines
-        self._marks.append((self.bytes_read, self.lines, self._hash.copy()))
+
+    def _remember(self, data: bytes) -> None:
+        self._blocks.append((self.bytes_read, self.lines, self._hash.copy(), data))
+        self._kept += len(data)
+        while self._kept > KEEP_BYTES and len(self._blocks) > 1:
+            self._kept -= len(self._blocks.popleft()[3])
 
     def restart(self, prefix: Prefix, hashed: hashlib._Hash) -> None:
         self.bytes_read, self.lines, self._hash = prefix.size, prefix.lines, hashed
-        self._marks.append((prefix.size, prefix.lines, hashed.copy()))
+        self._blocks.clear()
+        self._kept = 0
 
     def prefix_before(self, offset: int) -> Prefix:
-        """The longest marked prefix that ends at or before ``offset``."""
+        """The prefix ending exactly at ``offset`` when it is recent, else the longest one
+        that ends at a remembered block boundary before it."""
+        if offset >= self.bytes_read:
+            return Prefix(self.bytes_read, self.lines, self._hash.hexdigest())
         best = Prefix(0, 0, hashlib.sha256().hexdigest())
-        for size, lines, hashed in self._marks:
-            if size > offset:
+        for start, lines, hashed, data in self._blocks:
+            if start > offset:
                 break
-            best = Prefix(size, lines, hashed.hexdigest()) if size > best.size else best
+            part = data[: offset - start]
+            exact = hashed.copy()
+            exact.update(part)
+            best = Prefix(start + len(part), lines + part.count(b"\n"), exact.hexdigest())
         return best
 
 
