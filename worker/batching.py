@@ -9,13 +9,21 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from pyroaring import BitMap64
 
 from worker.validate import Row
 
 STALE_ROWS = 50_000
+_GOLDEN = 0x9E3779B97F4A7C15
+_MASK = (1 << 64) - 1
+
+
+def shard_of(audience_id: int, count: int) -> int:
+    """The shard of an id: a fixed multiplicative hash, so the same id always lands in the
+    same shard on every machine, and a campaign's ids spread evenly."""
+    return (((audience_id * _GOLDEN) & _MASK) >> 32) % count
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +37,8 @@ class Batch:
     audience_ids: tuple[int, ...]
     first_offset: int = field(default=0, compare=False)
     last_offset: int = field(default=0, compare=False)
+    entry_id: str | None = field(default=None, compare=False)  # queue mode: its stream entry
+    ref: str | None = field(default=None, compare=False)  # queue mode: the producer's ref
 
     @property
     def batch_id(self) -> str:
@@ -39,12 +49,8 @@ class Batch:
     def halves(self) -> tuple[Batch, Batch]:
         middle = len(self.audience_ids) // 2
         return (
-            Batch(
-                self.campaign_id, self.audience_ids[:middle], self.first_offset, self.last_offset
-            ),
-            Batch(
-                self.campaign_id, self.audience_ids[middle:], self.first_offset, self.last_offset
-            ),
+            replace(self, audience_ids=self.audience_ids[:middle]),
+            replace(self, audience_ids=self.audience_ids[middle:]),
         )
 
 

@@ -127,11 +127,15 @@ def _layout(value: object) -> tuple[int, int | None, bool] | None:
     return int(id_col), None if campaign_col is None else int(campaign_col), bool(header)
 
 
-def default_state_dir(input_path: str, campaign_id: int | None, base_url: str) -> Path:
+def default_state_dir(
+    input_path: str, campaign_id: int | None, base_url: str, shard: str = ""
+) -> Path:
     """Derived from what identifies a purge, so re-running the same command finds it."""
     name = "stdin" if input_path == "-" else str(Path(input_path).resolve())
-    key = f"{name}|{campaign_id}|{base_url}"
-    stem = "stdin" if input_path == "-" else Path(input_path).stem
+    key = f"{name}|{campaign_id}|{base_url}|{shard}"
+    stem = ("stdin" if input_path == "-" else Path(input_path).stem) + (
+        f"-shard{shard.replace('/', 'of')}" if shard else ""
+    )
     return Path("purge-state") / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 

@@ -17,13 +17,22 @@ from typing import Any
 
 from worker import __version__
 from worker.delete_all import check_confirmation, delete_all
-from worker.errors import ConfigError, FatalError, UsageError
+from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
 from worker.logs import configure_logging
 from worker.pipeline import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, run_purge
 from worker.report import print_summary
 from worker.settings import Settings, load_settings
 
 PROG = "audience-purge"
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis did not answer at start
+
+
+def _scale_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--rate-scope", help="local (default), or shared by every worker using --redis"
+    )
+    parser.add_argument("--rate-key", help="name of the shared budget (default from base URL)")
+    parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (shared budget)")
 
 
 def _connection_flags(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +93,44 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--grace", help="seconds in-flight requests get after SIGTERM/SIGINT (default 20)"
     )
+
+    run.add_argument(
+        "--shard",
+        help="INDEX/COUNT: only this slice of the ids (INDEX defaults to JOB_COMPLETION_INDEX)",
+    )
+    run.add_argument("--shard-count", help="COUNT of shards, with INDEX from JOB_COMPLETION_INDEX")
+    _scale_flags(run)
+
+    enqueue = commands.add_parser("enqueue", help="validate an input and queue it on a stream")
+    enqueue.add_argument("--input", required=True, help="CSV file, or - for stdin")
+    enqueue.add_argument("--campaign-id", help="campaign for rows without a campaign_id column")
+    enqueue.add_argument("--redis", dest="redis_url", required=True, help="redis://host:port/db")
+    enqueue.add_argument("--stream", required=True, help="stream name")
+    enqueue.add_argument("--batch-size", help="ids per entry, 1..1000 (default 100)")
+    enqueue.add_argument("--ref", help="a reference copied into every entry and audit record")
+    enqueue.add_argument("--config", type=Path, help="TOML config file")
+    enqueue.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
+
+    consume = commands.add_parser("consume", help="delete the ids of a stream's entries")
+    consume.add_argument("--redis", dest="redis_url", required=True, help="redis://host:port/db")
+    consume.add_argument("--stream", required=True, help="stream name")
+    consume.add_argument("--group", help="consumer group (default audience-purge)")
+    consume.add_argument("--consumer", help="consumer name (default: the hostname, the pod name)")
+    consume.add_argument(
+        "--until-empty",
+        action="store_true",
+        default=None,
+        help="exit 0 once nothing is new or pending for the group (for Jobs)",
+    )
+    consume.add_argument("--max-deliveries", help="dead-letter an entry after this many (5)")
+    consume.add_argument("--claim-idle", help="take over entries idle this many seconds (600)")
+    consume.add_argument("--dead-stream", help="dead-letter stream (default NAME:dead)")
+    _connection_flags(consume)
+    consume.add_argument("--concurrency", help="requests in flight at most (default 8)")
+    consume.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
+    consume.add_argument("--grace", help="seconds in-flight requests get after SIGTERM (20)")
+    consume.add_argument("--rate-scope", help="local (default) or shared with every worker")
+    consume.add_argument("--rate-key", help="name of the shared budget (default from base URL)")
 
     wipe = commands.add_parser("delete-all", help="delete EVERY audience of a draft campaign")
     wipe.add_argument("--campaign-id", required=True)
@@ -172,12 +219,48 @@ RUN_KEYS = (
     "fresh",
     "retry_failed",
     "grace",
+    "shard_count",
+    "rate_scope",
+    "rate_key",
+    "redis_url",
+    "stream",
+    "group",
+    "consumer",
+    "until_empty",
+    "max_deliveries",
+    "claim_idle",
+    "dead_stream",
+    "ref",
 )
 
 
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
     flags = {key: getattr(args, key, None) for key in RUN_KEYS}
+    shard = getattr(args, "shard", None)
+    if shard is not None:
+        index, _, count = shard.partition("/")
+        if not (index.strip().isdigit() and count.strip().isdigit()):
+            raise ConfigError(f"expected INDEX/COUNT such as 0/3, got {shard!r}", key="shard")
+        flags.update(shard_index=int(index), shard_count=int(count))
     return load_settings(flags, env, args.config)
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from worker.enqueue import run_enqueue
+
+    settings = settings_from(args, dict(os.environ))
+    configure_logging(settings.log_level)
+    return asyncio.run(run_enqueue(settings, args.input))
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from worker.consumer import run_consumer
+
+    settings = settings_from(args, dict(os.environ))
+    configure_logging(settings.log_level)
+    result = asyncio.run(run_consumer(settings))
+    print_summary(result, sys.stdout)
+    return result.exit_code
 
 
 def _run(args: argparse.Namespace) -> int:
@@ -242,6 +325,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "sandbox": _sandbox,
     "demo": _demo,
     "audit": _audit,
+    "enqueue": _enqueue,
+    "consume": _consume,
 }
 
 
@@ -256,6 +341,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_USAGE)
     except FatalError as exc:
         return _fail(str(exc), EXIT_FATAL)
+    except ServiceUnavailable as exc:
+        return _fail(str(exc), EXIT_UNAVAILABLE)
     except KeyboardInterrupt:
         return _fail("interrupted", EXIT_INTERRUPTED)
 

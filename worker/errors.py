@@ -14,6 +14,7 @@ Only the CLI maps them to exit codes::
     │   ├── PermanentError    the API refused the batch for good (unknown campaign, ...)
     │   ├── PayloadTooLargeError   a 413: the batch is split in halves and retried
     │   └── FatalError        the run cannot go on (bad token, wrong endpoint) (exit 3)
+    ├── ServiceUnavailable    Redis did not answer at start: nothing was read or sent (exit 69)
     └── Interrupted           a signal asked the run to stop (exit 75)
 
 Messages never contain the API token: errors are built from statuses and API messages only.
@@ -87,6 +88,10 @@ class PayloadTooLargeError(ApiError):
 
 class FatalError(ApiError):
     """The run must stop: no new request may start."""
+
+
+class ServiceUnavailable(PurgeError):
+    """A service the run needs (Redis) could not be reached at start."""
 
 
 class Interrupted(PurgeError):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from worker.batching import Batch, Batcher, Deduper
+from worker.batching import Batch, Batcher, Deduper, shard_of
 from worker.checkpoint import Ledger, Pairs
 from worker.recorder import Recorder
 from worker.settings import Settings
@@ -59,11 +59,15 @@ async def plan_batches(
     for batch in retry_batches(plan.retry, settings.batch_size):
         yield batch
     rows = read_rows(source, digest, default_campaign=settings.campaign_id, resume=plan.resume)
+    shard = (settings.shard_index, settings.shard_count)
     async for block in rows:
         for item in block:
             plan.ledger.read_pos = item.offset
             if isinstance(item, Rejected):
-                recorder.rejected(item)
+                if shard[1] is None or shard[0] == 0:  # one shard reports bad rows
+                    recorder.rejected(item)
+            elif shard[1] is not None and shard_of(item.audience_id, shard[1]) != shard[0]:
+                recorder.other_shard(item)
             elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
                 recorder.duplicate(item)
             elif _already_done(plan.skip, item.campaign_id, item.audience_id):

@@ -33,6 +33,8 @@ class Tally:
     requests: int = 0
     unconfirmed: int = 0
     already_done: int = 0
+    other_shard: int = 0
+    dead_lettered: int = 0
     input_read: bool = False
     retries: int = 0
     deleted_by_campaign: Counter[int] = field(default_factory=Counter)
@@ -76,11 +78,13 @@ class Recorder:
 
     def sending(self, batch: Batch) -> None:
         """Write-ahead: the intent is on disk before the request can reach the API."""
+        origin = {} if batch.entry_id is None else {"entry_id": batch.entry_id, "ref": batch.ref}
         self.audit.write(
             "sending",
             campaign_id=batch.campaign_id,
             batch_id=batch.batch_id,
             audience_ids=batch.audience_ids,
+            **origin,
         )
 
     def unconfirmed(self, batch: Batch, reason: str) -> None:
@@ -93,6 +97,10 @@ class Recorder:
             reason=reason,
         )
         self.tally.unconfirmed += len(batch.audience_ids)
+
+    def other_shard(self, row: Row) -> None:
+        """A row of another shard: neither sent nor audited here."""
+        self.tally.other_shard += 1
 
     def already_done(self, row: Row) -> None:
         """A row an earlier run already finished (resume): neither sent nor audited again."""
@@ -152,7 +160,7 @@ class Recorder:
     def _batch_fields(
         batch: Batch, verdict: Verdict | None, attempts: int, latency_ms: float | None
     ) -> dict[str, Any]:
-        return {
+        fields: dict[str, Any] = {
             "campaign_id": batch.campaign_id,
             "batch_id": batch.batch_id,
             "audience_ids": batch.audience_ids,
@@ -161,3 +169,7 @@ class Recorder:
             "latency_ms": latency_ms,
             "message": verdict.message if verdict else None,
         }
+        if batch.entry_id is not None:
+            fields["entry_id"] = batch.entry_id
+            fields["ref"] = batch.ref
+        return fields

@@ -50,6 +50,7 @@ class RunResult:
             "requests": t.requests,
             "retries": t.retries,
             "already_done": t.already_done,
+            "other_shard": t.other_shard,
             "unconfirmed": t.unconfirmed,
             "failed_left": self.failed_left,
             "duration_s": self.duration_s,

@@ -36,8 +36,11 @@ log = structlog.get_logger("audience_purge.resume")
 
 def open_state(settings: Settings, input_path: str) -> tuple[StateStore, Checkpoint | None]:
     """The run's state store, and its checkpoint unless there is none or ``--fresh``."""
+    shard = (
+        f"{settings.shard_index}/{settings.shard_count}" if settings.shard_count is not None else ""
+    )
     directory = settings.state_dir or default_state_dir(
-        input_path, settings.campaign_id, settings.base_url
+        input_path, settings.campaign_id, settings.base_url, shard
     )
     store = StateStore(directory)
     if settings.fresh:

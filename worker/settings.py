@@ -7,6 +7,7 @@ wrong type or an out-of-range value raises :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import ipaddress
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -49,6 +50,19 @@ class Settings:
     retry_failed: bool = True
     grace: float = 20.0
     checkpoint_interval: float = 1.0
+    shard_index: int | None = None
+    shard_count: int | None = None
+    redis_url: str | None = field(default=None, repr=False)
+    stream: str | None = None
+    group: str = "audience-purge"
+    consumer: str | None = None
+    dead_stream: str | None = None
+    until_empty: bool = False
+    max_deliveries: int = 5
+    claim_idle: float = 600.0
+    rate_scope: str = "local"
+    rate_key: str | None = None
+    ref: str | None = None
     insecure_http: bool = False
     dry_run: bool = False
     progress: str = "auto"
@@ -62,6 +76,8 @@ class Settings:
             if f.name == "token":
                 continue
             value = getattr(self, f.name)
+            if f.name == "redis_url" and value is not None:
+                value = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", value)
             out[f.name] = (
                 value if value is None or isinstance(value, int | float | bool) else str(value)
             )
@@ -154,13 +170,33 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "retry_failed": _bool,
     "grace": _float(0.0, 3600),
     "checkpoint_interval": _float(0.05, 3600),
+    "shard_index": _int(0, 100_000),
+    "shard_count": _int(1, 100_000),
+    "redis_url": _str,
+    "stream": _str,
+    "group": _str,
+    "consumer": _str,
+    "dead_stream": _str,
+    "until_empty": _bool,
+    "max_deliveries": _int(1, 1000),
+    "claim_idle": _float(1.0, 86400 * 7),
+    "rate_scope": _choice("local", "shared"),
+    "rate_key": _str,
+    "ref": _str,
     "insecure_http": _bool,
     "dry_run": _bool,
     "progress": _choice("auto", "bar", "log", "off"),
     "progress_interval": _float(0.1, 3600),
     "log_level": _choice("debug", "info", "warning", "error"),
 }
-ENV_KEYS = {"UNLEASHX_BASE_URL": "base_url", "UNLEASHX_TOKEN_FILE": "token_file"}
+ENV_KEYS = {
+    "UNLEASHX_BASE_URL": "base_url",
+    "UNLEASHX_TOKEN_FILE": "token_file",
+    "AUDIENCE_PURGE_REDIS_URL": "redis_url",
+    # Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX; the count must be given.
+    "JOB_COMPLETION_INDEX": "shard_index",
+    "AUDIENCE_PURGE_SHARD_COUNT": "shard_count",
+}
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -245,4 +281,33 @@ def load_settings(
         raise ConfigError("must not be smaller than backoff_initial", key="backoff_max")
     settings = Settings(**merged, token=token)
     check_base_url(settings.base_url, insecure_http=settings.insecure_http)
+    _check_combinations(settings)
     return settings
+
+
+def _check_combinations(settings: Settings) -> None:
+    """Values that are each valid but do not fit together."""
+    # JOB_COMPLETION_INDEX alone (no count) does not shard: Kubernetes sets it on every
+    # Indexed Job, sharded or not.
+    if settings.shard_count is not None and settings.shard_index is None:
+        raise ConfigError(
+            "a shard count needs a shard index (or JOB_COMPLETION_INDEX)", key="shard"
+        )
+    if (
+        settings.shard_index is not None
+        and settings.shard_count is not None
+        and settings.shard_index >= settings.shard_count
+    ):
+        raise ConfigError(
+            f"index {settings.shard_index} is not below the count {settings.shard_count}",
+            key="shard",
+        )
+    worst = settings.max_retry_time + settings.timeout
+    if settings.claim_idle <= worst:
+        raise ConfigError(
+            f"must exceed the worst-case time of one batch (max_retry_time + timeout = "
+            f"{worst:g} s), or live consumers' entries would be taken over",
+            key="claim_idle",
+        )
+    if settings.rate_scope == "shared" and not settings.redis_url:
+        raise ConfigError("a shared rate budget needs --redis URL", key="rate_scope")

@@ -1,0 +1,298 @@
+"""Queue mode: ``consume`` sends the ids of Redis Stream entries through the normal
+dispatcher (rate limit, retries, audit), and ``enqueue`` writes validated batches as entries.
+
+An entry is acknowledged only after the outcome of every one of its ids is in the audit log.
+Ids that failed are copied to the dead-letter stream (with the reason) before the entry is
+acknowledged, so nothing leaves the queue without a trace or a way back in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import sys
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import structlog
+
+from worker import __version__
+from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.batching import Batch
+from worker.client import UnleashXClient, http_session
+from worker.credentials import TokenSource
+from worker.dispatch import Dispatcher
+from worker.errors import ConfigError, ServiceUnavailable
+from worker.queue import (
+    Entry,
+    Malformed,
+    QueueUnavailable,
+    StreamQueue,
+    encode,
+    open_redis,
+    parse_entry,
+    redact_url,
+)
+from worker.ratelimit import LocalRateGate, RateGate
+from worker.recorder import Recorder
+from worker.report import RunResult
+from worker.retry import RetryPolicy
+from worker.settings import Settings
+from worker.shared_rate import SharedRateGate
+from worker.shutdown import Interrupts, signal_handlers
+
+log = structlog.get_logger("audience_purge.consumer")
+
+CONNECT_ATTEMPTS = 6
+
+
+def make_queue(settings: Settings, redis: Any) -> StreamQueue:
+    if not settings.stream:
+        raise ConfigError("queue mode needs --stream NAME", key="stream")
+    return StreamQueue(
+        redis,
+        settings.stream,
+        settings.group,
+        settings.consumer or socket.gethostname(),
+        settings.dead_stream or f"{settings.stream}:dead",
+        settings.max_deliveries,
+        round(settings.claim_idle * 1000),
+    )
+
+
+async def connect(queue: StreamQueue, url: str, backoff: float) -> None:
+    """Ping with capped backoff; a Redis that never answers is a clear error, not a hang."""
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            await queue.ping()
+            return
+        except QueueUnavailable as exc:
+            if attempt == CONNECT_ATTEMPTS:
+                raise ServiceUnavailable(
+                    f"cannot reach Redis at {redact_url(url)} after {attempt} attempts: {exc}"
+                ) from None
+            wait = min(backoff * 2 ** (attempt - 1), 5.0)
+            log.warning("redis unreachable, retrying", attempt=attempt, wait_s=wait)
+            await asyncio.sleep(wait)
+
+
+def rate_gate(settings: Settings, redis: Any | None) -> RateGate:
+    """The local gate, or the fleet's shared one under a key derived from the API URL."""
+    if settings.rate_scope == "shared" and redis is not None:
+        key = settings.rate_key or f"audience-purge:rate:{settings.base_url}"
+        return SharedRateGate(redis, key, settings.rate, settings.burst)
+    return LocalRateGate(settings.rate, settings.burst)
+
+
+@dataclass(slots=True)
+class _Acks:
+    """Counts an entry's batches down; the last one settled acknowledges the entry."""
+
+    queue: StreamQueue
+    recorder: Recorder
+    backoff: float
+    parts: dict[str, int] = field(default_factory=dict)
+    entries: dict[str, Entry] = field(default_factory=dict)
+    failed: dict[str, list[int]] = field(default_factory=dict)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    def expect(self, entry: Entry, parts: int) -> None:
+        self.parts[entry.entry_id] = parts
+        self.entries[entry.entry_id] = entry
+
+    def idle(self) -> bool:
+        return not self.parts and not self.tasks
+
+    def settled(self, batch: Batch) -> None:
+        entry_id = batch.entry_id
+        if entry_id is None or entry_id not in self.parts:
+            return
+        campaign = self.recorder.failed_pairs.get(batch.campaign_id)
+        lost = [i for i in batch.audience_ids if campaign is not None and i in campaign]
+        if lost:
+            self.failed.setdefault(entry_id, []).extend(lost)
+        self.parts[entry_id] -= 1
+        if self.parts[entry_id] == 0:
+            del self.parts[entry_id]
+            task = asyncio.create_task(self._finish(self.entries.pop(entry_id)))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
+
+    async def _finish(self, entry: Entry) -> None:
+        """Dead-letter the failed ids (if any), then XACK; retried while Redis is away."""
+        lost = self.failed.pop(entry.entry_id, [])
+        for attempt in range(1, 1000):
+            try:
+                if lost:
+                    fields = encode(entry.campaign_id, lost, entry.ref)
+                    await self.queue.dead_letter(entry.entry_id, fields, "delete failed")
+                else:
+                    await self.queue.ack(entry.entry_id)
+                self.recorder.audit.write(
+                    "acknowledged", entry_id=entry.entry_id, dead_lettered_ids=len(lost)
+                )
+                return
+            except QueueUnavailable as exc:
+                log.warning("ack failed, retrying", entry_id=entry.entry_id, error=str(exc))
+                await asyncio.sleep(min(self.backoff * 2**attempt, 5.0))
+
+    async def drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+
+async def _entries(
+    queue: StreamQueue,
+    settings: Settings,
+    recorder: Recorder,
+    acks: _Acks,
+    dispatcher: Dispatcher,
+) -> AsyncIterator[Batch]:
+    """Batches from the stream; malformed and over-delivered entries are dead-lettered."""
+    block_ms = 200 if settings.until_empty else 2000
+    failures = 0
+    while not dispatcher.stopping:
+        try:
+            got = await queue.read(settings.concurrency, block_ms)
+            failures = 0
+        except QueueUnavailable as exc:
+            failures += 1
+            wait = min(settings.backoff_initial * 2**failures, 10.0)
+            log.warning("redis unavailable, retrying", error=str(exc), wait_s=wait)
+            await asyncio.sleep(wait)
+            continue
+        if not got:
+            if settings.until_empty and acks.idle() and await _drained(queue):
+                return
+            continue
+        for entry_id, fields, deliveries in got:
+            for batch in await _admit(
+                queue, settings, recorder, acks, entry_id, fields, deliveries
+            ):
+                yield batch
+
+
+async def _drained(queue: StreamQueue) -> bool:
+    try:
+        return await queue.drained()
+    except QueueUnavailable:
+        return False
+
+
+async def _admit(
+    queue: StreamQueue,
+    settings: Settings,
+    recorder: Recorder,
+    acks: _Acks,
+    entry_id: str,
+    fields: dict[str, str],
+    deliveries: int,
+) -> list[Batch]:
+    reason = None
+    if deliveries > settings.max_deliveries:
+        reason = f"delivered {deliveries} times (max_deliveries {settings.max_deliveries})"
+    else:
+        try:
+            entry = parse_entry(entry_id, fields, deliveries)
+        except Malformed as exc:
+            reason = f"malformed: {exc}"
+    if reason is not None:
+        recorder.audit.write(
+            "dead_lettered",
+            entry_id=entry_id,
+            reason=reason,
+            fields={k: v[:200] for k, v in fields.items()},
+        )
+        recorder.tally.dead_lettered += 1
+        await queue.dead_letter(entry_id, fields, reason)
+        return []
+    ids = entry.audience_ids
+    size = settings.batch_size
+    batches = [
+        Batch(entry.campaign_id, ids[i : i + size], entry_id=entry_id, ref=entry.ref)
+        for i in range(0, len(ids), size)
+    ]
+    recorder.tally.valid += len(ids)
+    acks.expect(entry, len(batches))
+    return batches
+
+
+async def run_consumer(settings: Settings, *, out: TextIO = sys.stdout) -> RunResult:
+    """Consume the stream until it is empty (``until_empty``) or a signal stops it."""
+    started = time.monotonic()
+    tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
+    if not settings.redis_url:
+        raise ConfigError("queue mode needs --redis URL", key="redis")
+    redis = open_redis(settings.redis_url)
+    queue = make_queue(settings, redis)
+    try:
+        await connect(queue, settings.redis_url, settings.backoff_initial)
+        await queue.ensure_group()
+        return await _consume(settings, tokens, queue, redis, started)
+    finally:
+        await queue.close()
+
+
+async def _consume(
+    settings: Settings, tokens: TokenSource, queue: StreamQueue, redis: Any, started: float
+) -> RunResult:
+    run_id = new_run_id()
+    audit_path = settings.audit_log or default_audit_path(settings.audit_dir, run_id)
+    audit = AuditLog(audit_path, run_id, key=read_key_file(settings.audit_key_file))
+    recorder = Recorder(audit)
+    acks = _Acks(queue, recorder, settings.backoff_initial)
+    interrupted = False
+    try:
+        audit.write(
+            "run_started",
+            version=__version__,
+            command="consume",
+            settings=settings.public(),
+            stream=queue.stream,
+            group=queue.group,
+            consumer=queue.consumer,
+        )
+        async with http_session(settings.timeout, settings.concurrency) as session:
+            dispatcher = Dispatcher(
+                client=UnleashXClient(session, settings.base_url, tokens),
+                gate=rate_gate(settings, redis),
+                policy=RetryPolicy.from_settings(settings),
+                recorder=recorder,
+                concurrency=settings.concurrency,
+                on_settled=acks.settled,
+            )
+            task = asyncio.create_task(
+                dispatcher.run(_entries(queue, settings, recorder, acks, dispatcher))
+            )
+            interrupts = Interrupts(dispatcher.stop, task, settings.grace)
+            with signal_handlers(interrupts):
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    current = asyncio.current_task()
+                    if current is not None and current.cancelling():
+                        raise
+            interrupted = interrupts.count > 0
+            await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
+        fatal = dispatcher.fatal
+        code = 3 if fatal else 75 if interrupted else 1 if recorder.tally.failed else 0
+        result = RunResult(
+            run_id=run_id,
+            exit_code=code,
+            tally=recorder.tally,
+            duration_s=round(time.monotonic() - started, 3),
+            audit_log=audit_path,
+            report=settings.report,
+            failed_out=None,
+            interrupted=interrupted,
+            fatal_reason=fatal.reason if fatal else None,
+            dry_run=False,
+            input_sha256="",
+            input_bytes=0,
+        )
+        audit.write("run_finished", **result.audit_totals())
+        return result
+    finally:
+        audit.close()
