@@ -165,6 +165,7 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "requests": 3,
         "retries": 0,
         "already_done": 0,
+        "other_shard": 0,
         "unconfirmed": 0,
         "failed_left": 0,
         "duration_s": finished["duration_s"],
