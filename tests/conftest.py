@@ -140,11 +140,11 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def redis_url(redis_server: str) -> Iterator[str]:
+def redis_url(redis_server: str) -> str:
     """The session's Redis, emptied before each test."""
     import redis
 
     client = redis.Redis.from_url(redis_server)
     client.flushall()
     client.close()
-    yield redis_server
+    return redis_server
