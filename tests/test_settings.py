@@ -43,6 +43,7 @@ def test_public_settings_of_the_defaults() -> None:
         "token_file": None,
         "rate": "100/minute",
         "burst": 1,
+        "rate_margin": 0.03,
         "concurrency": 8,
         "batch_size": 100,
         "timeout": 30.0,

@@ -35,12 +35,11 @@ from worker.queue import (
     parse_entry,
     redact_url,
 )
-from worker.ratelimit import LocalRateGate, RateGate
 from worker.recorder import Recorder
 from worker.report import RunResult
 from worker.retry import RetryPolicy
 from worker.settings import Settings
-from worker.shared_rate import SharedRateGate
+from worker.shared_rate import rate_gate
 from worker.shutdown import Interrupts, signal_handlers
 
 log = structlog.get_logger("audience_purge.consumer")
@@ -76,14 +75,6 @@ async def connect(queue: StreamQueue, url: str, backoff: float) -> None:
             wait = min(backoff * 2 ** (attempt - 1), 5.0)
             log.warning("redis unreachable, retrying", attempt=attempt, wait_s=wait)
             await asyncio.sleep(wait)
-
-
-def rate_gate(settings: Settings, redis: Any | None) -> RateGate:
-    """The local gate, or the fleet's shared one under a key derived from the API URL."""
-    if settings.rate_scope == "shared" and redis is not None:
-        key = settings.rate_key or f"audience-purge:rate:{settings.base_url}"
-        return SharedRateGate(redis, key, settings.rate, settings.burst)
-    return LocalRateGate(settings.rate, settings.burst)
 
 
 @dataclass(slots=True)
@@ -254,10 +245,13 @@ async def _consume(
             group=queue.group,
             consumer=queue.consumer,
         )
-        async with http_session(settings.timeout, settings.concurrency) as session:
+        async with (
+            http_session(settings.timeout, settings.concurrency) as session,
+            rate_gate(settings) as gate,
+        ):
             dispatcher = Dispatcher(
                 client=UnleashXClient(session, settings.base_url, tokens),
-                gate=rate_gate(settings, redis),
+                gate=gate,
                 policy=RetryPolicy.from_settings(settings),
                 recorder=recorder,
                 concurrency=settings.concurrency,

@@ -104,7 +104,7 @@ async def _send(
 ) -> tuple[int, Verdict | None, int, float | None]:
     last: Reply | None = None
     attempts = 0
-    gate = LocalRateGate(settings.rate, settings.burst)
+    gate = LocalRateGate(settings.rate.scaled(1 - settings.rate_margin), settings.burst)
     async with http_session(settings.timeout, 1) as session:
         client = UnleashXClient(session, settings.base_url, tokens)
 

@@ -28,12 +28,12 @@ from worker.dispatch import Dispatcher
 from worker.errors import StateError, UsageError
 from worker.planning import plan_batches
 from worker.progress import progress
-from worker.ratelimit import LocalRateGate
 from worker.recorder import FailedOut, Recorder
 from worker.report import RunResult, write_report
 from worker.resume import Checkpointer, make_plan, open_state, previous_link
 from worker.retry import RetryPolicy
 from worker.settings import Settings
+from worker.shared_rate import rate_gate
 from worker.shutdown import Interrupts, signal_handlers
 from worker.sources import InputDigest, open_input
 
@@ -113,9 +113,10 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                 session = await stack.enter_async_context(
                     http_session(settings.timeout, settings.concurrency)
                 )
+                gate = await stack.enter_async_context(rate_gate(settings))
                 dispatcher = Dispatcher(
                     client=UnleashXClient(session, settings.base_url, tokens),
-                    gate=LocalRateGate(settings.rate, settings.burst),
+                    gate=gate,
                     policy=RetryPolicy.from_settings(settings),
                     recorder=recorder,
                     concurrency=settings.concurrency,

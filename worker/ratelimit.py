@@ -45,6 +45,9 @@ class RateSpec:
     def per_second(self) -> float:
         return self.requests / self.period
 
+    def scaled(self, factor: float) -> RateSpec:
+        return RateSpec(self.requests * factor, self.period)
+
     def __str__(self) -> str:
         unit = {1.0: "second", 60.0: "minute", 3600.0: "hour"}.get(self.period)
         count = f"{self.requests:g}"

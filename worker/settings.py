@@ -32,6 +32,7 @@ class Settings:
     token_file: Path | None = None
     rate: RateSpec = DEFAULT_RATE
     burst: int = 1
+    rate_margin: float = 0.03
     concurrency: int = 8
     batch_size: int = 100
     timeout: float = 30.0
@@ -152,6 +153,7 @@ KEYS: dict[str, Callable[[Any], Any]] = {
     "token_file": _path,
     "rate": _rate,
     "burst": _int(1, 1000),
+    "rate_margin": _float(0.0, 0.5),
     "concurrency": _int(1, 256),
     "batch_size": _int(1, 1000),
     "timeout": _float(0.1, 3600),

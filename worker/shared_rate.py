@@ -20,12 +20,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+from collections.abc import AsyncIterator
 from typing import Any
 
 from redis.exceptions import RedisError
 
 from worker.errors import RetryableError
-from worker.ratelimit import RateSpec
+from worker.queue import open_redis
+from worker.ratelimit import LocalRateGate, RateGate, RateSpec
+from worker.settings import Settings
 
 # KEYS: tat, cooldown. ARGV: interval_us, burst_us. Returns microseconds to wait.
 _RESERVE = """
@@ -103,3 +107,28 @@ class SharedRateGate:
         # If Redis is away, this worker still backs off; the others meet their own 429s.
         with contextlib.suppress(RedisError):
             await self._pause(keys=self._keys[1:], args=[micros])
+
+
+def budget_key(settings: Settings) -> str:
+    """The shared budget's name: given, or derived from the API URL (never the token)."""
+    if settings.rate_key:
+        return settings.rate_key
+    return "audience-purge:rate:" + hashlib.sha256(settings.base_url.encode()).hexdigest()[:16]
+
+
+@contextlib.asynccontextmanager
+async def rate_gate(settings: Settings) -> AsyncIterator[RateGate]:
+    """The run's gate: local, or shared by the fleet (``rate_scope = "shared"``).
+
+    Both pace ``rate_margin`` under the configured rate, so that network jitter never
+    pushes a server's one-second window over the limit.
+    """
+    rate = settings.rate.scaled(1 - settings.rate_margin)
+    if settings.rate_scope != "shared" or not settings.redis_url:
+        yield LocalRateGate(rate, settings.burst)
+        return
+    client = open_redis(settings.redis_url)
+    try:
+        yield SharedRateGate(client, budget_key(settings), rate, settings.burst)
+    finally:
+        await client.aclose()
