@@ -27,6 +27,14 @@ PROG = "audience-purge"
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis did not answer at start
 
 
+def _sending_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--concurrency", help="requests in flight at most (default 8)")
+    parser.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
+    parser.add_argument(
+        "--grace", help="seconds in-flight requests get after SIGTERM/SIGINT (default 20)"
+    )
+
+
 def _scale_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rate-scope", help="local (default), or shared by every worker using --redis"
@@ -72,8 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--input", required=True, help="CSV file, or - for stdin")
     run.add_argument("--campaign-id", help="campaign for rows without a campaign_id column")
     _connection_flags(run)
-    run.add_argument("--concurrency", help="requests in flight at most (default 8)")
-    run.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
+    _sending_flags(run)
     run.add_argument("--report", help="write a JSON summary here")
     run.add_argument("--failed-out", help="write failed ids here as CSV (campaign_id,audience_id)")
     run.add_argument("--progress", help="auto, bar, log or off (default auto)")
@@ -89,9 +96,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         default=None,
         help="on resume, do not retry ids that failed in earlier runs",
-    )
-    run.add_argument(
-        "--grace", help="seconds in-flight requests get after SIGTERM/SIGINT (default 20)"
     )
 
     run.add_argument(
@@ -126,10 +130,10 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--claim-idle", help="take over entries idle this many seconds (600)")
     consume.add_argument("--dead-stream", help="dead-letter stream (default NAME:dead)")
     _connection_flags(consume)
-    consume.add_argument("--concurrency", help="requests in flight at most (default 8)")
-    consume.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
-    consume.add_argument("--grace", help="seconds in-flight requests get after SIGTERM (20)")
-    consume.add_argument("--rate-scope", help="local (default) or shared with every worker")
+    _sending_flags(consume)
+    consume.add_argument(
+        "--rate-scope", help="local (default), or shared by every worker using --redis"
+    )
     consume.add_argument("--rate-key", help="name of the shared budget (default from base URL)")
 
     wipe = commands.add_parser("delete-all", help="delete EVERY audience of a draft campaign")

@@ -40,7 +40,7 @@ from worker.report import RunResult
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.shared_rate import rate_gate
-from worker.shutdown import Interrupts, signal_handlers
+from worker.shutdown import run_interruptible
 
 log = structlog.get_logger("audience_purge.consumer")
 
@@ -221,13 +221,13 @@ async def run_consumer(settings: Settings, *, out: TextIO = sys.stdout) -> RunRe
     try:
         await connect(queue, settings.redis_url, settings.backoff_initial)
         await queue.ensure_group()
-        return await _consume(settings, tokens, queue, redis, started)
+        return await _consume(settings, tokens, queue, started)
     finally:
         await queue.close()
 
 
 async def _consume(
-    settings: Settings, tokens: TokenSource, queue: StreamQueue, redis: Any, started: float
+    settings: Settings, tokens: TokenSource, queue: StreamQueue, started: float
 ) -> RunResult:
     run_id = new_run_id()
     audit_path = settings.audit_log or default_audit_path(settings.audit_dir, run_id)
@@ -257,18 +257,11 @@ async def _consume(
                 concurrency=settings.concurrency,
                 on_settled=acks.settled,
             )
-            task = asyncio.create_task(
-                dispatcher.run(_entries(queue, settings, recorder, acks, dispatcher))
+            interrupted = await run_interruptible(
+                dispatcher.run(_entries(queue, settings, recorder, acks, dispatcher)),
+                dispatcher.stop,
+                settings.grace,
             )
-            interrupts = Interrupts(dispatcher.stop, task, settings.grace)
-            with signal_handlers(interrupts):
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise
-            interrupted = interrupts.count > 0
             await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
         fatal = dispatcher.fatal
         code = 3 if fatal else 75 if interrupted else 1 if recorder.tally.failed else 0

@@ -34,7 +34,7 @@ from worker.resume import Checkpointer, make_plan, open_state, previous_link
 from worker.retry import RetryPolicy
 from worker.settings import Settings
 from worker.shared_rate import rate_gate
-from worker.shutdown import Interrupts, signal_handlers
+from worker.shutdown import run_interruptible
 from worker.sources import InputDigest, open_input
 
 log = structlog.get_logger("audience_purge.pipeline")
@@ -193,28 +193,19 @@ async def _dispatch(
 ) -> bool:
     """Run the dispatcher under signal handlers, progress and checkpoints; True if a
     signal interrupted it."""
-    task = asyncio.create_task(dispatcher.run(batches))
-    interrupts = Interrupts(dispatcher.stop, task, settings.grace)
     saver = asyncio.create_task(checkpoints.every(settings.checkpoint_interval))
     try:
-        with signal_handlers(interrupts):
-            async with progress(
-                recorder.tally,
-                total_lines,
-                mode=settings.progress,
-                interval=settings.progress_interval,
-            ):
-                try:
-                    await task
-                except asyncio.CancelledError:
-                    current = asyncio.current_task()
-                    if current is not None and current.cancelling():
-                        raise
+        async with progress(
+            recorder.tally,
+            total_lines,
+            mode=settings.progress,
+            interval=settings.progress_interval,
+        ):
+            return await run_interruptible(dispatcher.run(batches), dispatcher.stop, settings.grace)
     finally:
         saver.cancel()
         with suppress(asyncio.CancelledError):
             await saver
-    return interrupts.count > 0
 
 
 async def _dry_run(batches: AsyncIterator[Batch], settings: Settings, out: TextIO) -> None:

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import structlog
 
@@ -49,3 +50,23 @@ class Interrupts:
             asyncio.get_running_loop().call_later(self._grace, self._task.cancel)
         else:
             self._task.cancel()
+
+
+async def run_interruptible(
+    work: Coroutine[Any, Any, None], stop: Callable[[], None], grace: float
+) -> bool:
+    """Run ``work`` under the signal handlers; True if a signal interrupted it.
+
+    Cancelling ``work`` after the grace (or on a second signal) is the normal end of an
+    interrupted run, not an error; a cancellation of the caller itself still propagates.
+    """
+    task = asyncio.create_task(work)
+    interrupts = Interrupts(stop, task, grace)
+    with signal_handlers(interrupts):
+        try:
+            await task
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise
+    return interrupts.count > 0
