@@ -74,6 +74,8 @@ async def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> int:
             audit_dir=directory,
             report=directory / "report.json",
             failed_out=directory / "failed.csv",
+            state_dir=directory / "state",
+            fresh=True,  # a new sandbox every time: earlier progress means nothing to it
             progress="auto",
             progress_interval=2.0,
         )
@@ -93,8 +95,9 @@ async def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> int:
         file=out,
     )
     print(
-        f"next:    read {result.audit_log} (one JSON record per batch, bad row and "
-        "duplicate), then rehearse your own purge with `audience-purge sandbox --help`",
+        f"next:    audience-purge audit verify {result.audit_log}\n"
+        f"         audience-purge audit find 97 --campaign-id 42 {result.audit_log}\n"
+        "         then rehearse your own purge: audience-purge sandbox --help",
         file=out,
     )
     return result.exit_code
