@@ -2,7 +2,8 @@
 
 Exit codes (part of the interface, documented in the README):
 0 every valid id deleted; 1 finished, some ids failed; 2 usage/config/input error, nothing
-sent; 3 aborted on a fatal API condition; 75 interrupted by a signal.
+sent; 3 aborted on a fatal API condition; 69 Redis unavailable (queue mode, shared budget);
+75 interrupted by a signal.
 """
 
 from __future__ import annotations

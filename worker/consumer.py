@@ -12,7 +12,7 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -77,6 +77,25 @@ async def connect(queue: StreamQueue, url: str, backoff: float) -> None:
             await asyncio.sleep(wait)
 
 
+QUEUE_RETRIES = 12
+
+
+async def retry_queue(call: Callable[[], Awaitable[None]], backoff: float, entry_id: str) -> bool:
+    """A queue write retried with capped backoff while Redis is away (about a minute); False
+    if it never went through. The entry then stays pending and is delivered again: its ids
+    are sent again, which deletion's idempotence makes harmless."""
+    for attempt in range(1, QUEUE_RETRIES + 1):
+        try:
+            await call()
+            return True
+        except QueueUnavailable as exc:
+            log.warning("queue write failed", entry_id=entry_id, error=str(exc), attempt=attempt)
+            if exc.permanent:
+                return False
+            await asyncio.sleep(min(backoff * 2**attempt, 5.0))
+    return False
+
+
 @dataclass(slots=True)
 class _Acks:
     """Counts an entry's batches down; the last one settled acknowledges the entry."""
@@ -112,22 +131,23 @@ class _Acks:
             task.add_done_callback(self.tasks.discard)
 
     async def _finish(self, entry: Entry) -> None:
-        """Dead-letter the failed ids (if any), then XACK; retried while Redis is away."""
+        """Dead-letter the failed ids (if any), then XACK."""
         lost = self.failed.pop(entry.entry_id, [])
-        for attempt in range(1, 1000):
-            try:
-                if lost:
-                    fields = encode(entry.campaign_id, lost, entry.ref)
-                    await self.queue.dead_letter(entry.entry_id, fields, "delete failed")
-                else:
-                    await self.queue.ack(entry.entry_id)
-                self.recorder.audit.write(
-                    "acknowledged", entry_id=entry.entry_id, dead_lettered_ids=len(lost)
-                )
-                return
-            except QueueUnavailable as exc:
-                log.warning("ack failed, retrying", entry_id=entry.entry_id, error=str(exc))
-                await asyncio.sleep(min(self.backoff * 2**attempt, 5.0))
+        if lost:
+            fields = encode(entry.campaign_id, lost, entry.ref)
+            done = await retry_queue(
+                lambda: self.queue.dead_letter(entry.entry_id, fields, "delete failed"),
+                self.backoff,
+                entry.entry_id,
+            )
+        else:
+            done = await retry_queue(
+                lambda: self.queue.ack(entry.entry_id), self.backoff, entry.entry_id
+            )
+        if done:
+            self.recorder.audit.write(
+                "acknowledged", entry_id=entry.entry_id, dead_lettered_ids=len(lost)
+            )
 
     async def drain(self) -> None:
         while self.tasks:
@@ -149,9 +169,12 @@ async def _entries(
             got = await queue.read(settings.concurrency, block_ms)
             failures = 0
         except QueueUnavailable as exc:
+            if exc.permanent:
+                raise
             failures += 1
             wait = min(settings.backoff_initial * 2**failures, 10.0)
             log.warning("redis unavailable, retrying", error=str(exc), wait_s=wait)
+            queue.rescan_own_pending()  # a lost reply may have left entries pending here
             await asyncio.sleep(wait)
             continue
         if not got:
@@ -181,6 +204,8 @@ async def _admit(
     fields: dict[str, str],
     deliveries: int,
 ) -> list[Batch]:
+    if entry_id in acks.parts:
+        return []  # re-read after an outage while still in flight here
     reason = None
     if deliveries > settings.max_deliveries:
         reason = f"delivered {deliveries} times (max_deliveries {settings.max_deliveries})"
@@ -197,7 +222,9 @@ async def _admit(
             fields={k: v[:200] for k, v in fields.items()},
         )
         recorder.tally.dead_lettered += 1
-        await queue.dead_letter(entry_id, fields, reason)
+        await retry_queue(
+            lambda: queue.dead_letter(entry_id, fields, reason), settings.backoff_initial, entry_id
+        )
         return []
     ids = entry.audience_ids
     size = settings.batch_size
@@ -281,5 +308,13 @@ async def _consume(
         )
         audit.write("run_finished", **result.audit_totals())
         return result
+    except ServiceUnavailable as exc:
+        audit.write(
+            "run_finished",
+            exit_code=69,
+            error=str(exc),
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        raise
     finally:
         audit.close()

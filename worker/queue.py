@@ -29,7 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from worker.errors import ConfigError, PurgeError
+from worker.errors import ConfigError, ServiceUnavailable
 from worker.validate import parse_id
 
 MAX_IDS = 10_000
@@ -37,8 +37,13 @@ MAX_REF = 200
 _SPLIT = re.compile(r"\s*,\s*")
 
 
-class QueueUnavailable(PurgeError):
-    """Redis could not be reached or refused a command; the caller retries with backoff."""
+class QueueUnavailable(ServiceUnavailable):
+    """Redis could not be reached or refused a command. ``permanent`` when retrying cannot
+    help (a key of the wrong type, a missing permission): the caller stops retrying."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
 
 
 class Malformed(ValueError):
@@ -132,8 +137,12 @@ class StreamQueue:
     dead_stream: str
     max_deliveries: int
     claim_idle_ms: int
-    _own_pending_done: bool = False
+    _own_cursor: str | None = "0"  # None once this consumer's own pending list was walked
     _claim_cursor: str = "0-0"
+
+    def rescan_own_pending(self) -> None:
+        """Walk this consumer's pending list again (after an outage lost a reply)."""
+        self._own_cursor = "0"
 
     async def ping(self) -> None:
         await self._call("PING", self.redis.ping())
@@ -144,7 +153,7 @@ class StreamQueue:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
-                raise QueueUnavailable(f"XGROUP CREATE failed: {exc}") from None
+                raise QueueUnavailable(f"XGROUP CREATE failed: {exc}", permanent=True) from None
         except RedisError as exc:
             raise QueueUnavailable(f"XGROUP CREATE failed: {type(exc).__name__}") from None
 
@@ -158,11 +167,12 @@ class StreamQueue:
     async def read(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str], int]]:
         """(id, fields, deliveries): own pending entries first, then idle ones of dead
         consumers, then new ones (blocking up to ``block_ms``)."""
-        if not self._own_pending_done:
-            got = await self._read_group("0", count, None)
+        if self._own_cursor is not None:
+            got = await self._read_group(self._own_cursor, count, None)
             if got:
+                self._own_cursor = got[-1][0]
                 return await self._with_deliveries(got)
-            self._own_pending_done = True
+            self._own_cursor = None
         claimed = await self._claim(count)
         if claimed:
             return await self._with_deliveries(claimed)
@@ -200,15 +210,24 @@ class StreamQueue:
     async def _with_deliveries(
         self, got: list[tuple[str, dict[str, str]]]
     ) -> list[tuple[str, dict[str, str], int]]:
-        ids = [entry_id for entry_id, _ in got]
-        pending = await self._call(
-            "XPENDING",
-            self.redis.xpending_range(
-                self.stream, self.group, min=ids[0], max=ids[-1], count=len(ids) * 4 + 16
-            ),
-        )
-        times = {str(p["message_id"]): int(p["times_delivered"]) for p in pending}
-        return [(entry_id, fields, times.get(entry_id, 1)) for entry_id, fields in got]
+        """Each entry's delivery count, looked up exactly in this consumer's pending list;
+        an entry no longer there (acknowledged meanwhile) is dropped."""
+        pipe = self.redis.pipeline(transaction=False)
+        for entry_id, _ in got:
+            pipe.xpending_range(
+                self.stream,
+                self.group,
+                min=entry_id,
+                max=entry_id,
+                count=1,
+                consumername=self.consumer,
+            )
+        replies = await self._call("XPENDING", pipe.execute())
+        out = []
+        for (entry_id, fields), rows in zip(got, replies, strict=True):
+            if rows:
+                out.append((entry_id, fields, int(rows[0]["times_delivered"])))
+        return out
 
     async def ack(self, entry_id: str) -> None:
         await self._call("XACK", self.redis.xack(self.stream, self.group, entry_id))
