@@ -111,6 +111,31 @@ def find_command(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
+def add_audit_parser(commands: Any) -> None:
+    """The ``audit`` command and its actions, on the CLI's subcommand parser."""
+    audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
+    verify.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="audit files, oldest first (a resumed run's files in order)",
+    )
+    verify.add_argument(
+        "--audit-key-file", type=Path, help="HMAC key file: also check the signed chain heads"
+    )
+    summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
+    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    find = audit_commands.add_parser("find", help="every record that mentions an audience id")
+    find.add_argument("audience_id", type=int, metavar="AUDIENCE_ID")
+    find.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    find.add_argument("--campaign-id", type=int, help="only records of this campaign")
+    find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
+
+
 AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": verify_command,
     "summary": summary_command,

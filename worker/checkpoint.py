@@ -24,10 +24,9 @@ silent restart from zero.
 from __future__ import annotations
 
 import hashlib
-import heapq
 import os
 import struct
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,7 +34,6 @@ from typing import Any
 import orjson
 from pyroaring import BitMap64
 
-from worker.batching import Batch
 from worker.errors import StateError
 
 FORMAT = 1
@@ -137,49 +135,6 @@ def default_state_dir(
         f"-shard{shard.replace('/', 'of')}" if shard else ""
     )
     return Path("purge-state") / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-
-class Ledger:
-    """Which batches are on their way and which finished above the watermark.
-
-    The watermark is the smallest of: the first row of any batch not yet settled, the first
-    row still waiting in the batcher, and the next row to be read.
-    """
-
-    def __init__(self, read_from: int) -> None:
-        self.read_pos = read_from
-        self._floor = read_from  # rows before it were finished by earlier runs
-        self._pending: dict[int, Batch] = {}
-        self._settled: list[tuple[int, int, Batch]] = []
-        self._count = 0
-
-    def dispatched(self, batch: Batch) -> None:
-        self._pending[id(batch)] = batch
-
-    def settled(self, batch: Batch) -> None:
-        if self._pending.pop(id(batch), None) is not None:
-            self._count += 1
-            heapq.heappush(self._settled, (batch.last_offset, self._count, batch))
-
-    def idle(self) -> bool:
-        return not self._pending
-
-    def watermark(self, oldest_open: int | None) -> int:
-        candidates = [self.read_pos, *(b.first_offset for b in self._pending.values())]
-        if oldest_open is not None:
-            candidates.append(oldest_open)
-        return max(self._floor, min(candidates))
-
-    def done_above(self, watermark: int) -> Pairs:
-        """Pairs of settled batches with rows at or after the watermark (older ones pruned)."""
-        while self._settled and self._settled[0][0] < watermark:
-            heapq.heappop(self._settled)
-        return pairs_from((b.campaign_id, i) for _, _, b in self._settled for i in b.audience_ids)
-
-    def pending_pairs(self) -> Iterator[tuple[int, int]]:
-        for batch in self._pending.values():
-            for audience in batch.audience_ids:
-                yield batch.campaign_id, audience
 
 
 def _fsync_dir(path: Path) -> None:

@@ -17,15 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
+from worker.audit_cli import add_audit_parser
 from worker.delete_all import check_confirmation, delete_all
 from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
+from worker.exit_codes import ExitCode
 from worker.logs import configure_logging
-from worker.pipeline import EXIT_FATAL, EXIT_INTERRUPTED, EXIT_USAGE, run_purge
+from worker.pipeline import run_purge
 from worker.report import print_summary
 from worker.settings import Settings, load_settings
 
 PROG = "audience-purge"
-EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis did not answer at start
 
 
 def _sending_flags(parser: argparse.ArgumentParser) -> None:
@@ -171,27 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP status of the documented API errors (default 400)",
     )
 
-    audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
-    verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
-    verify.add_argument(
-        "paths",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="audit files, oldest first (a resumed run's files in order)",
-    )
-    verify.add_argument(
-        "--audit-key-file", type=Path, help="HMAC key file: also check the signed chain heads"
-    )
-    summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
-    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
-    find = audit_commands.add_parser("find", help="every record that mentions an audience id")
-    find.add_argument("audience_id", type=int, metavar="AUDIENCE_ID")
-    find.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    find.add_argument("--campaign-id", type=int, help="only records of this campaign")
-    find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
+    add_audit_parser(commands)
 
     demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
     demo.add_argument(
@@ -341,15 +322,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", EXIT_USAGE)
+        return _fail(f"configuration error: {exc}", ExitCode.USAGE)
     except UsageError as exc:
-        return _fail(str(exc), EXIT_USAGE)
+        return _fail(str(exc), ExitCode.USAGE)
     except FatalError as exc:
-        return _fail(str(exc), EXIT_FATAL)
+        return _fail(str(exc), ExitCode.FATAL)
     except ServiceUnavailable as exc:
-        return _fail(str(exc), EXIT_UNAVAILABLE)
+        return _fail(str(exc), ExitCode.UNAVAILABLE)
     except KeyboardInterrupt:
-        return _fail("interrupted", EXIT_INTERRUPTED)
+        return _fail("interrupted", ExitCode.INTERRUPTED)
 
 
 def _fail(message: str, code: int) -> int:

@@ -12,25 +12,24 @@ import asyncio
 import socket
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
 from typing import Any, TextIO
 
 import structlog
 
 from worker import __version__
+from worker.acks import Acks, retry_queue
 from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.batching import Batch
 from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
 from worker.errors import ConfigError, ServiceUnavailable
+from worker.exit_codes import ExitCode
 from worker.queue import (
-    Entry,
     Malformed,
     QueueUnavailable,
     StreamQueue,
-    encode,
     open_redis,
     parse_entry,
     redact_url,
@@ -77,88 +76,11 @@ async def connect(queue: StreamQueue, url: str, backoff: float) -> None:
             await asyncio.sleep(wait)
 
 
-QUEUE_RETRIES = 12
-
-
-async def retry_queue(call: Callable[[], Awaitable[None]], backoff: float, entry_id: str) -> bool:
-    """A queue write retried with capped backoff while Redis is away (about a minute); False
-    if it never went through. The entry then stays pending and is delivered again: its ids
-    are sent again, which deletion's idempotence makes harmless."""
-    for attempt in range(1, QUEUE_RETRIES + 1):
-        try:
-            await call()
-            return True
-        except QueueUnavailable as exc:
-            log.warning("queue write failed", entry_id=entry_id, error=str(exc), attempt=attempt)
-            if exc.permanent:
-                return False
-            await asyncio.sleep(min(backoff * 2**attempt, 5.0))
-    return False
-
-
-@dataclass(slots=True)
-class _Acks:
-    """Counts an entry's batches down; the last one settled acknowledges the entry."""
-
-    queue: StreamQueue
-    recorder: Recorder
-    backoff: float
-    parts: dict[str, int] = field(default_factory=dict)
-    entries: dict[str, Entry] = field(default_factory=dict)
-    failed: dict[str, list[int]] = field(default_factory=dict)
-    tasks: set[asyncio.Task[None]] = field(default_factory=set)
-
-    def expect(self, entry: Entry, parts: int) -> None:
-        self.parts[entry.entry_id] = parts
-        self.entries[entry.entry_id] = entry
-
-    def idle(self) -> bool:
-        return not self.parts and not self.tasks
-
-    def settled(self, batch: Batch) -> None:
-        entry_id = batch.entry_id
-        if entry_id is None or entry_id not in self.parts:
-            return
-        campaign = self.recorder.failed_pairs.get(batch.campaign_id)
-        lost = [i for i in batch.audience_ids if campaign is not None and i in campaign]
-        if lost:
-            self.failed.setdefault(entry_id, []).extend(lost)
-        self.parts[entry_id] -= 1
-        if self.parts[entry_id] == 0:
-            del self.parts[entry_id]
-            task = asyncio.create_task(self._finish(self.entries.pop(entry_id)))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
-
-    async def _finish(self, entry: Entry) -> None:
-        """Dead-letter the failed ids (if any), then XACK."""
-        lost = self.failed.pop(entry.entry_id, [])
-        if lost:
-            fields = encode(entry.campaign_id, lost, entry.ref)
-            done = await retry_queue(
-                lambda: self.queue.dead_letter(entry.entry_id, fields, "delete failed"),
-                self.backoff,
-                entry.entry_id,
-            )
-        else:
-            done = await retry_queue(
-                lambda: self.queue.ack(entry.entry_id), self.backoff, entry.entry_id
-            )
-        if done:
-            self.recorder.audit.write(
-                "acknowledged", entry_id=entry.entry_id, dead_lettered_ids=len(lost)
-            )
-
-    async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
-
-
 async def _entries(
     queue: StreamQueue,
     settings: Settings,
     recorder: Recorder,
-    acks: _Acks,
+    acks: Acks,
     dispatcher: Dispatcher,
 ) -> AsyncIterator[Batch]:
     """Batches from the stream; malformed and over-delivered entries are dead-lettered."""
@@ -199,7 +121,7 @@ async def _admit(
     queue: StreamQueue,
     settings: Settings,
     recorder: Recorder,
-    acks: _Acks,
+    acks: Acks,
     entry_id: str,
     fields: dict[str, str],
     deliveries: int,
@@ -260,7 +182,7 @@ async def _consume(
     audit_path = settings.audit_log or default_audit_path(settings.audit_dir, run_id)
     audit = AuditLog(audit_path, run_id, key=read_key_file(settings.audit_key_file))
     recorder = Recorder(audit)
-    acks = _Acks(queue, recorder, settings.backoff_initial)
+    acks = Acks(queue, recorder, settings.backoff_initial)
     interrupted = False
     try:
         audit.write(
@@ -291,7 +213,15 @@ async def _consume(
             )
             await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
         fatal = dispatcher.fatal
-        code = 3 if fatal else 75 if interrupted else 1 if recorder.tally.failed else 0
+        code = (
+            ExitCode.FATAL
+            if fatal
+            else ExitCode.INTERRUPTED
+            if interrupted
+            else ExitCode.FAILED
+            if recorder.tally.failed
+            else ExitCode.OK
+        )
         result = RunResult(
             run_id=run_id,
             exit_code=code,

@@ -18,6 +18,7 @@ from worker.classify import Kind, Verdict
 from worker.client import Reply, UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.errors import ApiError, FatalError, UsageError
+from worker.exit_codes import ExitCode
 from worker.ratelimit import LocalRateGate
 from worker.retry import RetryPolicy, with_retries
 from worker.settings import Settings
@@ -47,7 +48,7 @@ async def delete_all(
             f"dry run: would POST {settings.base_url}/delete-audience {payload}; nothing was sent",
             file=out,
         )
-        return 0
+        return ExitCode.OK
     tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
     run_id = new_run_id()
     audit = AuditLog(
@@ -125,9 +126,9 @@ async def _send(
                 context={"campaign_id": campaign_id},
             )
         except FatalError:
-            code = 3
+            code = ExitCode.FATAL
         except ApiError:
-            code = 1
+            code = ExitCode.FAILED
         else:
-            return 0, reply.verdict, attempts, reply.latency_ms
+            return ExitCode.OK, reply.verdict, attempts, reply.latency_ms
     return code, last.verdict if last else None, attempts, last.latency_ms if last else None

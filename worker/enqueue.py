@@ -12,7 +12,6 @@ from typing import Any, TextIO
 from worker import __version__
 from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.batching import Batch, Batcher, Deduper
-from worker.checkpoint import Ledger
 from worker.consumer import connect, make_queue
 from worker.errors import ConfigError
 from worker.planning import Plan, plan_batches
@@ -20,6 +19,7 @@ from worker.queue import StreamQueue, encode, open_redis
 from worker.recorder import Recorder
 from worker.settings import Settings
 from worker.sources import InputDigest, open_input
+from worker.watermark import Ledger
 
 
 async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> int:

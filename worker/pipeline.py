@@ -26,6 +26,7 @@ from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
 from worker.errors import StateError, UsageError
+from worker.exit_codes import ExitCode
 from worker.planning import plan_batches
 from worker.progress import progress
 from worker.recorder import FailedOut, Recorder
@@ -38,8 +39,6 @@ from worker.shutdown import run_interruptible
 from worker.sources import InputDigest, open_input
 
 log = structlog.get_logger("audience_purge.pipeline")
-
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_FATAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 75
 
 
 async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> RunResult:
@@ -130,7 +129,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                 store.clear()  # nothing was sent: a corrected input must not look "changed"
             audit.write(
                 "run_finished",
-                exit_code=EXIT_USAGE if isinstance(exc, UsageError) else None,
+                exit_code=ExitCode.USAGE if isinstance(exc, UsageError) else None,
                 error=str(exc) or type(exc).__name__,
                 duration_s=round(time.monotonic() - started, 3),
                 input_sha256=digest.sha256,
@@ -177,10 +176,10 @@ def _resumed(point: Checkpoint | None) -> dict[str, object] | None:
 
 def _exit_code(dispatcher: Dispatcher | None, recorder: Recorder, interrupted: bool) -> int:
     if dispatcher is not None and dispatcher.fatal is not None:
-        return EXIT_FATAL
+        return ExitCode.FATAL
     if interrupted:
-        return EXIT_INTERRUPTED
-    return EXIT_FAILED if count(recorder.failed_pairs) else EXIT_OK
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if count(recorder.failed_pairs) else ExitCode.OK
 
 
 async def _dispatch(

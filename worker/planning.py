@@ -11,11 +11,12 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
 from worker.batching import Batch, Batcher, Deduper, shard_of
-from worker.checkpoint import Ledger, Pairs
+from worker.checkpoint import Pairs
 from worker.recorder import Recorder
 from worker.settings import Settings
 from worker.sources import ByteSource, InputDigest, ResumeFrom, read_rows
 from worker.validate import Rejected
+from worker.watermark import Ledger
 
 
 @dataclass(slots=True)

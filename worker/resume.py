@@ -18,7 +18,6 @@ from worker.audit import AuditLog, last_record
 from worker.batching import Batcher, Deduper
 from worker.checkpoint import (
     Checkpoint,
-    Ledger,
     Pairs,
     StateStore,
     count,
@@ -30,6 +29,7 @@ from worker.recorder import Recorder
 from worker.settings import Settings
 from worker.sources import InputDigest, Prefix, ResumeFrom
 from worker.validate import Layout
+from worker.watermark import Ledger
 
 log = structlog.get_logger("audience_purge.resume")
 

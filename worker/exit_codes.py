@@ -1,0 +1,14 @@
+"""Exit codes: part of the public interface (documented in the README)."""
+
+from __future__ import annotations
+
+import enum
+
+
+class ExitCode(enum.IntEnum):
+    OK = 0  # every valid id deleted (rejected rows and duplicates do not change this)
+    FAILED = 1  # the run finished, but some ids failed
+    USAGE = 2  # usage, configuration or input error, found before anything was sent
+    FATAL = 3  # aborted on a fatal API condition (bad token, wrong endpoint)
+    UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis could not be reached
+    INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by SIGTERM/SIGINT; re-run to continue
