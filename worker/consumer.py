@@ -25,7 +25,7 @@ from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
 from worker.errors import ConfigError, ServiceUnavailable
-from worker.exit_codes import ExitCode
+from worker.exit_codes import finished_code
 from worker.queue import (
     Malformed,
     QueueUnavailable,
@@ -213,14 +213,8 @@ async def _consume(
             )
             await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
         fatal = dispatcher.fatal
-        code = (
-            ExitCode.FATAL
-            if fatal
-            else ExitCode.INTERRUPTED
-            if interrupted
-            else ExitCode.FAILED
-            if recorder.tally.failed
-            else ExitCode.OK
+        code = finished_code(
+            fatal=fatal is not None, interrupted=interrupted, failed=bool(recorder.tally.failed)
         )
         result = RunResult(
             run_id=run_id,

@@ -12,3 +12,13 @@ class ExitCode(enum.IntEnum):
     FATAL = 3  # aborted on a fatal API condition (bad token, wrong endpoint)
     UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis could not be reached
     INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by SIGTERM/SIGINT; re-run to continue
+
+
+def finished_code(*, fatal: bool, interrupted: bool, failed: bool) -> ExitCode:
+    """The code of a run that got under way: a fatal stop outranks a signal, which outranks
+    failed ids."""
+    if fatal:
+        return ExitCode.FATAL
+    if interrupted:
+        return ExitCode.INTERRUPTED
+    return ExitCode.FAILED if failed else ExitCode.OK

@@ -26,7 +26,7 @@ from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource
 from worker.dispatch import Dispatcher
 from worker.errors import StateError, UsageError
-from worker.exit_codes import ExitCode
+from worker.exit_codes import ExitCode, finished_code
 from worker.planning import plan_batches
 from worker.progress import progress
 from worker.recorder import FailedOut, Recorder
@@ -137,7 +137,11 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             )
             raise
         stopped = interrupted or (dispatcher is not None and dispatcher.fatal is not None)
-        code = _exit_code(dispatcher, recorder, interrupted)
+        code = finished_code(
+            fatal=dispatcher is not None and dispatcher.fatal is not None,
+            interrupted=interrupted,
+            failed=count(recorder.failed_pairs) > 0,
+        )
         result = RunResult(
             run_id=run_id,
             exit_code=code,
@@ -172,14 +176,6 @@ def _resumed(point: Checkpoint | None) -> dict[str, object] | None:
         "failed": count(point.failed),
         "confirmed_deleted": point.totals.get("deleted", 0),
     }
-
-
-def _exit_code(dispatcher: Dispatcher | None, recorder: Recorder, interrupted: bool) -> int:
-    if dispatcher is not None and dispatcher.fatal is not None:
-        return ExitCode.FATAL
-    if interrupted:
-        return ExitCode.INTERRUPTED
-    return ExitCode.FAILED if count(recorder.failed_pairs) else ExitCode.OK
 
 
 async def _dispatch(
