@@ -82,6 +82,40 @@ def read_key_file(path: Path | None) -> bytes | None:
     return key
 
 
+class _LazyFile:
+    """The audit file, created (or opened for appending) by the first record.
+
+    A run that stops before writing anything leaves no empty file behind, so every audit
+    file on disk holds at least one record and can be verified.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._file: BinaryIO | None = None
+
+    def write(self, data: bytes) -> int:
+        if self._file is None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = self.path.open("ab")
+            if self._file.tell() and not _ends_with_newline(self.path):
+                self._file.write(b"\n")  # a torn last line stays torn; ours stay readable
+        return self._file.write(data)
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+
+    def sync(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        if self._file is not None and not self._file.closed:
+            self.sync()
+            self._file.close()
+
+
 class _Chain:
     """structlog processor: numbers each record and links it to the previous one's hash."""
 
@@ -118,7 +152,6 @@ class AuditLog:
         previous: dict[str, Any] | None = None,
         key: bytes | None = None,
     ) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self.run_id = run_id
         last = last_record(path)
@@ -131,11 +164,10 @@ class AuditLog:
         else:
             self._chain = _Chain(0, ZERO_HASH, key)
             self.previous = None
-        self._file: BinaryIO = path.open("ab")
-        if self._file.tell() and not _ends_with_newline(path):
-            self._file.write(b"\n")  # a torn last line stays torn; our records stay readable
+        self._file = _LazyFile(path)
+        self._first_seq = self._chain.seq
         self._log = structlog.wrap_logger(
-            structlog.BytesLogger(self._file),
+            structlog.BytesLogger(self._file),  # type: ignore[arg-type]
             processors=[
                 structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
                 _ordered,
@@ -157,6 +189,11 @@ class AuditLog:
             "last_hash": self._chain.prev_hash,
         }
 
+    @property
+    def written(self) -> bool:
+        """Whether this log has written a record yet."""
+        return self._chain.seq > self._first_seq
+
     def write(self, event: str, **fields: Any) -> None:
         """Write and flush one record."""
         if self.previous is not None and self._chain.seq == 0:
@@ -165,13 +202,8 @@ class AuditLog:
 
     def sync(self) -> None:
         """Make every record written so far durable (before a checkpoint names it)."""
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        self._file.sync()
 
     def close(self) -> None:
         """Make the file durable, then close it."""
-        if not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
+        self._file.close()

@@ -81,6 +81,18 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                 f"input {source.name} changed since the state was written (its SHA-256 "
                 "differs): re-run with --fresh to start over"
             )
+        batches = plan_batches(plan, source, digest, recorder, settings)
+        checkpoints = (
+            None
+            if store is None
+            else Checkpointer(
+                store, plan, digest, recorder, audit, source.name, point, input_sha256
+            )
+        )
+        if checkpoints is not None:
+            # Before the first audit record: a crash from here on leaves a state whose audit
+            # head names this run's file, so the next run's chain links to it.
+            checkpoints.save()
         audit.write(
             "run_started",
             version=__version__,
@@ -93,16 +105,6 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             state_dir=str(store.directory) if store else None,
             resumed=_resumed(point),
         )
-        batches = plan_batches(plan, source, digest, recorder, settings)
-        checkpoints = (
-            None
-            if store is None
-            else Checkpointer(
-                store, plan, digest, recorder, audit, source.name, point, input_sha256
-            )
-        )
-        if checkpoints is not None:
-            checkpoints.save()  # from the first request on, a crash leaves a state to resume
         try:
             if settings.dry_run:
                 await _dry_run(batches, settings, out)

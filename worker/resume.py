@@ -131,7 +131,8 @@ class Checkpointer:
             complete=complete,
             input_sha256=self.input_sha256,
             run_ids=[*(self.prior.run_ids if self.prior else []), self.audit.run_id],
-            audit=self.audit.head(),
+            # Until this run writes its first record, the chain still ends in the prior file.
+            audit=self.audit.head() if self.audit.written or prior is None else prior.audit,
             totals={
                 "deleted": prior_deleted + self.recorder.tally.deleted,
                 "failed_left": count(self.recorder.failed_pairs),
