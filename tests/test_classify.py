@@ -147,14 +147,40 @@ def test_normalise(raw: str, expected: str) -> None:
             "Audience deleted successfully",
         ),
         ({"success": True}, None),
-        ({}, None),
-        ({"message": 42}, None),
+        ({"status": True, "message": "Done"}, "Done"),
+        ({"message": "Audience deleted successfully."}, "Audience deleted successfully."),
     ],
 )
 def test_success_body_is_deleted(status: int, payload: object, message: str | None) -> None:
     verdict = classify(status, body(payload), NO_HEADERS)
 
     assert verdict == Verdict(Kind.DELETED, status, "deleted", message)
+
+
+@pytest.mark.parametrize("status", [200, 201, 204])
+@pytest.mark.parametrize(
+    ("payload", "message"),
+    [
+        ({}, None),
+        ({"message": 42}, None),
+        ([], None),
+        ({"message": "Campaign not found"}, "Campaign not found"),
+        ({"message": "OK"}, "OK"),
+    ],
+)
+def test_unrecognised_success_answer_is_a_permanent_failure_not_a_deletion(
+    status: int, payload: object, message: str | None
+) -> None:
+    verdict = classify(status, body(payload), NO_HEADERS)
+
+    assert verdict == Verdict(Kind.PERMANENT, status, "unrecognised success answer", message)
+
+
+@pytest.mark.parametrize("text", ["Invalid token", "Unauthorized", "Forbidden: API key revoked"])
+def test_success_status_with_an_authentication_message_is_fatal(text: str) -> None:
+    verdict = classify(200, body({"message": text}), NO_HEADERS)
+
+    assert verdict == Verdict(Kind.FATAL, 200, "authentication refused (HTTP 200)", text)
 
 
 def test_success_with_null_error_field_is_deleted() -> None:

@@ -27,6 +27,7 @@ import redis.asyncio as aioredis
 from conftest import read_audit, write_csv
 
 from worker.consumer import run_consumer
+from worker.credentials import Secret
 from worker.enqueue import run_enqueue
 from worker.queue import MAX_IDS, MAX_REF, Entry, Malformed, parse_entry
 from worker.sandbox import FaultConfig
@@ -1056,3 +1057,19 @@ async def test_sigterm_mid_run_exits_75_with_every_settled_entry_acked(
     last = stream_order(group["last-delivered-id"])
     delivered = {e for e in entry_ids if stream_order(e) <= last}
     assert pending == delivered - acknowledged
+
+
+async def test_a_refused_token_leaves_the_entries_pending_not_dead_lettered(
+    sandbox: SandboxHandle, make_settings: MakeSettings, redis_url: str, rdb: Any
+) -> None:
+    entries = await produce(rdb, [(42, [1, 2]), (42, [3, 4]), (42, [5, 6])])
+    settings = queue_settings(make_settings, redis_url, token=Secret("wrong"), concurrency=1)
+
+    result = await consume_here(settings)
+
+    assert result.exit_code == 3
+    assert await rdb.xlen(f"{STREAM}:dead") == 0
+    refused = await pending_of(rdb, "c1")
+    assert refused
+    assert set(refused) <= set(entries)
+    assert sandbox.state.campaigns[42].deleted_count == 0

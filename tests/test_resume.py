@@ -624,3 +624,20 @@ async def test_stdin_input_fed_different_bytes_exits_2_and_sends_nothing(
     assert "changed" in refused.err
     assert "--fresh" in refused.err
     assert sandbox.state.requests_total == requests
+
+
+async def test_stdin_resume_checks_the_input_before_retrying_earlier_failures(
+    stdin_purge: Purge, sandbox: SandboxHandle
+) -> None:
+    data = csv_bytes(IDS)
+    await stdin_purge.set_faults(error_ratio=1.0)
+    failed = await stdin_purge.run("--max-attempts", "1", stdin=data)
+    assert failed.code == 1, failed.err
+    await stdin_purge.set_faults()
+    requests = sandbox.state.requests_total
+
+    refused = await stdin_purge.run(stdin=csv_bytes([*range(1001, 1011)]))
+
+    assert refused.code == 2, refused.err
+    assert "changed" in refused.err
+    assert sandbox.state.requests_total == requests

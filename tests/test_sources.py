@@ -374,3 +374,35 @@ def test_any_ids_one_per_line_come_back_in_order_with_their_line_numbers(
         items, _ = asyncio.run(read_all(path))
 
     assert items == [Row(n + 1, CAMPAIGN, i) for n, i in enumerate(ids)]
+
+
+async def test_a_quoted_field_spanning_lines_is_rejected_whole_and_its_ids_never_read(
+    csv_file: CsvFile,
+) -> None:
+    path = csv_file(
+        'audience_id,note\n101,"call back\n202,then\n303,close"\n404,"one ""line"""\n505,ok\n'
+    )
+
+    items, digest = await read_all(path)
+
+    assert [i.audience_id for i in items if isinstance(i, Row)] == [404, 505]
+    assert [(i.line, i.reason) for i in items if isinstance(i, Rejected)] == [
+        (2, "opens a quoted field that spans lines"),
+        (3, "inside a quoted field spanning lines from 2"),
+        (4, "inside a quoted field spanning lines from 2"),
+    ]
+    assert digest.quote_open is None
+
+
+async def test_reading_never_resumes_inside_an_unclosed_quoted_field(csv_file: CsvFile) -> None:
+    path = csv_file('audience_id\n1\n2,"open\n3\n')
+    source = await open_input(str(path))
+    digest = InputDigest()
+    try:
+        async for _ in read_rows(source, digest, default_campaign=CAMPAIGN):
+            pass
+    finally:
+        source.close()
+
+    assert digest.quote_open is not None
+    assert digest.safe_offset() == len(b"audience_id\n1\n")

@@ -22,7 +22,7 @@ from worker.acks import Acks, retry_queue
 from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.batching import Batch
 from worker.client import UnleashXClient, http_session
-from worker.credentials import TokenSource
+from worker.credentials import TokenSource, redact_url
 from worker.dispatch import Dispatcher
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.exit_codes import finished_code
@@ -32,7 +32,6 @@ from worker.queue import (
     StreamQueue,
     open_redis,
     parse_entry,
-    redact_url,
 )
 from worker.recorder import Recorder
 from worker.report import RunResult
@@ -211,7 +210,13 @@ async def _consume(
                 dispatcher.stop,
                 settings.grace,
             )
-            await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
+            try:
+                await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
+            except TimeoutError:
+                # Redis too slow to take the acknowledgements: those entries stay pending
+                # and are delivered again (their ids are sent again, harmlessly).
+                log.warning("acknowledgements still pending at exit")
+                interrupted = True
         fatal = dispatcher.fatal
         code = finished_code(
             fatal=fatal is not None, interrupted=interrupted, failed=bool(recorder.tally.failed)

@@ -83,3 +83,17 @@ class TokenSource:
             return False
         self._token = fresh
         return True
+
+
+def redact_url(url: str) -> str:
+    """A URL with its credentials masked (Redis URLs carry a password), for logs and audits.
+
+    Split by hand at the *last* ``@``: a password may contain ``/`` or ``@``, which would
+    fool a URL parser into showing it.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep or "@" not in rest:
+        return url
+    userinfo, _, host = rest.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"

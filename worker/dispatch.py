@@ -107,12 +107,16 @@ class Dispatcher:
             return all([await self._dispatch(half) for half in batch.halves()])
         self._recorder.sending(batch)
         try:
-            return await self._send(batch)
+            outcome = await self._send(batch)
         except asyncio.CancelledError:
             self._recorder.unconfirmed(batch, "cancelled in flight: outcome unknown")
             raise
+        if outcome is _SPLIT:
+            return await self._split(batch)
+        return outcome is True
 
-    async def _send(self, batch: Batch) -> bool:
+    async def _send(self, batch: Batch) -> bool | object:
+        """Send with retries; True if settled, False if not, ``_SPLIT`` after a 413."""
         attempts = 0
         last: Reply | None = None
 
@@ -132,10 +136,15 @@ class Dispatcher:
         try:
             reply = await with_retries(attempt, self._policy, self._gate, context=context)
         except PayloadTooLargeError:
-            return await self._split(batch, attempts, last)
+            if len(batch.audience_ids) > 1:
+                return _SPLIT
+            self._failed(batch, PermanentError("payload too large for a single id"), attempts, last)
+            return True
         except (PermanentError, RetryableError, FatalError) as exc:
             self._failed(batch, exc, attempts, last)
-            return True
+            # A batch refused by a fatal answer (a bad token) stays pending: the next run,
+            # or another consumer, sends it again once the cause is fixed.
+            return not isinstance(exc, FatalError)
         except _Abandoned:
             if attempts:
                 self._recorder.unconfirmed(batch, "stopped before a retry could settle it")
@@ -143,11 +152,8 @@ class Dispatcher:
         self._recorder.deleted(batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms)
         return True
 
-    async def _split(self, batch: Batch, attempts: int, last: Reply | None) -> bool:
+    async def _split(self, batch: Batch) -> bool:
         size = len(batch.audience_ids)
-        if size == 1:
-            self._failed(batch, PermanentError("payload too large for a single id"), attempts, last)
-            return True
         self._size_cap = min(self._size_cap or size, size // 2 + size % 2)
         log.warning(
             "payload too large: splitting",
@@ -170,7 +176,11 @@ class Dispatcher:
             retryable=isinstance(exc, RetryableError | FatalError),
             attempts=attempts,
             latency_ms=last.latency_ms if last else None,
+            pending=isinstance(exc, FatalError),
         )
+
+
+_SPLIT = object()  # _send's answer to a 413: send the batch again in halves
 
 
 class _Abandoned(Exception):

@@ -14,7 +14,7 @@ from worker.batching import Batch, Batcher, Deduper, shard_of
 from worker.checkpoint import Pairs
 from worker.recorder import Recorder
 from worker.settings import Settings
-from worker.sources import ByteSource, InputDigest, ResumeFrom, read_rows
+from worker.sources import ByteSource, InputDigest, ResumeFrom, read_rows, start_resume
 from worker.validate import Rejected
 from worker.watermark import Ledger
 
@@ -57,9 +57,16 @@ async def plan_batches(
     settings: Settings,
 ) -> AsyncIterator[Batch]:
     """Yield batches to send; every row that is not sent is recorded here."""
+    if plan.resume is not None:
+        await start_resume(source, digest, plan.resume)  # before any retry is sent
     for batch in retry_batches(plan.retry, settings.batch_size):
         yield batch
-    rows = read_rows(source, digest, default_campaign=settings.campaign_id, resume=plan.resume)
+    rows = read_rows(
+        source,
+        digest,
+        default_campaign=settings.campaign_id,
+        watermark=plan.resume.watermark if plan.resume else 0,
+    )
     shard = (settings.shard_index, settings.shard_count)
     async for block in rows:
         for item in block:
@@ -78,7 +85,7 @@ async def plan_batches(
                 for batch in plan.batcher.add(item):
                     plan.ledger.dispatched(batch)
                     yield batch
-        plan.ledger.read_pos = digest.bytes_read
+        plan.ledger.read_pos = digest.safe_offset()
     recorder.tally.input_read = True
     for batch in plan.batcher.flush(digest.bytes_read):
         plan.ledger.dispatched(batch)

@@ -29,6 +29,7 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
+from worker.credentials import redact_url
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.validate import parse_id
 
@@ -109,11 +110,6 @@ def encode(campaign_id: int, audience_ids: Sequence[int], ref: str | None) -> di
     if ref:
         fields["ref"] = ref
     return fields
-
-
-def redact_url(url: str) -> str:
-    """A Redis URL without its password, for logs and the audit log."""
-    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
 
 
 def open_redis(url: str) -> Any:

@@ -144,15 +144,19 @@ class Recorder:
         retryable: bool,
         attempts: int,
         latency_ms: float | None,
+        pending: bool = False,
     ) -> None:
+        """Audit a failure. ``pending``: the batch stays unsettled (it is sent again later),
+        so it is not added to the failed pairs that a resume retries."""
         fields = self._batch_fields(batch, verdict, attempts, latency_ms)
         self.audit.write("failed", **fields, reason=reason, retryable=retryable)
         self.tally.failed += len(batch.audience_ids)
         self.tally.failed_by_campaign[batch.campaign_id] += len(batch.audience_ids)
         self.tally.failure_reasons[reason] += len(batch.audience_ids)
-        self.failed_pairs.setdefault(batch.campaign_id, BitMap64()).update(
-            BitMap64(batch.audience_ids)
-        )
+        if not pending:
+            self.failed_pairs.setdefault(batch.campaign_id, BitMap64()).update(
+                BitMap64(batch.audience_ids)
+            )
         if self._failed_out is not None:
             self._failed_out.add(batch)
 

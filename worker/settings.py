@@ -7,7 +7,6 @@ wrong type or an out-of-range value raises :class:`ConfigError` naming the key.
 from __future__ import annotations
 
 import ipaddress
-import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -15,7 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from worker.credentials import Secret
+from worker.credentials import Secret, redact_url
 from worker.errors import ConfigError
 from worker.ratelimit import RateSpec, parse_rate
 
@@ -78,7 +77,7 @@ class Settings:
                 continue
             value = getattr(self, f.name)
             if f.name == "redis_url" and value is not None:
-                value = re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", value)
+                value = redact_url(value)
             out[f.name] = (
                 value if value is None or isinstance(value, int | float | bool) else str(value)
             )

@@ -71,6 +71,7 @@ class InputDigest:
     bytes_read: int = 0
     lines: int = 0
     layout: Layout | None = None
+    quote_open: tuple[int, int] | None = None  # (offset, line) of an unclosed quoted field
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     _blocks: deque[tuple[int, int, hashlib._Hash, bytes]] = field(default_factory=deque)
     _kept: int = 0
@@ -78,6 +79,10 @@ class InputDigest:
     @property
     def sha256(self) -> str:
         return self._hash.hexdigest()
+
+    def safe_offset(self) -> int:
+        """Where reading may resume: never inside a quoted field that spans lines."""
+        return self.quote_open[0] if self.quote_open is not None else self.bytes_read
 
     def consume(self, data: bytes, lines: int) -> None:
         self._remember(data)
@@ -252,20 +257,19 @@ async def read_rows(
     digest: InputDigest,
     *,
     default_campaign: int | None,
-    resume: ResumeFrom | None = None,
+    watermark: int = 0,
 ) -> AsyncIterator[list[Row | Rejected]]:
     """Validated rows, one list per block read; a blank line is skipped, every other line
-    yields one item. After each list, ``digest.bytes_read`` is where the next row starts.
+    yields one item; lines before ``watermark`` (finished by an earlier run) are dropped.
+    After each list, :meth:`InputDigest.safe_offset` is where reading may resume.
+
+    A quoted field may not span lines: a line that opens one, and every line up to the one
+    that closes it, is rejected whole, so an id inside a quoted note is never sent.
 
     Raises:
         InputError: the input is empty, or its first line does not tell where the ids
             are (see detect_layout).
-        StateError: resuming, and the input is not the one the checkpoint saw.
     """
-    watermark = 0
-    if resume is not None:
-        await skip_prefix(source, digest, resume.prefix)
-        digest.layout, watermark = resume.layout, resume.watermark
     async for start, line0, lines in _blocks(source, digest):
         out: list[Row | Rejected] = []
         offset = start
@@ -275,12 +279,38 @@ async def read_rows(
                 continue
             if here == 0 and raw.startswith(BOM):
                 raw = raw[len(BOM) :]
-            item = _parse(raw.decode("utf-8", "replace"), number, here, digest, default_campaign)
+            item = _item(raw, number, here, digest, default_campaign)
             if item is not None:
                 out.append(item)
         yield out
     if digest.layout is None:
         raise InputError("the input is empty: no header and no audience ids")
+
+
+async def start_resume(source: ByteSource, digest: InputDigest, resume: ResumeFrom) -> None:
+    """Re-read and check the prefix a checkpoint saw, before anything is sent.
+
+    Raises:
+        StateError: the input is not the one the checkpoint saw.
+    """
+    await skip_prefix(source, digest, resume.prefix)
+    digest.layout = resume.layout
+
+
+def _item(
+    raw: bytes, number: int, offset: int, digest: InputDigest, default_campaign: int | None
+) -> Row | Rejected | None:
+    text = raw.decode("utf-8", "replace")
+    odd_quotes = raw.count(b'"') % 2 == 1
+    if digest.quote_open is not None:
+        opened = digest.quote_open[1]
+        if odd_quotes:
+            digest.quote_open = None
+        return Rejected(number, text, f"inside a quoted field spanning lines from {opened}", offset)
+    if odd_quotes:
+        digest.quote_open = (offset, number)
+        return Rejected(number, text, "opens a quoted field that spans lines", offset)
+    return _parse(text, number, offset, digest, default_campaign)
 
 
 def _parse(
