@@ -245,7 +245,7 @@ def _consume(args: argparse.Namespace) -> int:
     settings = settings_from(args, dict(os.environ))
     configure_logging(settings.log_level)
     result = asyncio.run(run_consumer(settings))
-    print_summary(result, sys.stdout)
+    print_summary(result, sys.stdout, "consume")
     return result.exit_code
 
 

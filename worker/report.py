@@ -80,7 +80,7 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def print_summary(result: RunResult, out: TextIO) -> None:
+def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
     """A one-screen summary for a person."""
     t = result.tally
     verdict = {
@@ -88,10 +88,11 @@ def print_summary(result: RunResult, out: TextIO) -> None:
         1: "finished with failures",
         2: "refused",
         3: "aborted",
+        69: "Redis unavailable",
         75: "interrupted",
     }.get(result.exit_code, "ended")
     lines = [
-        f"audience-purge run {result.run_id}: {verdict} (exit {result.exit_code})"
+        f"audience-purge {command} {result.run_id}: {verdict} (exit {result.exit_code})"
         + (f": {result.fatal_reason}" if result.fatal_reason else ""),
         f"  rows read   {t.rows:>10}    valid      {t.valid:>10}",
         f"  deleted     {t.deleted:>10}    failed     {t.failed:>10}",
