@@ -120,3 +120,24 @@ def _vm_hwm_mb(pid: int) -> float:
     except (FileNotFoundError, ProcessLookupError):
         pass
     return 0.0
+
+
+def fast_purge(path: Path, base_url: str) -> list[str]:
+    """``run`` as the benchmarks use it: no rate limit to speak of, big batches, quiet."""
+    return [
+        "run",
+        "--input",
+        str(path),
+        "--base-url",
+        base_url,
+        "--rate",
+        "100000/s",
+        "--batch-size",
+        "1000",
+        "--concurrency",
+        "8",
+        "--progress",
+        "off",
+        "--log-level",
+        "warning",
+    ]

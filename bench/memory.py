@@ -11,7 +11,7 @@ import argparse
 import shutil
 from pathlib import Path
 
-from _common import Sandbox, run_worker, write_ids
+from _common import Sandbox, fast_purge, run_worker, write_ids
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -28,26 +28,7 @@ def main() -> None:
         work.mkdir(parents=True)
         sandbox = Sandbox(size)
         try:
-            measured = run_worker(
-                [
-                    "run",
-                    "--input",
-                    str(path),
-                    "--base-url",
-                    sandbox.url,
-                    "--rate",
-                    "100000/s",
-                    "--batch-size",
-                    "1000",
-                    "--concurrency",
-                    "8",
-                    "--progress",
-                    "off",
-                    "--log-level",
-                    "warning",
-                ],
-                cwd=work,
-            )
+            measured = run_worker(fast_purge(path, sandbox.url), cwd=work)
             deleted = sandbox.deleted()
         finally:
             sandbox.close()

@@ -20,7 +20,7 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from _common import PYTHON, TOKEN, Sandbox, run_worker, write_ids
+from _common import PYTHON, TOKEN, Sandbox, fast_purge, run_worker, write_ids
 
 OUT = Path(__file__).resolve().parent / "out"
 
@@ -44,26 +44,9 @@ def main() -> None:
     work = OUT / "resume"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    command = [
-        "run",
-        "--input",
-        str(path),
-        "--base-url",
-        "",
-        "--rate",
-        "100000/s",
-        "--batch-size",
-        "1000",
-        "--concurrency",
-        "8",
-        "--progress",
-        "off",
-        "--log-level",
-        "warning",
-    ]
     sandbox = Sandbox(args.ids)
     try:
-        command[command.index("--base-url") + 1] = sandbox.url
+        command = fast_purge(path, sandbox.url)
         env = {**os.environ, "UNLEASHX_TOKEN": TOKEN}
         first = subprocess.Popen(
             [PYTHON, "-m", "worker", *command],

@@ -148,3 +148,30 @@ def redis_url(redis_server: str) -> str:
     client.flushall()
     client.close()
     return redis_server
+
+
+Refusals = list[tuple[float, int]]
+
+
+def record_refusals(sandbox: SandboxHandle, monkeypatch: pytest.MonkeyPatch) -> Refusals:
+    """Every 429 the sandbox gives from now on, as (seconds since it started, Retry-After)."""
+    state = sandbox.state
+    refusals: Refusals = []
+    admit = state.admit_delete
+
+    def recording_admit() -> int | None:
+        wait = admit()
+        if wait is not None:
+            refusals.append((state.clock() - state.started, wait))
+        return wait
+
+    monkeypatch.setattr(state, "admit_delete", recording_admit)
+    return refusals
+
+
+def assert_nothing_accepted_during_a_pause(refusals: Refusals, accepted: list[float]) -> None:
+    """No request was accepted between a 429 and the end of its Retry-After."""
+    assert refusals, "the sandbox never answered 429"
+    for refused_at, wait in refusals:
+        early = [t for t in accepted if refused_at < t < refused_at + wait]
+        assert early == [], (refused_at, wait, accepted)

@@ -16,7 +16,12 @@ from typing import Any
 
 import orjson
 import pytest
-from conftest import read_audit, write_csv
+from conftest import (
+    assert_nothing_accepted_during_a_pause,
+    read_audit,
+    record_refusals,
+    write_csv,
+)
 
 from worker import __version__
 from worker.batching import Batch
@@ -404,29 +409,17 @@ async def test_no_request_is_accepted_before_retry_after_elapsed(
     # sandbox refuses everything in between on its own. Any request it *accepts* before
     # "refusal + Retry-After" is therefore one the client sent during the pause.
     state = sandbox.state
-    refusals: list[tuple[float, int]] = []
-    admit = state.admit_delete
-
-    def recording_admit() -> int | None:
-        wait = admit()
-        if wait is not None:
-            refusals.append((state.clock() - state.started, wait))
-        return wait
-
-    monkeypatch.setattr(state, "admit_delete", recording_admit)
+    refusals = record_refusals(sandbox, monkeypatch)
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 11)])
     settings = make_settings(campaign_id=42, batch_size=1, concurrency=4, rate=RateSpec(50, 1.0))
 
     result = await run_purge(settings, str(path), out=io.StringIO())
 
     assert result.exit_code == 0
-    assert refusals, "the sandbox never answered 429"
     assert state.by_status[429] == len(refusals)
     accepted = list(state.accepted_times)
     assert len(accepted) == 10
-    for refused_at, wait in refusals:
-        early = [t for t in accepted if refused_at < t < refused_at + wait]
-        assert early == [], (refused_at, wait, accepted)
+    assert_nothing_accepted_during_a_pause(refusals, accepted)
 
 
 @pytest.mark.parametrize(

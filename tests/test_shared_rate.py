@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 import redis.asyncio as aioredis
-from conftest import read_audit
+from conftest import assert_nothing_accepted_during_a_pause, read_audit, record_refusals
 from test_queue import (
     DEAD,
     closed_port,
@@ -216,27 +216,15 @@ async def test_a_429_seen_by_one_worker_pauses_every_worker_until_retry_after(
     # after the window freed but before "refusal + Retry-After" came from a worker that did
     # not pause: whichever worker it was, the fleet-wide pause failed.
     state = sandbox.state
-    refusals: list[tuple[float, int]] = []
-    admit = state.admit_delete
-
-    def recording_admit() -> int | None:
-        wait = admit()
-        if wait is not None:
-            refusals.append((state.clock() - state.started, wait))
-        return wait
-
-    monkeypatch.setattr(state, "admit_delete", recording_admit)
+    refusals = record_refusals(sandbox, monkeypatch)
     await produce(rdb, [(42, [i]) for i in range(1, 16)])
 
     audits = await run_fleet(sandbox, token, redis_url, tmp_path)
 
-    assert refusals, "the sandbox never answered 429"
     assert not any(state.campaigns[42].alive(i) for i in range(1, 16))
     accepted = sorted(state.accepted_times)
     assert len(accepted) == 15
-    for refused_at, wait in refusals:
-        early = [t for t in accepted if refused_at < t < refused_at + wait]
-        assert early == [], (refused_at, wait, accepted)
+    assert_nothing_accepted_during_a_pause(refusals, accepted)
     first_refusal, first_wait = refusals[0]
     resumed = min(t for t in accepted if t > first_refusal)
     assert resumed < first_refusal + first_wait + 1.0, "the fleet did not resume promptly"
