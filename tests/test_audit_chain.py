@@ -615,3 +615,15 @@ def test_cli_verify_with_an_empty_key_file_exits_2(
 
     assert code == 2
     assert f"{key_file} is empty" in capsys.readouterr().err
+
+
+def test_find_matches_a_rejected_row_by_its_id_cell_not_by_its_campaign(tmp_path: Path) -> None:
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "run-1")
+    log.write("rejected", line=3, raw="42,abc", audience_raw="abc", reason="not an integer")
+    log.write("rejected", line=4, raw="42,-7", audience_raw="-7", reason="not positive")
+    log.close()
+
+    assert list(find([path], 42)) == []
+    assert [r["line"] for _, _, r in find([path], 7)] == []
+    assert [r["line"] for _, _, r in find([path], -7)] == [4]

@@ -264,6 +264,7 @@ async def test_invalid_ids_are_rejected_with_line_raw_and_reason_and_never_sent(
             "run_id": result.run_id,
             "line": line,
             "raw": raw,
+            "audience_raw": raw.split(",")[1],
             "reason": reason,
         }
         for r, (line, raw, reason) in zip(rejected, BAD_ROWS, strict=True)

@@ -388,6 +388,7 @@ async def test_enqueue_writes_one_entry_per_batch_and_audits_rejected_rows_and_d
         "run_id": run_id,
         "line": 26,
         "raw": "abc",
+        "audience_raw": "abc",
         "reason": "audience_id not an integer",
     }
     assert [(r["line"], r["campaign_id"], r["audience_id"]) for r in of(records, "duplicate")] == [

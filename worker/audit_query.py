@@ -238,9 +238,9 @@ def find(
 def _mentions(record: dict[str, Any], audience_id: int) -> bool:
     if audience_id in _ids(record) or record.get("audience_id") == audience_id:
         return True
-    raw = record.get("raw")
-    return (
-        record.get("event") == "rejected"
-        and isinstance(raw, str)
-        and str(audience_id) in (cell.strip() for cell in raw.split(","))
-    )
+    if record.get("event") != "rejected":
+        return False
+    if "audience_raw" in record:  # the id cell itself, so a campaign id never matches
+        return bool(record["audience_raw"] == str(audience_id))
+    raw = record.get("raw")  # logs written before audience_raw existed
+    return isinstance(raw, str) and str(audience_id) in (c.strip() for c in raw.split(","))

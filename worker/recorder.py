@@ -108,7 +108,13 @@ class Recorder:
         self.tally.already_done += 1
 
     def rejected(self, item: Rejected) -> None:
-        self.audit.write("rejected", line=item.line, raw=item.raw, reason=item.reason)
+        self.audit.write(
+            "rejected",
+            line=item.line,
+            raw=item.raw,
+            audience_raw=item.audience_raw,
+            reason=item.reason,
+        )
         self.tally.rows += 1
         self.tally.rejected += 1
 

@@ -32,10 +32,13 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
+    """A line that is not sent; ``audience_raw`` is its audience_id cell, when it has one."""
+
     line: int
     raw: str
     reason: str
     offset: int = field(default=0, compare=False)
+    audience_raw: str | None = field(default=None, compare=False)
 
 
 def parse_id(text: str) -> int | str:
@@ -103,9 +106,10 @@ def parse_line(
     raw = ",".join(cells)
     if layout.id_col >= len(cells):
         return Rejected(line, raw, offset=offset, reason="missing audience_id")
-    audience = parse_id(cells[layout.id_col])
+    cell = cells[layout.id_col].strip()
+    audience = parse_id(cell)
     if isinstance(audience, str):
-        return Rejected(line, raw, offset=offset, reason=f"audience_id {audience}")
+        return Rejected(line, raw, f"audience_id {audience}", offset, cell)
     campaign: int | str | None = default_campaign
     if (
         layout.campaign_col is not None
@@ -114,11 +118,9 @@ def parse_line(
     ):
         campaign = parse_id(cells[layout.campaign_col])
     if campaign is None:
-        return Rejected(
-            line, raw, offset=offset, reason="campaign_id missing and no --campaign-id given"
-        )
+        return Rejected(line, raw, "campaign_id missing and no --campaign-id given", offset, cell)
     if isinstance(campaign, str):
-        return Rejected(line, raw, offset=offset, reason=f"campaign_id {campaign}")
+        return Rejected(line, raw, f"campaign_id {campaign}", offset, cell)
     return Row(line, campaign, audience, offset)
 
 
