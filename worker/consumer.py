@@ -25,7 +25,7 @@ from worker.client import UnleashXClient, http_session
 from worker.credentials import TokenSource, redact_url
 from worker.dispatch import Dispatcher
 from worker.errors import ConfigError, ServiceUnavailable
-from worker.exit_codes import finished_code
+from worker.exit_codes import ExitCode, finished_code
 from worker.queue import (
     Malformed,
     QueueUnavailable,
@@ -240,7 +240,7 @@ async def _consume(
     except ServiceUnavailable as exc:
         audit.write(
             "run_finished",
-            exit_code=69,
+            exit_code=ExitCode.UNAVAILABLE,
             error=str(exc),
             duration_s=round(time.monotonic() - started, 3),
         )

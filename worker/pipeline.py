@@ -138,9 +138,10 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
                 input_bytes=digest.bytes_read,
             )
             raise
-        stopped = interrupted or (dispatcher is not None and dispatcher.fatal is not None)
+        fatal = dispatcher.fatal if dispatcher is not None else None
+        stopped = interrupted or fatal is not None
         code = finished_code(
-            fatal=dispatcher is not None and dispatcher.fatal is not None,
+            fatal=fatal is not None,
             interrupted=interrupted,
             failed=count(recorder.failed_pairs) > 0,
         )
@@ -153,7 +154,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             report=settings.report,
             failed_out=settings.failed_out,
             interrupted=interrupted,
-            fatal_reason=dispatcher.fatal.reason if dispatcher and dispatcher.fatal else None,
+            fatal_reason=fatal.reason if fatal else None,
             dry_run=settings.dry_run,
             input_sha256=digest.sha256,
             input_bytes=digest.bytes_read,
