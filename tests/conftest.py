@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from worker.credentials import Secret
-from worker.ratelimit import RateSpec
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sandbox.runner import SandboxHandle
+from worker.sending.credentials import Secret
+from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
 
 DRAFT = CampaignSpec(42, "draft", 1, 10_000)

@@ -16,11 +16,19 @@ import orjson
 import pytest
 from conftest import read_audit, write_csv
 
-from worker.audit import AuditLog
-from worker.audit_query import ZERO_HASH, Problem, canonical, find, record_hash, summarize, verify
 from worker.cli import main
-from worker.pipeline import run_purge
-from worker.report import RunResult
+from worker.commands.run import run_purge
+from worker.records.audit import AuditLog
+from worker.records.audit_query import (
+    ZERO_HASH,
+    Problem,
+    canonical,
+    find,
+    record_hash,
+    summarize,
+    verify,
+)
+from worker.records.report import RunResult
 from worker.settings import Settings
 
 KEY = b"auditor-key-0123456789"

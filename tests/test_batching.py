@@ -1,11 +1,11 @@
-"""Specification of worker.batching: dedupe, per-campaign batches, deterministic batch ids."""
+"""Specification of worker.input.batching: dedupe, per-campaign batches, deterministic batch ids."""
 
 from __future__ import annotations
 
 import pytest
 
-from worker.batching import Batch, Batcher, Deduper
-from worker.validate import Row
+from worker.input.batching import Batch, Batcher, Deduper
+from worker.input.validate import Row
 
 
 def rows(campaign_id: int, *ids: int) -> list[Row]:

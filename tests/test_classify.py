@@ -1,4 +1,4 @@
-"""Specification of worker.classify: what every API answer means."""
+"""Specification of worker.sending.classify: what every API answer means."""
 
 from __future__ import annotations
 
@@ -8,14 +8,21 @@ from types import SimpleNamespace
 import orjson
 import pytest
 
-import worker.classify as classify_module
-from worker.classify import Kind, Verdict, classify, normalise, parse_retry_after, transport_failure
+import worker.sending.classify as classify_module
 from worker.errors import (
     FatalError,
     PayloadTooLargeError,
     PermanentError,
     RateLimitedError,
     RetryableError,
+)
+from worker.sending.classify import (
+    Kind,
+    Verdict,
+    classify,
+    normalise,
+    parse_retry_after,
+    transport_failure,
 )
 
 NO_HEADERS: dict[str, str] = {}

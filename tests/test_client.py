@@ -1,4 +1,4 @@
-"""Specification of worker.client: the request it sends and how answers become verdicts.
+"""Specification of worker.sending.client: the request it sends and how answers become verdicts.
 
 The HTTP exchanges are faked with aioresponses (the only module that does so); two tests
 use real sockets on loopback for a refused connection and a server that never answers.
@@ -19,9 +19,9 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from worker.classify import Kind, Verdict
-from worker.client import USER_AGENT, UnleashXClient, http_session
-from worker.credentials import Secret, TokenSource
+from worker.sending.classify import Kind, Verdict
+from worker.sending.client import USER_AGENT, UnleashXClient, http_session
+from worker.sending.credentials import Secret, TokenSource
 
 BASE = "http://127.0.0.1:8931/api/v1/global"
 URL_ = f"{BASE}/delete-audience"

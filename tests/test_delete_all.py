@@ -14,7 +14,7 @@ import structlog
 from conftest import read_audit
 
 from worker import cli
-from worker.delete_all import check_confirmation, delete_all
+from worker.commands.delete_all import check_confirmation, delete_all
 from worker.errors import UsageError
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings

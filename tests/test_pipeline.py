@@ -24,14 +24,14 @@ from conftest import (
 )
 
 from worker import __version__
-from worker.batching import Batch
-from worker.credentials import Secret
+from worker.commands.run import run_purge
 from worker.errors import UsageError
-from worker.pipeline import run_purge
-from worker.ratelimit import RateSpec
-from worker.report import RunResult
+from worker.input.batching import Batch
+from worker.records.report import RunResult
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
+from worker.sending.credentials import Secret
+from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")

@@ -12,9 +12,9 @@ import pytest
 import structlog
 
 from tests.conftest import write_csv
-from worker.logs import configure_logging
-from worker.pipeline import run_purge
-from worker.ratelimit import RateSpec
+from worker.commands.run import run_purge
+from worker.runtime.logs import configure_logging
+from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
 
 

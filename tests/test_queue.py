@@ -26,12 +26,12 @@ import pytest
 import redis.asyncio as aioredis
 from conftest import read_audit, write_csv
 
-from worker.consumer import run_consumer
-from worker.credentials import Secret
-from worker.enqueue import run_enqueue
-from worker.queue import MAX_IDS, MAX_REF, Entry, Malformed, parse_entry
+from worker.commands.consume import run_consumer
+from worker.commands.enqueue import run_enqueue
+from worker.queue.streams import MAX_IDS, MAX_REF, Entry, Malformed, parse_entry
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
+from worker.sending.credentials import Secret
 from worker.settings import Settings
 
 STREAM = "purge"

@@ -1,4 +1,4 @@
-"""Specification of worker.ratelimit: rate specs and the local gate, on a virtual clock."""
+"""Specification of worker.sending.ratelimit: rate specs and the local gate, on a virtual clock."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from worker.ratelimit import LocalRateGate, RateSpec, parse_rate
+from worker.sending.ratelimit import LocalRateGate, RateSpec, parse_rate
 
 T = TypeVar("T")
 

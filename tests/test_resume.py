@@ -23,10 +23,10 @@ import aiohttp
 import orjson
 import pytest
 
-from worker.checkpoint import PARTS, STATE_FILE
 from worker.cli import main
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
+from worker.state.checkpoint import PARTS, STATE_FILE
 
 pytestmark = pytest.mark.slow
 

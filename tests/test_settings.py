@@ -1,4 +1,5 @@
-"""Specification of worker.settings and worker.credentials: precedence, validation, secrecy."""
+"""Specification of worker.settings and worker.sending.credentials: precedence, validation,
+secrecy."""
 
 from __future__ import annotations
 
@@ -8,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from worker.credentials import Secret, TokenSource, read_token_file
 from worker.errors import ConfigError
-from worker.ratelimit import RateSpec
+from worker.sending.credentials import Secret, TokenSource, read_token_file
+from worker.sending.ratelimit import RateSpec
 from worker.settings import DEFAULT_BASE_URL, Settings, check_base_url, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

@@ -13,13 +13,13 @@ from typing import Any
 import pytest
 from conftest import read_audit, write_csv
 
-from worker.batching import shard_of
-from worker.checkpoint import default_state_dir
 from worker.cli import build_parser, main, settings_from
+from worker.commands.run import run_purge
 from worker.errors import ConfigError
-from worker.pipeline import run_purge
+from worker.input.batching import shard_of
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings, load_settings
+from worker.state.checkpoint import default_state_dir
 
 MakeSettings = Callable[..., Settings]
 

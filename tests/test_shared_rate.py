@@ -25,11 +25,11 @@ from test_queue import (
 )
 
 from worker.errors import RetryableError
-from worker.queue import open_redis
-from worker.ratelimit import RateSpec
+from worker.queue.streams import open_redis
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
-from worker.shared_rate import SharedRateGate
+from worker.sending.ratelimit import RateSpec
+from worker.sending.shared_rate import SharedRateGate
 
 KEY = "test-budget"
 

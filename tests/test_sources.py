@@ -1,4 +1,4 @@
-"""Specification of worker.sources: ids, layouts, and reading real files and pipes."""
+"""Specification of worker.input.sources: ids, layouts, and reading real files and pipes."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.errors import InputError
-from worker.sources import ByteSource, InputDigest, open_input, read_rows
-from worker.validate import MAX_ID, Layout, Rejected, Row, detect_layout, parse_id
+from worker.input.sources import ByteSource, InputDigest, open_input, read_rows
+from worker.input.validate import MAX_ID, Layout, Rejected, Row, detect_layout, parse_id
 
 CAMPAIGN = 42
 

@@ -17,13 +17,13 @@ from pathlib import Path
 from typing import Any
 
 from worker import __version__
-from worker.audit_cli import add_audit_parser
-from worker.delete_all import check_confirmation, delete_all
+from worker.commands.audit import add_audit_parser
+from worker.commands.delete_all import check_confirmation, delete_all
+from worker.commands.run import run_purge
 from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
 from worker.exit_codes import ExitCode
-from worker.logs import configure_logging
-from worker.pipeline import run_purge
-from worker.report import print_summary
+from worker.records.report import print_summary
+from worker.runtime.logs import configure_logging
 from worker.settings import Settings, load_settings
 
 PROG = "audience-purge"
@@ -232,7 +232,7 @@ def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
 
 
 def _enqueue(args: argparse.Namespace) -> int:
-    from worker.enqueue import run_enqueue
+    from worker.commands.enqueue import run_enqueue
 
     settings = settings_from(args, dict(os.environ))
     configure_logging(settings.log_level)
@@ -240,7 +240,7 @@ def _enqueue(args: argparse.Namespace) -> int:
 
 
 def _consume(args: argparse.Namespace) -> int:
-    from worker.consumer import run_consumer
+    from worker.commands.consume import run_consumer
 
     settings = settings_from(args, dict(os.environ))
     configure_logging(settings.log_level)
@@ -293,14 +293,14 @@ def _sandbox(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from worker.demo import run_demo
+    from worker.commands.demo import run_demo
 
     configure_logging("warning")
     return asyncio.run(run_demo(args.dir))
 
 
 def _audit(args: argparse.Namespace) -> int:
-    from worker.audit_cli import AUDIT_COMMANDS
+    from worker.commands.audit import AUDIT_COMMANDS
 
     return AUDIT_COMMANDS[args.audit_command](args)
 

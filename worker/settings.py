@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from worker.credentials import Secret, redact_url
 from worker.errors import ConfigError
-from worker.ratelimit import RateSpec, parse_rate
+from worker.sending.credentials import Secret, redact_url
+from worker.sending.ratelimit import RateSpec, parse_rate
 
 DEFAULT_BASE_URL = "https://www.tryunleashx.com/api/v1/global"
 DEFAULT_RATE = RateSpec(100, 60.0)  # the vendor's free plan

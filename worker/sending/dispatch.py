@@ -17,9 +17,6 @@ from collections.abc import AsyncGenerator, AsyncIterable, Callable
 
 import structlog
 
-from worker.batching import Batch
-from worker.classify import Kind, Verdict
-from worker.client import Reply, UnleashXClient
 from worker.errors import (
     ApiError,
     FatalError,
@@ -27,9 +24,12 @@ from worker.errors import (
     PermanentError,
     RetryableError,
 )
-from worker.ratelimit import RateGate
-from worker.recorder import Recorder
-from worker.retry import RetryPolicy, with_retries
+from worker.input.batching import Batch
+from worker.records.recorder import Recorder
+from worker.sending.classify import Kind, Verdict
+from worker.sending.client import Reply, UnleashXClient
+from worker.sending.ratelimit import RateGate
+from worker.sending.retry import RetryPolicy, with_retries
 
 log = structlog.get_logger("audience_purge.dispatch")
 

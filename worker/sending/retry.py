@@ -23,7 +23,7 @@ from tenacity import (
 )
 
 from worker.errors import RateLimitedError, RetryableError
-from worker.ratelimit import RateGate
+from worker.sending.ratelimit import RateGate
 from worker.settings import Settings
 
 T = TypeVar("T")

@@ -13,14 +13,14 @@ from typing import TextIO
 import structlog
 
 from worker import __version__
-from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.classify import Kind, Verdict
-from worker.client import Reply, UnleashXClient, http_session
-from worker.credentials import TokenSource
 from worker.errors import ApiError, FatalError, UsageError
 from worker.exit_codes import ExitCode
-from worker.ratelimit import LocalRateGate
-from worker.retry import RetryPolicy, with_retries
+from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.sending.classify import Kind, Verdict
+from worker.sending.client import Reply, UnleashXClient, http_session
+from worker.sending.credentials import TokenSource
+from worker.sending.ratelimit import LocalRateGate
+from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
 
 log = structlog.get_logger("audience_purge.delete_all")

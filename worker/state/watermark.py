@@ -11,8 +11,8 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 
-from worker.batching import Batch
-from worker.checkpoint import Pairs, pairs_from
+from worker.input.batching import Batch
+from worker.state.checkpoint import Pairs, pairs_from
 
 
 class Ledger:

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import InputError, StateError
-from worker.validate import (
+from worker.input.validate import (
     Layout,
     Rejected,
     Row,

@@ -1,6 +1,6 @@
 """Resume: turn a saved checkpoint into a plan, and take checkpoints while a run goes on.
 
-See :mod:`worker.checkpoint` for the design. This module decides *when* to checkpoint
+See :mod:`worker.state.checkpoint` for the design. This module decides *when* to checkpoint
 (every ``checkpoint_interval`` seconds, and once at the end, synchronously) and
 what a snapshot of the running pipeline is.
 """
@@ -14,9 +14,14 @@ from typing import Any
 
 import structlog
 
-from worker.audit import AuditLog, last_record
-from worker.batching import Batcher, Deduper
-from worker.checkpoint import (
+from worker.input.batching import Batcher, Deduper
+from worker.input.planning import Plan
+from worker.input.sources import InputDigest, Prefix, ResumeFrom
+from worker.input.validate import Layout
+from worker.records.audit import AuditLog, last_record
+from worker.records.recorder import Recorder
+from worker.settings import Settings
+from worker.state.checkpoint import (
     Checkpoint,
     Pairs,
     StateStore,
@@ -24,12 +29,7 @@ from worker.checkpoint import (
     default_state_dir,
     pairs_from,
 )
-from worker.planning import Plan
-from worker.recorder import Recorder
-from worker.settings import Settings
-from worker.sources import InputDigest, Prefix, ResumeFrom
-from worker.validate import Layout
-from worker.watermark import Ledger
+from worker.state.watermark import Ledger
 
 log = structlog.get_logger("audience_purge.resume")
 

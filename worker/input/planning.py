@@ -10,13 +10,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 
-from worker.batching import Batch, Batcher, Deduper, shard_of
-from worker.checkpoint import Pairs
-from worker.recorder import Recorder
+from worker.input.batching import Batch, Batcher, Deduper, shard_of
+from worker.input.sources import ByteSource, InputDigest, ResumeFrom, read_rows, start_resume
+from worker.input.validate import Rejected
+from worker.records.recorder import Recorder
 from worker.settings import Settings
-from worker.sources import ByteSource, InputDigest, ResumeFrom, read_rows, start_resume
-from worker.validate import Rejected
-from worker.watermark import Ledger
+from worker.state.checkpoint import Pairs
+from worker.state.watermark import Ledger
 
 
 @dataclass(slots=True)

@@ -14,11 +14,11 @@ import sys
 from pathlib import Path
 from typing import TextIO
 
-from worker.credentials import Secret
-from worker.pipeline import run_purge
-from worker.ratelimit import RateSpec
-from worker.report import print_summary
+from worker.commands.run import run_purge
+from worker.records.report import print_summary
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
+from worker.sending.credentials import Secret
+from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
 
 CAMPAIGNS = (CampaignSpec(42, "draft", 1, 5000), CampaignSpec(77, "inprogress", 1, 3000))

@@ -29,9 +29,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError, ResponseError
 
-from worker.credentials import redact_url
 from worker.errors import ConfigError, ServiceUnavailable
-from worker.validate import parse_id
+from worker.input.validate import parse_id
+from worker.sending.credentials import redact_url
 
 MAX_IDS = 10_000
 MAX_REF = 200

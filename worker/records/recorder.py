@@ -14,10 +14,10 @@ from typing import IO, Any
 
 from pyroaring import BitMap64
 
-from worker.audit import AuditLog
-from worker.batching import Batch
-from worker.classify import Verdict
-from worker.validate import Rejected, Row
+from worker.input.batching import Batch
+from worker.input.validate import Rejected, Row
+from worker.records.audit import AuditLog
+from worker.sending.classify import Verdict
 
 
 @dataclass(slots=True)

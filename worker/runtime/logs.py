@@ -1,6 +1,6 @@
 """Operational logging (retries, progress, warnings) to stderr, configured once at start-up.
 
-The audit log is a separate, dedicated writer (see :mod:`worker.audit`); nothing here ever
+The audit log is a separate, dedicated writer (see :mod:`worker.records.audit`); nothing here ever
 writes to it. JSON lines when stderr is not a terminal (Kubernetes), colours when it is.
 """
 

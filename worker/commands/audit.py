@@ -14,9 +14,9 @@ from typing import Any
 
 import orjson
 
-from worker.audit import read_key_file
-from worker.audit_query import find, summarize, verify
 from worker.errors import UsageError
+from worker.records.audit import read_key_file
+from worker.records.audit_query import find, summarize, verify
 
 
 def _readable(paths: list[Path]) -> list[Path]:

@@ -3,7 +3,7 @@
 This is the embedding API: :func:`run_purge` takes one :class:`Settings` and an input path
 and returns a :class:`RunResult`; it raises only :class:`UsageError` (nothing was sent).
 Resources live in one ``AsyncExitStack``; progress is checkpointed (see
-:mod:`worker.resume`) so that re-running the same command continues the purge.
+:mod:`worker.state.resume`) so that re-running the same command continues the purge.
 """
 
 from __future__ import annotations
@@ -19,24 +19,24 @@ from typing import TextIO
 import structlog
 
 from worker import __version__
-from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.batching import Batch
-from worker.checkpoint import Checkpoint, count
-from worker.client import UnleashXClient, http_session
-from worker.credentials import TokenSource
-from worker.dispatch import Dispatcher
 from worker.errors import StateError, UsageError
 from worker.exit_codes import ExitCode, finished_code
-from worker.planning import plan_batches
-from worker.progress import progress
-from worker.recorder import FailedOut, Recorder
-from worker.report import RunResult, write_report
-from worker.resume import Checkpointer, make_plan, open_state, previous_link
-from worker.retry import RetryPolicy
+from worker.input.batching import Batch
+from worker.input.planning import plan_batches
+from worker.input.sources import InputDigest, open_input
+from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.records.progress import progress
+from worker.records.recorder import FailedOut, Recorder
+from worker.records.report import RunResult, write_report
+from worker.runtime.signals import run_interruptible
+from worker.sending.client import UnleashXClient, http_session
+from worker.sending.credentials import TokenSource
+from worker.sending.dispatch import Dispatcher
+from worker.sending.retry import RetryPolicy
+from worker.sending.shared_rate import rate_gate
 from worker.settings import Settings
-from worker.shared_rate import rate_gate
-from worker.shutdown import run_interruptible
-from worker.sources import InputDigest, open_input
+from worker.state.checkpoint import Checkpoint, count
+from worker.state.resume import Checkpointer, make_plan, open_state, previous_link
 
 log = structlog.get_logger("audience_purge.pipeline")
 

@@ -9,7 +9,7 @@ from typing import Any, TextIO
 
 import orjson
 
-from worker.recorder import Tally
+from worker.records.recorder import Tally
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,27 +18,27 @@ from typing import Any, TextIO
 import structlog
 
 from worker import __version__
-from worker.acks import Acks, retry_queue
-from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.batching import Batch
-from worker.client import UnleashXClient, http_session
-from worker.credentials import TokenSource, redact_url
-from worker.dispatch import Dispatcher
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.exit_codes import ExitCode, finished_code
-from worker.queue import (
+from worker.input.batching import Batch
+from worker.queue.acks import Acks, retry_queue
+from worker.queue.streams import (
     Malformed,
     QueueUnavailable,
     StreamQueue,
     open_redis,
     parse_entry,
 )
-from worker.recorder import Recorder
-from worker.report import RunResult
-from worker.retry import RetryPolicy
+from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.records.recorder import Recorder
+from worker.records.report import RunResult
+from worker.runtime.signals import run_interruptible
+from worker.sending.client import UnleashXClient, http_session
+from worker.sending.credentials import TokenSource, redact_url
+from worker.sending.dispatch import Dispatcher
+from worker.sending.retry import RetryPolicy
+from worker.sending.shared_rate import rate_gate
 from worker.settings import Settings
-from worker.shared_rate import rate_gate
-from worker.shutdown import run_interruptible
 
 log = structlog.get_logger("audience_purge.consumer")
 

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 
 import structlog
 
-from worker.batching import Batch
-from worker.queue import Entry, QueueUnavailable, StreamQueue, encode
-from worker.recorder import Recorder
+from worker.input.batching import Batch
+from worker.queue.streams import Entry, QueueUnavailable, StreamQueue, encode
+from worker.records.recorder import Recorder
 
 log = structlog.get_logger("audience_purge.acks")
 

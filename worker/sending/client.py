@@ -1,7 +1,7 @@
 """The HTTP boundary: the only module that imports aiohttp's client.
 
 It sends one delete-audience request and returns the :class:`Verdict` of
-:mod:`worker.classify`; transport errors (timeouts, resets, refused connections) become
+:mod:`worker.sending.classify`; transport errors (timeouts, resets, refused connections) become
 retryable verdicts here, so nothing above this module sees an aiohttp exception.
 """
 
@@ -17,8 +17,8 @@ import aiohttp
 import orjson
 
 from worker import __version__
-from worker.classify import Kind, Verdict, classify, transport_failure
-from worker.credentials import Secret, TokenSource
+from worker.sending.classify import Kind, Verdict, classify, transport_failure
+from worker.sending.credentials import Secret, TokenSource
 
 USER_AGENT = f"audience-purge/{__version__}"
 

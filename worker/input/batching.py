@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 
 from pyroaring import BitMap64
 
-from worker.validate import Row
+from worker.input.validate import Row
 
 STALE_ROWS = 50_000
 _GOLDEN = 0x9E3779B97F4A7C15

@@ -1,6 +1,6 @@
 """Reading audit logs back: ``audit verify``, ``audit summary`` and ``audit find``.
 
-The chain (see :mod:`worker.audit`): every record carries ``seq`` (0, 1, ... per file),
+The chain (see :mod:`worker.records.audit`): every record carries ``seq`` (0, 1, ... per file),
 ``prev_hash`` (the previous record's ``hash``; zeros for a fresh chain) and ``hash``, the
 SHA-256 of the record's canonical JSON (sorted keys, no whitespace) without ``hash``. A
 resumed run writes a new file whose first record's ``prev_hash`` is the last hash of the

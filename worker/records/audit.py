@@ -1,7 +1,7 @@
 """The audit log: one JSON object per line, written through structlog by a single writer.
 
 Every record has ``ts`` (RFC 3339, UTC), ``event``, ``run_id``, and the chain fields ``seq``,
-``prev_hash`` and ``hash`` (see :mod:`worker.audit_query` for the chain's definition and its
+``prev_hash`` and ``hash`` (see :mod:`worker.records.audit_query` for the chain's definition and its
 verification); the writer flushes after each record, so a crash loses nothing that was
 acknowledged. The token never reaches this
 module: records are built from ids, statuses and the API's messages only.
@@ -19,8 +19,8 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from worker.audit_query import ZERO_HASH, head_hmac, record_hash
 from worker.errors import ConfigError
+from worker.records.audit_query import ZERO_HASH, head_hmac, record_hash
 
 FIRST_KEYS = ("ts", "event", "run_id")
 

@@ -10,16 +10,16 @@ import sys
 from typing import Any, TextIO
 
 from worker import __version__
-from worker.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.batching import Batch, Batcher, Deduper
-from worker.consumer import connect, make_queue
+from worker.commands.consume import connect, make_queue
 from worker.errors import ConfigError
-from worker.planning import Plan, plan_batches
-from worker.queue import StreamQueue, encode, open_redis
-from worker.recorder import Recorder
+from worker.input.batching import Batch, Batcher, Deduper
+from worker.input.planning import Plan, plan_batches
+from worker.input.sources import InputDigest, open_input
+from worker.queue.streams import StreamQueue, encode, open_redis
+from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.records.recorder import Recorder
 from worker.settings import Settings
-from worker.sources import InputDigest, open_input
-from worker.watermark import Ledger
+from worker.state.watermark import Ledger
 
 
 async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> int:

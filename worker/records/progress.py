@@ -18,7 +18,7 @@ import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from worker.recorder import Tally
+from worker.records.recorder import Tally
 
 log = structlog.get_logger("audience_purge.progress")
 

@@ -27,8 +27,8 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from worker.errors import RetryableError
-from worker.queue import open_redis
-from worker.ratelimit import LocalRateGate, RateGate, RateSpec
+from worker.queue.streams import open_redis
+from worker.sending.ratelimit import LocalRateGate, RateGate, RateSpec
 from worker.settings import Settings
 
 # KEYS: tat, cooldown. ARGV: interval_us, burst_us. Returns microseconds to wait.
@@ -58,7 +58,7 @@ return 0
 
 
 class SharedRateGate:
-    """The :class:`~worker.ratelimit.RateGate` of a fleet: one budget under ``key``."""
+    """The :class:`~worker.sending.ratelimit.RateGate` of a fleet: one budget under ``key``."""
 
     def __init__(self, redis: Any, key: str, rate: RateSpec, burst: int = 1) -> None:
         self._redis = redis

@@ -1,0 +1,1 @@
+"""Subcommands: each a thin function from settings to an exit code."""

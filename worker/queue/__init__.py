@@ -1,0 +1,1 @@
+"""Queue: the Redis Streams boundary and entry acknowledgement."""

@@ -1,0 +1,1 @@
+"""Records: the recorder (one sink for outcomes), the audit log, reports, progress."""

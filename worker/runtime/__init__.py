@@ -1,0 +1,1 @@
+"""Runtime: what every command runs inside: logging, signals, supervision."""

@@ -1,0 +1,1 @@
+"""Sending: dispatcher, HTTP client, answer classification, retries, rate gates, token."""

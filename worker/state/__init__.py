@@ -1,0 +1,1 @@
+"""State: checkpoints, the watermark ledger and resume."""
