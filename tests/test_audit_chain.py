@@ -232,8 +232,9 @@ def test_an_intact_chain_has_no_problem(log_path: Path) -> None:
 
 def test_a_changed_digit_inside_a_record_is_detected_on_its_line(log_path: Path) -> None:
     lines = lines_of(log_path)
-    assert lines[2].count(b"104") == 1
-    lines[2] = lines[2].replace(b"104", b"194")
+    # Inside the id array: the random run id or timestamp may hold "104" too.
+    assert lines[2].count(b"[104,") == 1
+    lines[2] = lines[2].replace(b"[104,", b"[194,")
     rewrite(log_path, lines)
 
     problem = problem_of([log_path])
@@ -555,7 +556,7 @@ def test_cli_verify_of_a_tampered_log_exits_1_naming_file_and_line(
     log_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lines = lines_of(log_path)
-    lines[2] = lines[2].replace(b"104", b"194")
+    lines[2] = lines[2].replace(b"[104,", b"[194,")
     rewrite(log_path, lines)
 
     code = main(["audit", "verify", str(log_path)])
