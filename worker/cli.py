@@ -9,7 +9,6 @@ sent; 3 aborted on a fatal API condition; 69 Redis unavailable (queue mode, shar
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -18,11 +17,8 @@ from typing import Any
 
 from worker import __version__
 from worker.commands.audit import add_audit_parser
-from worker.commands.delete_all import check_confirmation, delete_all
-from worker.commands.run import run_purge
 from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
 from worker.exit_codes import ExitCode
-from worker.records.report import print_summary
 from worker.runtime.logs import configure_logging
 from worker.settings import Settings, load_settings
 
@@ -231,72 +227,46 @@ def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
     return load_settings(flags, env, args.config)
 
 
-def _enqueue(args: argparse.Namespace) -> int:
-    from worker.commands.enqueue import run_enqueue
-
+def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from(args, dict(os.environ))
     configure_logging(settings.log_level)
-    return asyncio.run(run_enqueue(settings, args.input))
-
-
-def _consume(args: argparse.Namespace) -> int:
-    from worker.commands.consume import run_consumer
-
-    settings = settings_from(args, dict(os.environ))
-    configure_logging(settings.log_level)
-    result = asyncio.run(run_consumer(settings))
-    print_summary(result, sys.stdout, "consume")
-    return result.exit_code
+    return settings
 
 
 def _run(args: argparse.Namespace) -> int:
-    settings = settings_from(args, dict(os.environ))
-    configure_logging(settings.log_level)
-    result = asyncio.run(run_purge(settings, args.input))
-    if not settings.dry_run:
-        print_summary(result, sys.stdout)
-    return result.exit_code
+    from worker.commands.run import run_command
+
+    return run_command(_settings(args), args.input)
+
+
+def _enqueue(args: argparse.Namespace) -> int:
+    from worker.commands.enqueue import enqueue_command
+
+    return enqueue_command(_settings(args), args.input)
+
+
+def _consume(args: argparse.Namespace) -> int:
+    from worker.commands.consume import consume_command
+
+    return consume_command(_settings(args))
 
 
 def _delete_all(args: argparse.Namespace) -> int:
-    settings = settings_from(args, dict(os.environ))
-    configure_logging(settings.log_level)
-    try:
-        campaign = int(args.campaign_id)
-        confirm = int(args.confirm) if args.confirm is not None else None
-    except ValueError:
-        raise UsageError("--campaign-id and --confirm take a campaign id (an integer)") from None
-    return asyncio.run(delete_all(settings, check_confirmation(campaign, confirm)))
+    from worker.commands.delete_all import delete_all_command
+
+    return delete_all_command(_settings(args), args.campaign_id, args.confirm)
 
 
 def _sandbox(args: argparse.Namespace) -> int:
-    from worker.sandbox import FaultConfig, SandboxConfig, parse_campaign_spec, serve
+    from worker.commands.sandbox import sandbox_command
 
-    configure_logging("info")
-    try:
-        campaigns = tuple(parse_campaign_spec(spec) for spec in args.campaign)
-        faults = FaultConfig(
-            seed=args.seed,
-            error_ratio=args.error_ratio,
-            drop_ratio=args.drop_ratio,
-            latency_ms=args.latency_ms,
-            limit_per_second=args.limit_per_second,
-            limit_per_minute=args.limit_per_minute,
-            max_batch=args.max_batch,
-            error_status=args.error_status,
-        )
-    except ValueError as exc:
-        raise UsageError(str(exc)) from None
-    token = args.token or os.environ.get("UNLEASHX_TOKEN") or "sandbox"
-    serve(SandboxConfig(campaigns=campaigns, token=token, faults=faults), args.host, args.port)
-    return 0
+    return sandbox_command(args)
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from worker.commands.demo import run_demo
+    from worker.commands.demo import demo_command
 
-    configure_logging("warning")
-    return asyncio.run(run_demo(args.dir))
+    return demo_command(args.dir)
 
 
 def _audit(args: argparse.Namespace) -> int:

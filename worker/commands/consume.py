@@ -31,7 +31,7 @@ from worker.queue.streams import (
 )
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.recorder import Recorder
-from worker.records.report import RunResult
+from worker.records.report import RunResult, print_summary
 from worker.runtime.signals import run_interruptible
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource, redact_url
@@ -43,6 +43,13 @@ from worker.settings import Settings
 log = structlog.get_logger("audience_purge.consumer")
 
 CONNECT_ATTEMPTS = 6
+
+
+def consume_command(settings: Settings) -> int:
+    """``audience-purge consume``: consume the stream and print the summary."""
+    result = asyncio.run(run_consumer(settings))
+    print_summary(result, sys.stdout, "consume")
+    return result.exit_code
 
 
 def make_queue(settings: Settings, redis: Any) -> StreamQueue:

@@ -6,6 +6,7 @@ typed twice (``--campaign-id N --confirm N``); the API itself only allows it on 
 
 from __future__ import annotations
 
+import asyncio
 import sys
 import time
 from typing import TextIO
@@ -24,6 +25,16 @@ from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
 
 log = structlog.get_logger("audience_purge.delete_all")
+
+
+def delete_all_command(settings: Settings, campaign_id: str, confirm: str | None) -> int:
+    """``audience-purge delete-all``: refused unless ``--confirm`` repeats the campaign id."""
+    try:
+        campaign = int(campaign_id)
+        repeated = int(confirm) if confirm is not None else None
+    except ValueError:
+        raise UsageError("--campaign-id and --confirm take a campaign id (an integer)") from None
+    return asyncio.run(delete_all(settings, check_confirmation(campaign, repeated)))
 
 
 def check_confirmation(campaign_id: int | None, confirm: int | None) -> int:

@@ -8,6 +8,7 @@ id gone, and nothing outside the input ever sent.
 
 from __future__ import annotations
 
+import asyncio
 import csv
 import secrets
 import sys
@@ -16,6 +17,7 @@ from typing import TextIO
 
 from worker.commands.run import run_purge
 from worker.records.report import print_summary
+from worker.runtime.logs import configure_logging
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sending.credentials import Secret
 from worker.sending.ratelimit import RateSpec
@@ -23,6 +25,12 @@ from worker.settings import Settings
 
 CAMPAIGNS = (CampaignSpec(42, "draft", 1, 5000), CampaignSpec(77, "inprogress", 1, 3000))
 BAD_ROWS = ("abc", "-5", "0", "1.5", "1e3", "99999999999999999999999", "")
+
+
+def demo_command(directory: Path) -> int:
+    """``audience-purge demo``: quiet logs, the purge's own output."""
+    configure_logging("warning")
+    return asyncio.run(run_demo(directory))
 
 
 def write_sample_csv(path: Path) -> dict[int, set[int]]:

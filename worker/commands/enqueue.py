@@ -6,6 +6,7 @@ as ``enqueued`` with its id, so a consumer's records can be traced back to the i
 
 from __future__ import annotations
 
+import asyncio
 import sys
 from typing import Any, TextIO
 
@@ -20,6 +21,11 @@ from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_
 from worker.records.recorder import Recorder
 from worker.settings import Settings
 from worker.state.watermark import Ledger
+
+
+def enqueue_command(settings: Settings, input_path: str) -> int:
+    """``audience-purge enqueue``."""
+    return asyncio.run(run_enqueue(settings, input_path))
 
 
 async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> int:

@@ -27,7 +27,7 @@ from worker.input.sources import InputDigest, open_input
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.progress import progress
 from worker.records.recorder import FailedOut, Recorder
-from worker.records.report import RunResult, write_report
+from worker.records.report import RunResult, print_summary, write_report
 from worker.runtime.signals import run_interruptible
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource
@@ -39,6 +39,14 @@ from worker.state.checkpoint import Checkpoint, count
 from worker.state.resume import Checkpointer, make_plan, open_state, previous_link
 
 log = structlog.get_logger("audience_purge.pipeline")
+
+
+def run_command(settings: Settings, input_path: str) -> int:
+    """``audience-purge run``: purge (or plan) and print the summary."""
+    result = asyncio.run(run_purge(settings, input_path))
+    if not settings.dry_run:
+        print_summary(result, sys.stdout)
+    return result.exit_code
 
 
 async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> RunResult:
