@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import sys
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from pathlib import Path
 import pytest
 from conftest import read_audit, write_csv
 
-from worker.cli import main
+from worker.cli import build_parser, main, settings_from
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
+from worker.settings import CONSUME, DECLARATIONS, DELETE_ALL, ENQUEUE, RUN, SETTING_COMMANDS
 
 pytestmark = pytest.mark.slow
 
@@ -382,3 +384,156 @@ async def test_delete_all_on_inprogress_campaign_exits_1_with_the_api_message(
     assert "Traceback" not in done.err
     assert "only be deleted when the campaign is in draft status" in done.err
     assert sandbox.state.campaigns[77].deleted_count == 0
+
+
+# -- the flags follow the settings' declarations ------------------------------------------------
+
+# The least each command needs to parse.
+MINIMAL = {
+    RUN: ["--input", "ids.csv"],
+    ENQUEUE: ["--input", "ids.csv", "--redis", "redis://127.0.0.1:1/0", "--stream", "purge"],
+    CONSUME: ["--redis", "redis://127.0.0.1:1/0", "--stream", "purge"],
+    DELETE_ALL: ["--campaign-id", "42"],
+}
+FLAGGED = [key for key, declared in DECLARATIONS.items() if declared.flag]
+OFFERED = [(command, key) for key in FLAGGED for command in DECLARATIONS[key].commands]
+REFUSED = [
+    (command, key)
+    for key in FLAGGED
+    for command in SETTING_COMMANDS
+    # delete-all takes --campaign-id as its own argument, not as the setting's flag.
+    if command not in DECLARATIONS[key].commands and (command, key) != (DELETE_ALL, "campaign_id")
+]
+
+
+# The command line is part of the interface: a flag that moves or disappears is a change to
+# call out, not a side effect of editing a declaration.
+SURFACE = {
+    RUN: "--input --shard --config --base-url --token-file --rate --concurrency --batch-size "
+    "--timeout --max-attempts --campaign-id --audit-log --audit-key-file --report --failed-out "
+    "--state-dir --fresh --no-retry-failed --grace --shard-count --redis --redis-backoff-initial "
+    "--redis-backoff-max --rate-scope --rate-key --insecure-http --dry-run --progress --log-level",
+    ENQUEUE: "--input --config --batch-size --campaign-id --audit-log --redis "
+    "--redis-backoff-initial --redis-backoff-max --stream --ref",
+    CONSUME: "--config --base-url --token-file --rate --concurrency --batch-size --timeout "
+    "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
+    "--redis-backoff-max --stream --group --consumer --dead-stream --until-empty "
+    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --dry-run --log-level",
+    DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
+    "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level",
+}
+
+
+@pytest.mark.parametrize("command", SETTING_COMMANDS)
+def test_each_command_offers_exactly_its_documented_flags(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit):
+        main([command, "--help"])
+
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert sorted(re.findall(r"--[a-z-]+", usage)) == sorted(SURFACE[command].split())
+
+
+def flag_args(key: str) -> list[str]:
+    declared = DECLARATIONS[key]
+    assert declared.flag is not None
+    return [declared.flag] if declared.switch else [declared.flag, "7"]
+
+
+@pytest.mark.parametrize(("command", "key"), OFFERED)
+def test_a_setting_flag_is_offered_by_its_declared_commands(command: str, key: str) -> None:
+    declared = DECLARATIONS[key]
+
+    args = build_parser().parse_args([command, *MINIMAL[command], *flag_args(key)])
+
+    assert getattr(args, key) == ((not declared.default) if declared.switch else "7")
+
+
+@pytest.mark.parametrize(("command", "key"), REFUSED)
+def test_a_setting_flag_is_refused_by_the_other_commands(
+    command: str, key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args([command, *MINIMAL[command], *flag_args(key)])
+
+    assert refused.value.code == 2
+    assert f"unrecognized arguments: {flag_args(key)[0]}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", SETTING_COMMANDS)
+def test_a_setting_flag_not_given_is_none_so_it_does_not_override(command: str) -> None:
+    args = build_parser().parse_args([command, *MINIMAL[command]])
+
+    given = {key: getattr(args, key) for key in FLAGGED if hasattr(args, key)}
+
+    assert {key for key, value in given.items() if value is not None} <= {
+        "redis_url",
+        "stream",
+        "campaign_id",
+    }
+
+
+def test_consume_help_lists_the_redis_backoff_flags_with_their_defaults(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["consume", "--help"])
+
+    out = " ".join(capsys.readouterr().out.split())
+    assert done.value.code == 0
+    assert "--redis-backoff-initial S seconds of the first wait" in out
+    assert "(default 0.5)" in out
+    assert "--redis-backoff-max S seconds of the longest wait" in out
+    assert "(default 5)" in out
+
+
+def test_run_refuses_a_queue_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as refused:
+        main(["run", "--input", "ids.csv", "--stream", "purge"])
+
+    assert refused.value.code == 2
+    assert "unrecognized arguments: --stream purge" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [ENQUEUE, CONSUME])
+@pytest.mark.parametrize("flag", ["--redis", "--stream"])
+def test_queue_commands_require_redis_and_stream(
+    command: str, flag: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = MINIMAL[command]
+    without = argv[: argv.index(flag)] + argv[argv.index(flag) + 2 :]
+
+    with pytest.raises(SystemExit) as refused:
+        build_parser().parse_args([command, *without])
+
+    assert refused.value.code == 2
+    assert f"the following arguments are required: {flag}" in capsys.readouterr().err
+
+
+def test_redis_backoff_flags_reach_the_settings() -> None:
+    argv = [CONSUME, *MINIMAL[CONSUME], "--redis-backoff-initial", "0.25"]
+    args = build_parser().parse_args([*argv, "--redis-backoff-max", "2"])
+
+    settings = settings_from(args, {})
+
+    assert (settings.redis_backoff_initial, settings.redis_backoff_max) == (0.25, 2.0)
+    assert (settings.backoff_initial, settings.backoff_max) == (0.5, 30.0)
+
+
+def test_redis_backoff_max_below_initial_exits_2_naming_it(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    code = main([CONSUME, *MINIMAL[CONSUME], "--redis-backoff-max", "0.1"])
+
+    assert code == 2
+    assert capsys.readouterr().err == (
+        "audience-purge: error: configuration error: redis_backoff_max: "
+        "must not be smaller than redis_backoff_initial\n"
+    )
+
+
+def test_no_retry_failed_turns_retry_failed_off() -> None:
+    args = build_parser().parse_args([RUN, *MINIMAL[RUN], "--no-retry-failed"])
+
+    assert settings_from(args, {}).retry_failed is False

@@ -12,9 +12,15 @@ import pytest
 from worker.errors import ConfigError
 from worker.sending.credentials import Secret, TokenSource, read_token_file
 from worker.sending.ratelimit import RateSpec
-from worker.settings import DEFAULT_BASE_URL, Settings, check_base_url, load_settings
+from worker.settings import (
+    DECLARATIONS,
+    DEFAULT_BASE_URL,
+    SETTING_COMMANDS,
+    Settings,
+    check_base_url,
+    load_settings,
+)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "tok-Zx9-s3cr3t-VALUE-4711"
 
 
@@ -66,6 +72,8 @@ def test_public_settings_of_the_defaults() -> None:
         "shard_index": None,
         "shard_count": None,
         "redis_url": None,
+        "redis_backoff_initial": 0.5,
+        "redis_backoff_max": 5.0,
         "stream": None,
         "group": "audience-purge",
         "consumer": None,
@@ -290,6 +298,9 @@ def test_wrong_type_is_named(write_config: WriteConfig, key: str, toml_value: st
         ("campaign_id", "9223372036854775807.0"),
         ("rate", '"0/s"'),
         ("progress_interval", "0.0"),
+        ("redis_backoff_initial", "-0.1"),
+        ("redis_backoff_initial", "600.5"),
+        ("redis_backoff_max", "3600.5"),
     ],
 )
 def test_out_of_range_value_is_named(write_config: WriteConfig, key: str, toml_value: str) -> None:
@@ -301,7 +312,15 @@ def test_out_of_range_value_is_named(write_config: WriteConfig, key: str, toml_v
     assert info.value.key == key
 
 
-@pytest.mark.parametrize(("key", "value"), [("batch_size", 1), ("batch_size", 1000)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("batch_size", 1),
+        ("batch_size", 1000),
+        ("redis_backoff_initial", 0.0),
+        ("redis_backoff_max", 3600.0),
+    ],
+)
 def test_range_bounds_are_inclusive(key: str, value: int) -> None:
     assert getattr(load_settings({key: value}, {}), key) == value
 
@@ -331,6 +350,30 @@ def test_backoff_max_below_backoff_initial_is_refused() -> None:
     assert info.value.key == "backoff_max"
 
 
+def test_redis_backoff_comes_from_the_config_file(write_config: WriteConfig) -> None:
+    path = write_config("redis_backoff_initial = 0.05\nredis_backoff_max = 0.5\n")
+
+    settings = load_settings({}, {}, path)
+
+    assert (settings.redis_backoff_initial, settings.redis_backoff_max) == (0.05, 0.5)
+
+
+def test_redis_backoff_is_its_own_and_not_backoff_initial(write_config: WriteConfig) -> None:
+    path = write_config("backoff_initial = 2.0\nbackoff_max = 60.0\n")
+
+    settings = load_settings({}, {}, path)
+
+    assert (settings.redis_backoff_initial, settings.redis_backoff_max) == (0.5, 5.0)
+
+
+def test_redis_backoff_max_below_redis_backoff_initial_is_refused() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"redis_backoff_initial": "6"}, {})
+
+    assert info.value.key == "redis_backoff_max"
+    assert str(info.value) == "redis_backoff_max: must not be smaller than redis_backoff_initial"
+
+
 def test_invalid_toml_names_the_file(write_config: WriteConfig) -> None:
     path = write_config("batch_size = = 3\n[unterminated\n")
 
@@ -356,12 +399,38 @@ def test_config_path_that_is_a_directory_names_it(tmp_path: Path) -> None:
     assert str(tmp_path) in str(info.value)
 
 
-def test_example_config_loads() -> None:
-    example = REPO_ROOT / "config.example.toml"
-    if not example.exists():
-        pytest.skip("config.example.toml does not exist yet")
+# -- the declarations ---------------------------------------------------------------------------
 
-    assert isinstance(load_settings({}, {}, example), Settings)
+
+@pytest.mark.parametrize("key", list(DECLARATIONS))
+def test_a_setting_has_a_flag_exactly_when_a_command_offers_it(key: str) -> None:
+    declared = DECLARATIONS[key]
+
+    assert bool(declared.flag) == bool(declared.commands)
+    assert set(declared.required) <= set(declared.commands) <= set(SETTING_COMMANDS)
+
+
+@pytest.mark.parametrize("key", [k for k, d in DECLARATIONS.items() if d.switch])
+def test_a_switch_flag_is_a_boolean_setting(key: str) -> None:
+    declared = DECLARATIONS[key]
+
+    assert isinstance(declared.default, bool)
+    assert declared.parse(not declared.default) is (not declared.default)
+
+
+@pytest.mark.parametrize(
+    "key", [k for k, d in DECLARATIONS.items() if d.default is not None and d.shown is None]
+)
+def test_the_documented_default_is_the_default_and_within_bounds(key: str) -> None:
+    declared = DECLARATIONS[key]
+
+    assert declared.parse(declared.default_text) == declared.default == getattr(Settings(), key)
+
+
+def test_environment_variables_are_declared_once() -> None:
+    names = [d.env for d in DECLARATIONS.values() if d.env]
+
+    assert len(names) == len(set(names))
 
 
 # -- base_url safety ----------------------------------------------------------------------------

@@ -1,5 +1,9 @@
 """Command line: parses flags, builds the one Settings object, maps errors to exit codes.
 
+The flags of settings are generated from their declarations (:mod:`worker.settings`), and so
+are README.md's option tables (:func:`options_tables`; ``scripts/options_doc.py`` rewrites
+them).
+
 Exit codes (part of the interface, documented in the README):
 0 every valid id deleted; 1 finished, some ids failed; 2 usage/config/input error, nothing
 sent; 3 aborted on a fatal API condition; 69 Redis unavailable (queue mode, shared budget);
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,48 +25,18 @@ from worker.commands.audit import add_audit_parser
 from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
 from worker.exit_codes import ExitCode
 from worker.runtime.logs import configure_logging
-from worker.settings import Settings, load_settings
+from worker.settings import (
+    CONSUME,
+    DECLARATIONS,
+    DELETE_ALL,
+    ENQUEUE,
+    RUN,
+    Declaration,
+    Settings,
+    load_settings,
+)
 
 PROG = "audience-purge"
-
-
-def _sending_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--concurrency", help="requests in flight at most (default 8)")
-    parser.add_argument("--batch-size", help="ids per request, 1..1000 (default 100)")
-    parser.add_argument(
-        "--grace", help="seconds in-flight requests get after SIGTERM/SIGINT (default 20)"
-    )
-
-
-def _scale_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--rate-scope", help="local (default), or shared by every worker using --redis"
-    )
-    parser.add_argument("--rate-key", help="name of the shared budget (default from base URL)")
-    parser.add_argument("--redis", dest="redis_url", help="redis://host:port/db (shared budget)")
-
-
-def _connection_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", type=Path, help="TOML config file (see config.example.toml)")
-    parser.add_argument("--base-url", help="API base URL (default: the UnleashX production API)")
-    parser.add_argument("--token-file", help="file holding the API token (else UNLEASHX_TOKEN)")
-    parser.add_argument(
-        "--insecure-http",
-        action="store_true",
-        default=None,
-        help="allow plain http to a non-loopback host (the token is exposed)",
-    )
-    parser.add_argument("--rate", help="request rate: N/second, N/minute (default 100/minute)")
-    parser.add_argument("--timeout", help="seconds per request (default 30)")
-    parser.add_argument("--max-attempts", help="attempts per batch, first included (default 6)")
-    parser.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
-    parser.add_argument(
-        "--audit-key-file", help="HMAC key file: sign the audit chain head in run_finished"
-    )
-    parser.add_argument(
-        "--dry-run", action="store_true", default=None, help="show what would be sent; send nothing"
-    )
-    parser.add_argument("--log-level", help="debug, info, warning or error (default info)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,73 +48,75 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    run = commands.add_parser("run", help="delete the audience ids listed in a CSV or stdin")
-    run.add_argument("--input", required=True, help="CSV file, or - for stdin")
-    run.add_argument("--campaign-id", help="campaign for rows without a campaign_id column")
-    _connection_flags(run)
-    _sending_flags(run)
-    run.add_argument("--report", help="write a JSON summary here")
-    run.add_argument("--failed-out", help="write failed ids here as CSV (campaign_id,audience_id)")
-    run.add_argument("--progress", help="auto, bar, log or off (default auto)")
-    run.add_argument(
-        "--state-dir", help="where progress is kept (default purge-state/<derived from input>)"
+    for command, about in _ABOUT.items():
+        _add_arguments(commands.add_parser(command, help=about), command)
+    _add_sandbox_arguments(
+        commands.add_parser("sandbox", help="run the embedded UnleashX simulator")
     )
-    run.add_argument(
-        "--fresh", action="store_true", default=None, help="ignore and replace saved progress"
+    add_audit_parser(commands)
+    demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
+    demo.add_argument(
+        "--dir",
+        type=Path,
+        default=Path("purge-demo"),
+        help="where the demo writes its CSV, audit log and report",
     )
-    run.add_argument(
-        "--no-retry-failed",
-        dest="retry_failed",
-        action="store_false",
-        default=None,
-        help="on resume, do not retry ids that failed in earlier runs",
+    return parser
+
+
+_ABOUT = {
+    RUN: "delete the audience ids listed in a CSV or stdin",
+    ENQUEUE: "validate an input and queue it on a stream",
+    CONSUME: "delete the ids of a stream's entries",
+    DELETE_ALL: "delete EVERY audience of a draft campaign",
+}
+
+
+def _add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
+    """The command's own arguments, ``--config``, then the flags of its settings."""
+    if command in (RUN, ENQUEUE):
+        parser.add_argument(
+            "--input", required=True, metavar="PATH|-", help="CSV file, or - for stdin"
+        )
+    if command == RUN:
+        parser.add_argument(
+            "--shard",
+            metavar="INDEX/COUNT",
+            help="only this slice of the ids (INDEX defaults to JOB_COMPLETION_INDEX)",
+        )
+    if command == DELETE_ALL:
+        parser.add_argument(
+            "--campaign-id", required=True, metavar="N", help="the draft campaign to empty"
+        )
+        parser.add_argument("--confirm", metavar="N", help="repeat the campaign id to confirm")
+    parser.add_argument(
+        "--config", type=Path, metavar="PATH", help="TOML config file (see config.example.toml)"
     )
+    for name, declared in DECLARATIONS.items():
+        _add_setting_flag(parser, command, name, declared)
 
-    run.add_argument(
-        "--shard",
-        help="INDEX/COUNT: only this slice of the ids (INDEX defaults to JOB_COMPLETION_INDEX)",
-    )
-    run.add_argument("--shard-count", help="COUNT of shards, with INDEX from JOB_COMPLETION_INDEX")
-    _scale_flags(run)
 
-    enqueue = commands.add_parser("enqueue", help="validate an input and queue it on a stream")
-    enqueue.add_argument("--input", required=True, help="CSV file, or - for stdin")
-    enqueue.add_argument("--campaign-id", help="campaign for rows without a campaign_id column")
-    enqueue.add_argument("--redis", dest="redis_url", required=True, help="redis://host:port/db")
-    enqueue.add_argument("--stream", required=True, help="stream name")
-    enqueue.add_argument("--batch-size", help="ids per entry, 1..1000 (default 100)")
-    enqueue.add_argument("--ref", help="a reference copied into every entry and audit record")
-    enqueue.add_argument("--config", type=Path, help="TOML config file")
-    enqueue.add_argument("--audit-log", help="audit file (default purge-audit/audit-RUN_ID.jsonl)")
+def _add_setting_flag(
+    parser: argparse.ArgumentParser, command: str, name: str, declared: Declaration
+) -> None:
+    if declared.flag is None or command not in declared.commands:
+        return
+    help_text = declared.flag_help.replace("%", "%%")
+    # A default of None tells load_settings that the flag was not given.
+    if declared.switch:
+        action = "store_false" if declared.default else "store_true"
+        parser.add_argument(declared.flag, dest=name, action=action, default=None, help=help_text)
+    else:
+        parser.add_argument(
+            declared.flag,
+            dest=name,
+            metavar=declared.metavar,
+            required=command in declared.required,
+            help=help_text,
+        )
 
-    consume = commands.add_parser("consume", help="delete the ids of a stream's entries")
-    consume.add_argument("--redis", dest="redis_url", required=True, help="redis://host:port/db")
-    consume.add_argument("--stream", required=True, help="stream name")
-    consume.add_argument("--group", help="consumer group (default audience-purge)")
-    consume.add_argument("--consumer", help="consumer name (default: the hostname, the pod name)")
-    consume.add_argument(
-        "--until-empty",
-        action="store_true",
-        default=None,
-        help="exit 0 once nothing is new or pending for the group (for Jobs)",
-    )
-    consume.add_argument("--max-deliveries", help="dead-letter an entry after this many (5)")
-    consume.add_argument("--claim-idle", help="take over entries idle this many seconds (600)")
-    consume.add_argument("--dead-stream", help="dead-letter stream (default NAME:dead)")
-    _connection_flags(consume)
-    _sending_flags(consume)
-    consume.add_argument(
-        "--rate-scope", help="local (default), or shared by every worker using --redis"
-    )
-    consume.add_argument("--rate-key", help="name of the shared budget (default from base URL)")
 
-    wipe = commands.add_parser("delete-all", help="delete EVERY audience of a draft campaign")
-    wipe.add_argument("--campaign-id", required=True)
-    wipe.add_argument("--confirm", help="repeat the campaign id to confirm")
-    _connection_flags(wipe)
-
-    sandbox = commands.add_parser("sandbox", help="run the embedded UnleashX simulator")
+def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8080)
     sandbox.add_argument(
@@ -168,56 +145,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="HTTP status of the documented API errors (default 400)",
     )
 
-    add_audit_parser(commands)
-
-    demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
-    demo.add_argument(
-        "--dir",
-        type=Path,
-        default=Path("purge-demo"),
-        help="where the demo writes its CSV, audit log and report",
-    )
-    return parser
-
-
-RUN_KEYS = (
-    "campaign_id",
-    "base_url",
-    "token_file",
-    "insecure_http",
-    "rate",
-    "timeout",
-    "max_attempts",
-    "audit_log",
-    "audit_key_file",
-    "dry_run",
-    "log_level",
-    "concurrency",
-    "batch_size",
-    "report",
-    "failed_out",
-    "progress",
-    "state_dir",
-    "fresh",
-    "retry_failed",
-    "grace",
-    "shard_count",
-    "rate_scope",
-    "rate_key",
-    "redis_url",
-    "stream",
-    "group",
-    "consumer",
-    "until_empty",
-    "max_deliveries",
-    "claim_idle",
-    "dead_stream",
-    "ref",
-)
-
 
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
-    flags = {key: getattr(args, key, None) for key in RUN_KEYS}
+    """The Settings of a parsed command line: its setting flags, ``--shard``, ``--config``."""
+    flags = {name: getattr(args, name, None) for name, d in DECLARATIONS.items() if d.flag}
     shard = getattr(args, "shard", None)
     if shard is not None:
         index, _, count = shard.partition("/")
@@ -225,6 +156,73 @@ def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
             raise ConfigError(f"expected INDEX/COUNT such as 0/3, got {shard!r}", key="shard")
         flags.update(shard_index=int(index), shard_count=int(count))
     return load_settings(flags, env, args.config)
+
+
+def options_tables() -> dict[str, str]:
+    """The README's generated tables, by block name (``<!-- options:NAME -->``)."""
+    return {RUN: _command_table(RUN), "settings": _settings_table()}
+
+
+_BLOCK = re.compile(r"(<!-- options:([a-z-]+) -->\n).*?(<!-- /options:\2 -->)", re.DOTALL)
+
+
+def with_options_tables(readme: str) -> str:
+    """``readme`` with each generated block rewritten; an unknown block name is a KeyError."""
+    tables = options_tables()
+    return _BLOCK.sub(lambda m: m[1] + tables[m[2]] + m[3], readme)
+
+
+def _command_table(command: str) -> str:
+    parser = argparse.ArgumentParser(prog=f"{PROG} {command}", add_help=False)
+    _add_arguments(parser, command)
+    rows = []
+    for action in parser._actions:
+        declared = DECLARATIONS.get(action.dest)
+        if declared is not None and command in declared.commands:
+            usage, meaning = declared.usage, declared.help
+            default = "" if declared.switch else _shown(declared)
+        else:
+            metavar = action.metavar if isinstance(action.metavar, str) else ""
+            usage, default = f"{action.option_strings[0]} {metavar}", ""
+            meaning = action.help or ""
+        rows.append((f"`{usage.strip()}`", "(required)" if action.required else default, meaning))
+    return _table(("flag", "default", "meaning"), rows)
+
+
+def _settings_table() -> str:
+    rows = []
+    for name, declared in DECLARATIONS.items():
+        commands = ", ".join(
+            f"{command} (required)" if command in declared.required else command
+            for command in declared.commands
+        )
+        rows.append(
+            (
+                f"`{name}`" if declared.toml else "",
+                f"`{declared.usage}`" if declared.flag else "",
+                commands,
+                f"`{declared.env}`" if declared.env else "",
+                _shown(declared),
+                declared.help,
+            )
+        )
+    return _table(("key", "flag", "commands", "env", "default", "meaning"), rows)
+
+
+def _shown(declared: Declaration) -> str:
+    """The default for a Markdown table: values as code, numbers and descriptions as text."""
+    text = declared.default_text
+    if not text or declared.shown is not None:
+        return text
+    plain = isinstance(declared.default, int | float) and not isinstance(declared.default, bool)
+    return text if plain else f"`{text}`"
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    def line(cells: Sequence[str]) -> str:
+        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n"
+
+    return line(header) + "|" + "---|" * len(header) + "\n" + "".join(map(line, rows))
 
 
 def _settings(args: argparse.Namespace) -> Settings:
