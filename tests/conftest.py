@@ -55,6 +55,8 @@ def make_settings(sandbox: SandboxHandle, token: str, tmp_path: Path) -> Callabl
             "concurrency": 4,
             "backoff_initial": 0.01,
             "backoff_max": 0.05,
+            "redis_backoff_initial": 0.01,
+            "redis_backoff_max": 0.5,
             "max_retry_time": 10.0,
             "timeout": 5.0,
             "audit_log": tmp_path / "audit.jsonl",

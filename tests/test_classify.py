@@ -11,13 +11,13 @@ import pytest
 import worker.sending.classify as classify_module
 from worker.errors import (
     FatalError,
+    Kind,
     PayloadTooLargeError,
     PermanentError,
     RateLimitedError,
     RetryableError,
 )
 from worker.sending.classify import (
-    Kind,
     Verdict,
     classify,
     normalise,

@@ -19,7 +19,8 @@ import pytest
 from aioresponses import aioresponses
 from yarl import URL
 
-from worker.sending.classify import Kind, Verdict
+from worker.errors import Kind
+from worker.sending.classify import Verdict
 from worker.sending.client import USER_AGENT, UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
 

@@ -195,7 +195,7 @@ def queue_settings(make_settings: MakeSettings, redis_url: str, **overrides: Any
 
 
 async def consume_here(settings: Settings, timeout: float = 20.0) -> Any:
-    return await asyncio.wait_for(run_consumer(settings, out=io.StringIO()), timeout=timeout)
+    return await asyncio.wait_for(run_consumer(settings), timeout=timeout)
 
 
 # -- parse_entry: the message format -----------------------------------------------------------
@@ -232,7 +232,7 @@ async def consume_here(settings: Settings, timeout: float = 20.0) -> Any:
 def test_parse_entry_accepts_a_valid_message(
     fields: dict[str, str], campaign: int, ids: tuple[int, ...], ref: str | None
 ) -> None:
-    assert parse_entry("1-0", fields, 2) == Entry("1-0", campaign, ids, ref, 2)
+    assert parse_entry("1-0", fields) == Entry("1-0", campaign, ids, ref)
 
 
 def test_parse_entry_accepts_exactly_max_ids_and_a_ref_of_max_length() -> None:
@@ -242,7 +242,7 @@ def test_parse_entry_accepts_exactly_max_ids_and_a_ref_of_max_length() -> None:
         "ref": "r" * MAX_REF,
     }
 
-    entry = parse_entry("1-0", fields, 1)
+    entry = parse_entry("1-0", fields)
 
     assert len(entry.audience_ids) == MAX_IDS
     assert entry.ref == "r" * MAX_REF
@@ -341,7 +341,7 @@ def test_parse_entry_refuses_a_malformed_message_with_the_reason(
     fields: dict[str, str], reason: str
 ) -> None:
     with pytest.raises(Malformed) as refused:
-        parse_entry("1-0", fields, 1)
+        parse_entry("1-0", fields)
 
     assert reason in str(refused.value)
 
@@ -792,7 +792,7 @@ async def test_ids_that_fail_are_dead_lettered_the_entry_acked_and_the_exit_code
 async def test_redis_unreachable_at_start_exits_69_with_one_clear_line(tmp_path: Path) -> None:
     port = closed_port()
     config = tmp_path / "fast.toml"
-    config.write_text("backoff_initial = 0.01\n", encoding="utf-8")
+    config.write_text("redis_backoff_initial = 0.01\n", encoding="utf-8")
     loop = asyncio.get_running_loop()
     began = loop.time()
 
@@ -952,7 +952,11 @@ async def test_a_consumer_rides_out_redis_going_away_and_coming_back(
         await client.aclose()
     sandbox.state.replace_faults(FaultConfig(latency_ms=50))
     config = tmp_path / "fast.toml"
-    config.write_text("backoff_initial = 0.05\nbackoff_max = 0.5\n", encoding="utf-8")
+    config.write_text(
+        "backoff_initial = 0.05\nbackoff_max = 0.5\n"
+        "redis_backoff_initial = 0.05\nredis_backoff_max = 0.5\n",
+        encoding="utf-8",
+    )
     audit = tmp_path / "c1.jsonl"
     proc = await start(
         *consume_args(

@@ -15,12 +15,44 @@ Only the CLI maps them to exit codes::
     │   ├── PayloadTooLargeError   a 413: the batch is split in halves and retried
     │   └── FatalError        the run cannot go on (bad token, wrong endpoint) (exit 3)
     ├── ServiceUnavailable    Redis did not answer at start: nothing was read or sent (exit 69)
-    └── Interrupted           a signal asked the run to stop (exit 75)
+
+Every :class:`ApiError` carries the :class:`Kind` of answer that caused it; what may be
+retried, now or by a later run, and what stops the run is read from the kind, nowhere else.
 
 Messages never contain the API token: errors are built from statuses and API messages only.
 """
 
 from __future__ import annotations
+
+import enum
+from typing import ClassVar
+
+
+class Kind(enum.Enum):
+    """What an API answer means (decided by :mod:`worker.sending.classify`)."""
+
+    DELETED = "deleted"
+    RETRYABLE = "retryable"
+    RATE_LIMITED = "rate_limited"
+    PERMANENT = "permanent"
+    TOO_LARGE = "too_large"
+    FATAL = "fatal"
+
+    @property
+    def transient(self) -> bool:
+        """Worth another attempt now, within this batch's retry budget."""
+        return self in (Kind.RETRYABLE, Kind.RATE_LIMITED)
+
+    @property
+    def stops_run(self) -> bool:
+        """No new request may start: every later one would meet the same answer."""
+        return self is Kind.FATAL
+
+    @property
+    def retryable(self) -> bool:
+        """A later attempt may succeed (the audit's ``retryable``): a transient failure, or a
+        fatal one once its cause is fixed; never a refusal of the batch itself."""
+        return self.transient or self.stops_run
 
 
 class PurgeError(Exception):
@@ -50,6 +82,8 @@ class StateError(UsageError):
 class ApiError(PurgeError):
     """An API answer (or its absence) that is not a success."""
 
+    kind: ClassVar[Kind] = Kind.PERMANENT
+
     def __init__(
         self, reason: str, *, status: int | None = None, message: str | None = None
     ) -> None:
@@ -61,6 +95,8 @@ class ApiError(PurgeError):
 
 class RetryableError(ApiError):
     """Another attempt may succeed; ``wait`` is the server's requested delay, if any."""
+
+    kind = Kind.RETRYABLE
 
     def __init__(
         self,
@@ -77,22 +113,26 @@ class RetryableError(ApiError):
 class RateLimitedError(RetryableError):
     """HTTP 429: the shared rate gate pauses every sender."""
 
+    kind = Kind.RATE_LIMITED
+
 
 class PermanentError(ApiError):
     """The API refused this batch; retrying cannot help."""
+
+    kind = Kind.PERMANENT
 
 
 class PayloadTooLargeError(ApiError):
     """HTTP 413: the batch must be split."""
 
+    kind = Kind.TOO_LARGE
+
 
 class FatalError(ApiError):
     """The run must stop: no new request may start."""
 
+    kind = Kind.FATAL
+
 
 class ServiceUnavailable(PurgeError):
     """A service the run needs (Redis) could not be reached at start."""
-
-
-class Interrupted(PurgeError):
-    """A signal asked the run to stop."""

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import enum
 
+from worker.errors import FatalError, ServiceUnavailable, UsageError
+
 
 class ExitCode(enum.IntEnum):
     OK = 0  # every valid id deleted (rejected rows and duplicates do not change this)
@@ -22,3 +24,17 @@ def finished_code(*, fatal: bool, interrupted: bool, failed: bool) -> ExitCode:
     if interrupted:
         return ExitCode.INTERRUPTED
     return ExitCode.FAILED if failed else ExitCode.OK
+
+
+def exit_code_for(exc: BaseException) -> ExitCode | None:
+    """The documented code of a run ended by ``exc``; None for an unexpected error."""
+    match exc:
+        case UsageError():
+            return ExitCode.USAGE
+        case FatalError():
+            return ExitCode.FATAL
+        case ServiceUnavailable():
+            return ExitCode.UNAVAILABLE
+        case KeyboardInterrupt():
+            return ExitCode.INTERRUPTED
+    return None

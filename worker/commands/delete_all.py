@@ -8,19 +8,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
 from typing import TextIO
 
 import structlog
 
-from worker import __version__
-from worker.errors import ApiError, FatalError, UsageError
+from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
-from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.sending.classify import Kind, Verdict
-from worker.sending.client import Reply, UnleashXClient, http_session
-from worker.sending.credentials import TokenSource
-from worker.sending.ratelimit import LocalRateGate
+from worker.runtime.runtime import Runtime
+from worker.sending.client import Reply, UnleashXClient
+from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
 
@@ -60,86 +56,48 @@ async def delete_all(
             file=out,
         )
         return ExitCode.OK
-    tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
-    run_id = new_run_id()
-    audit = AuditLog(
-        settings.audit_log or default_audit_path(settings.audit_dir, run_id),
-        run_id,
-        key=read_key_file(settings.audit_key_file),
-    )
-    started = time.monotonic()
-    try:
-        audit.write(
-            "run_started",
-            version=__version__,
-            command="delete-all",
-            settings=settings.public(),
-            campaign_id=campaign_id,
-        )
-        code, verdict, attempts, latency = await _send(settings, tokens, campaign_id)
-        fields = {
-            "campaign_id": campaign_id,
-            "http_status": verdict.status if verdict else None,
-            "attempts": attempts,
-            "latency_ms": latency,
-            "message": verdict.message if verdict else None,
-        }
-        if code == 0:
-            audit.write("deleted_all", **fields)
-            print(
-                f"campaign {campaign_id}: all audience deleted "
-                f"({verdict.message if verdict else ''})",
-                file=out,
-            )
+    runtime = Runtime(settings, "delete-all")
+    async with runtime.recording() as recorder:
+        runtime.start(campaign_id=campaign_id)
+        client, gate = await runtime.api(concurrency=1)
+        attempts, last, error = await _send(client, gate, settings, campaign_id)
+        verdict = last.verdict if last else None
+        request = {"attempts": attempts, "latency_ms": last.latency_ms if last else None}
+        if error is None:
+            recorder.deleted_all(campaign_id, verdict, **request)
+            message = verdict.message if verdict else ""
+            print(f"campaign {campaign_id}: all audience deleted ({message})", file=out)
+            code = ExitCode.OK
         else:
-            reason = verdict.reason if verdict else "no answer"
-            audit.write("failed", **fields, reason=reason, retryable=code != 1)
-            print(
-                f"delete-all refused for campaign {campaign_id}: "
-                f"{verdict.message if verdict and verdict.message else reason}",
-                file=err,
-            )
-        audit.write(
-            "run_finished",
-            exit_code=code,
-            requests=attempts,
-            duration_s=round(time.monotonic() - started, 3),
-        )
-        print(f"audit log: {audit.path}", file=out)
-        return code
-    finally:
-        audit.close()
+            recorder.delete_all_failed(campaign_id, verdict, error, **request)
+            said = verdict.message if verdict and verdict.message else error.reason
+            print(f"delete-all refused for campaign {campaign_id}: {said}", file=err)
+            code = ExitCode.FATAL if error.kind.stops_run else ExitCode.FAILED
+        runtime.finish(exit_code=code, requests=attempts, duration_s=runtime.elapsed())
+    print(f"audit log: {runtime.audit_path}", file=out)
+    return code
 
 
 async def _send(
-    settings: Settings, tokens: TokenSource, campaign_id: int
-) -> tuple[int, Verdict | None, int, float | None]:
+    client: UnleashXClient, gate: RateGate, settings: Settings, campaign_id: int
+) -> tuple[int, Reply | None, ApiError | None]:
+    """(attempts, the last reply, the error that ended it or None on success)."""
     last: Reply | None = None
     attempts = 0
-    gate = LocalRateGate(settings.rate.scaled(1 - settings.rate_margin), settings.burst)
-    async with http_session(settings.timeout, 1) as session:
-        client = UnleashXClient(session, settings.base_url, tokens)
 
-        async def attempt(number: int) -> Reply:
-            nonlocal last, attempts
-            await gate.acquire()
-            attempts = number
-            last = await client.delete_all(campaign_id)
-            if last.verdict.kind is not Kind.DELETED:
-                raise last.verdict.error()
-            return last
+    async def attempt(number: int) -> Reply:
+        nonlocal last, attempts
+        await gate.acquire()
+        attempts = number
+        last = await client.delete_all(campaign_id)
+        if last.verdict.kind is not Kind.DELETED:
+            raise last.verdict.error()
+        return last
 
-        try:
-            reply = await with_retries(
-                attempt,
-                RetryPolicy.from_settings(settings),
-                gate,
-                context={"campaign_id": campaign_id},
-            )
-        except FatalError:
-            code = ExitCode.FATAL
-        except ApiError:
-            code = ExitCode.FAILED
-        else:
-            return ExitCode.OK, reply.verdict, attempts, reply.latency_ms
-    return code, last.verdict if last else None, attempts, last.latency_ms if last else None
+    try:
+        await with_retries(
+            attempt, RetryPolicy.from_settings(settings), gate, context={"campaign_id": campaign_id}
+        )
+    except ApiError as exc:
+        return attempts, last, exc
+    return attempts, last, None

@@ -86,7 +86,7 @@ async def plan_batches(
                     plan.ledger.dispatched(batch)
                     yield batch
         plan.ledger.read_pos = digest.safe_offset()
-    recorder.tally.input_read = True
+    recorder.input_read()
     for batch in plan.batcher.flush(digest.bytes_read):
         plan.ledger.dispatched(batch)
         yield batch

@@ -26,24 +26,9 @@ from worker.input.validate import (
     Rejected,
     Row,
     detect_layout,
-    parse_id,
     parse_line,
     split_cells,
 )
-
-__all__ = [
-    "ByteSource",
-    "InputDigest",
-    "Rejected",
-    "ResumeFrom",
-    "Row",
-    "detect_layout",
-    "open_input",
-    "parse_id",
-    "parse_line",
-    "read_rows",
-    "split_cells",
-]
 
 BLOCK = 1 << 16
 BOM = b"\xef\xbb\xbf"

@@ -13,29 +13,30 @@ from dataclasses import dataclass, field
 import structlog
 
 from worker.input.batching import Batch
+from worker.queue.retrying import RedisBackoff, with_redis_retries
 from worker.queue.streams import Entry, QueueUnavailable, StreamQueue, encode
 from worker.records.recorder import Recorder
 
 log = structlog.get_logger("audience_purge.acks")
 
 
-QUEUE_RETRIES = 12
+QUEUE_WRITE_ATTEMPTS = 12
 
 
-async def retry_queue(call: Callable[[], Awaitable[None]], backoff: float, entry_id: str) -> bool:
-    """A queue write retried with capped backoff while Redis is away (about a minute); False
-    if it never went through. The entry then stays pending and is delivered again: its ids
-    are sent again, which deletion's idempotence makes harmless."""
-    for attempt in range(1, QUEUE_RETRIES + 1):
-        try:
-            await call()
-            return True
-        except QueueUnavailable as exc:
-            log.warning("queue write failed", entry_id=entry_id, error=str(exc), attempt=attempt)
-            if exc.permanent:
-                return False
-            await asyncio.sleep(min(backoff * 2**attempt, 5.0))
-    return False
+async def retry_queue(
+    call: Callable[[], Awaitable[None]], backoff: RedisBackoff, entry_id: str
+) -> bool:
+    """A queue write retried while Redis is away (about a minute); False if it never went
+    through. The entry then stays pending and is delivered again: its ids are sent again,
+    which deletion's idempotence makes harmless."""
+    try:
+        await with_redis_retries(
+            call, backoff, what=f"queue write for entry {entry_id}", attempts=QUEUE_WRITE_ATTEMPTS
+        )
+    except QueueUnavailable as exc:
+        log.warning("queue write failed", entry_id=entry_id, error=str(exc))
+        return False
+    return True
 
 
 @dataclass(slots=True)
@@ -44,7 +45,7 @@ class Acks:
 
     queue: StreamQueue
     recorder: Recorder
-    backoff: float
+    backoff: RedisBackoff
     parts: dict[str, int] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, list[int]] = field(default_factory=dict)
@@ -87,9 +88,7 @@ class Acks:
                 lambda: self.queue.ack(entry.entry_id), self.backoff, entry.entry_id
             )
         if done:
-            self.recorder.audit.write(
-                "acknowledged", entry_id=entry.entry_id, dead_lettered_ids=len(lost)
-            )
+            self.recorder.acknowledged(entry.entry_id, dead_lettered_ids=len(lost))
 
     async def drain(self) -> None:
         while self.tasks:

@@ -59,10 +59,9 @@ class Entry:
     campaign_id: int
     audience_ids: tuple[int, ...]
     ref: str | None
-    deliveries: int
 
 
-def parse_entry(entry_id: str, fields: Mapping[str, str], deliveries: int) -> Entry:
+def parse_entry(entry_id: str, fields: Mapping[str, str]) -> Entry:
     """Validate one entry's fields.
 
     Raises:
@@ -75,7 +74,7 @@ def parse_entry(entry_id: str, fields: Mapping[str, str], deliveries: int) -> En
     ref = fields.get("ref")
     if ref is not None and len(ref) > MAX_REF:
         raise Malformed(f"ref is longer than {MAX_REF} characters")
-    return Entry(entry_id, campaign, ids, ref, deliveries)
+    return Entry(entry_id, campaign, ids, ref)
 
 
 def _ids(text: str) -> tuple[int, ...]:

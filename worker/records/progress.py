@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
 from typing import Any
 
 import structlog
@@ -34,24 +32,15 @@ def done(tally: Tally) -> int:
     return tally.deleted + tally.failed + tally.rejected + tally.duplicates
 
 
-@asynccontextmanager
-async def progress(
+async def show_progress(
     tally: Tally, total_lines: int | None, *, mode: str, interval: float
-) -> AsyncIterator[None]:
-    """Report progress while the body runs; ``mode`` is auto, bar, log or off."""
+) -> None:
+    """Show progress until cancelled; ``mode`` is auto, bar, log or off."""
     chosen = _mode(mode)
-    task: asyncio.Task[None] | None = None
     if chosen == "bar":
-        task = asyncio.create_task(_bar(tally, total_lines))
+        await _bar(tally, total_lines)
     elif chosen == "log":
-        task = asyncio.create_task(_events(tally, total_lines, interval))
-    try:
-        yield
-    finally:
-        if task is not None:
-            task.cancel()
-            with suppress(asyncio.CancelledError):
-                await task
+        await _events(tally, total_lines, interval)
 
 
 def _fields(tally: Tally, started: float) -> dict[str, Any]:

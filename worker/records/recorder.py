@@ -1,28 +1,53 @@
-"""Outcome stage: every input row and every batch ends here, exactly once.
+"""The one sink: every audit record and every tally change of a run passes through here.
 
-The recorder writes the audit record first, then counts it and (for failures) appends the
-ids to the failed-out CSV, so the tally never claims more than the audit log proves.
+The recorder writes the audit record first, then tells its observers, so nothing that
+counts or reports an outcome can claim more than the audit log proves. Observers follow
+one small protocol (:class:`Observer`); the :class:`Tally` is the first of them, and the
+progress display reads it. The failed-out CSV and the JSON report are observers too, and
+so will be anything new that wants to see outcomes (metrics, per-row result files): it
+subscribes here instead of being called from the pipeline.
+
+No other module writes to the audit log or changes a tally (``tests/test_single_writer.py``
+holds the package to it).
 """
 
 from __future__ import annotations
 
 import csv
 from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Protocol
 
 from pyroaring import BitMap64
 
+from worker.errors import ApiError
 from worker.input.batching import Batch
 from worker.input.validate import Rejected, Row
 from worker.records.audit import AuditLog
 from worker.sending.classify import Verdict
+from worker.state.checkpoint import count
+
+
+class Observer(Protocol):
+    """Told of every event after its audit record (if it has one) was written.
+
+    ``fields`` is the record as written, without the chain fields; events that are not
+    audited (``accepted``, ``already_done``, ``other_shard``, ``admitted``, ``request``,
+    ``input_read``) carry what counting them needs.
+    """
+
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None: ...
+
+
+def _ids(fields: Mapping[str, Any]) -> int:
+    return len(fields.get("audience_ids", ()))
 
 
 @dataclass(slots=True)
 class Tally:
-    """Running totals for progress and the report."""
+    """Running totals for progress, the summary and ``run_finished``."""
 
     rows: int = 0
     rejected: int = 0
@@ -35,15 +60,51 @@ class Tally:
     already_done: int = 0
     other_shard: int = 0
     dead_lettered: int = 0
+    enqueued: int = 0
     input_read: bool = False
     retries: int = 0
     deleted_by_campaign: Counter[int] = field(default_factory=Counter)
     failed_by_campaign: Counter[int] = field(default_factory=Counter)
     failure_reasons: Counter[str] = field(default_factory=Counter)
 
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if event in ("accepted", "rejected", "duplicate", "already_done"):
+            self.rows += 1
+        match event:
+            case "accepted":
+                self.valid += 1
+            case "admitted":
+                self.valid += _ids(fields)
+            case "rejected":
+                self.rejected += 1
+            case "duplicate":
+                self.duplicates += 1
+            case "already_done":
+                self.already_done += 1
+            case "other_shard":
+                self.other_shard += 1
+            case "input_read":
+                self.input_read = True
+            case "request":
+                self.requests += 1
+                self.retries += int(fields["retry"])
+            case "unconfirmed":
+                self.unconfirmed += _ids(fields)
+            case "deleted":
+                self.deleted += _ids(fields)
+                self.deleted_by_campaign[fields["campaign_id"]] += _ids(fields)
+            case "failed":
+                self.failed += _ids(fields)
+                self.failed_by_campaign[fields["campaign_id"]] += _ids(fields)
+                self.failure_reasons[fields["reason"]] += _ids(fields)
+            case "dead_lettered":
+                self.dead_lettered += 1
+            case "enqueued":
+                self.enqueued += 1
+
 
 class FailedOut:
-    """The failed ids as a CSV that ``run --input`` accepts as is."""
+    """Observer: the failed ids as a CSV that ``run --input`` accepts as is."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,33 +114,123 @@ class FailedOut:
         self._csv.writerow(("campaign_id", "audience_id"))
         self._file.flush()
 
-    def add(self, batch: Batch) -> None:
-        self._csv.writerows((batch.campaign_id, i) for i in batch.audience_ids)
-        self._file.flush()
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if event == "failed" and fields.get("audience_ids"):
+            campaign = fields["campaign_id"]
+            self._csv.writerows((campaign, i) for i in fields["audience_ids"])
+            self._file.flush()
 
     def close(self) -> None:
         self._file.close()
 
 
 class Recorder:
-    """Writes outcomes to the audit log, the tally and the failed-out file."""
+    """Writes outcomes to the audit log and tells the observers; keeps the failed pairs."""
 
     def __init__(
         self,
         audit: AuditLog,
-        failed_out: FailedOut | None = None,
+        observers: Sequence[Observer] = (),
         failed_pairs: dict[int, BitMap64] | None = None,
     ) -> None:
-        self.audit = audit
+        self._audit = audit
         self.tally = Tally()
-        self._failed_out = failed_out
+        self._observers: tuple[Observer, ...] = (self.tally, *observers)
         # Every pair that failed and has not been deleted since: retried on resume.
         self.failed_pairs: dict[int, BitMap64] = failed_pairs if failed_pairs is not None else {}
+
+    @property
+    def audit(self) -> AuditLog:
+        """The log, for its position (``head``) and durability (``sync``): not for writing."""
+        return self._audit
+
+    @property
+    def failed_left(self) -> int:
+        """Ids that failed and were not deleted since: what makes a run end with exit 1."""
+        return count(self.failed_pairs)
+
+    def subscribe(self, observer: Observer) -> None:
+        self._observers = (*self._observers, observer)
+
+    def _record(self, event: str, **fields: Any) -> None:
+        self._audit.write(event, **fields)
+        self._tell(event, fields)
+
+    def _tell(self, event: str, fields: Mapping[str, Any]) -> None:
+        for observer in self._observers:
+            observer.on_event(event, fields)
+
+    # -- the run's frame ------------------------------------------------------------------
+
+    def run_started(self, **fields: Any) -> None:
+        self._record("run_started", **fields)
+
+    def run_finished(self, **fields: Any) -> None:
+        self._record("run_finished", **fields)
+
+    # -- input rows -----------------------------------------------------------------------
+
+    def rejected(self, item: Rejected) -> None:
+        self._record(
+            "rejected",
+            line=item.line,
+            raw=item.raw,
+            audience_raw=item.audience_raw,
+            reason=item.reason,
+        )
+
+    def duplicate(self, row: Row) -> None:
+        self._record(
+            "duplicate", line=row.line, campaign_id=row.campaign_id, audience_id=row.audience_id
+        )
+
+    def accepted(self, row: Row) -> None:
+        self._tell("accepted", {"line": row.line})
+
+    def already_done(self, row: Row) -> None:
+        """A row an earlier run already finished (resume): neither sent nor audited again."""
+        self._tell("already_done", {"line": row.line})
+
+    def other_shard(self, row: Row) -> None:
+        """A row of another shard: neither sent nor audited here."""
+        self._tell("other_shard", {"line": row.line})
+
+    def input_read(self) -> None:
+        """The input was read to its end."""
+        self._tell("input_read", {})
+
+    # -- queue entries ----------------------------------------------------------------------
+
+    def enqueued(self, entry_id: str, batch: Batch, ref: str | None) -> None:
+        self._record(
+            "enqueued",
+            entry_id=entry_id,
+            campaign_id=batch.campaign_id,
+            audience_ids=batch.audience_ids,
+            ref=ref,
+        )
+
+    def admitted(self, entry_id: str, audience_ids: Sequence[int]) -> None:
+        """A valid stream entry taken for sending (not audited: its batches are)."""
+        self._tell("admitted", {"entry_id": entry_id, "audience_ids": audience_ids})
+
+    def dead_lettered(self, entry_id: str, reason: str, fields: Mapping[str, str]) -> None:
+        self._record(
+            "dead_lettered",
+            entry_id=entry_id,
+            reason=reason,
+            fields={k: v[:200] for k, v in fields.items()},
+        )
+
+    def acknowledged(self, entry_id: str, dead_lettered_ids: int) -> None:
+        self._record("acknowledged", entry_id=entry_id, dead_lettered_ids=dead_lettered_ids)
+
+    # -- requests and their outcomes -----------------------------------------------------
 
     def sending(self, batch: Batch) -> None:
         """Write-ahead: the intent is on disk before the request can reach the API."""
         origin = {} if batch.entry_id is None else {"entry_id": batch.entry_id, "ref": batch.ref}
-        self.audit.write(
+        self._record(
             "sending",
             campaign_id=batch.campaign_id,
             batch_id=batch.batch_id,
@@ -87,56 +238,21 @@ class Recorder:
             **origin,
         )
 
+    def request_made(self, *, retry: bool) -> None:
+        self._tell("request", {"retry": retry})
+
     def unconfirmed(self, batch: Batch, reason: str) -> None:
         """A batch that was (or may have been) sent, without a final answer: sent again later."""
-        self.audit.write(
+        self._record(
             "unconfirmed",
             campaign_id=batch.campaign_id,
             batch_id=batch.batch_id,
             audience_ids=batch.audience_ids,
             reason=reason,
         )
-        self.tally.unconfirmed += len(batch.audience_ids)
-
-    def other_shard(self, row: Row) -> None:
-        """A row of another shard: neither sent nor audited here."""
-        self.tally.other_shard += 1
-
-    def already_done(self, row: Row) -> None:
-        """A row an earlier run already finished (resume): neither sent nor audited again."""
-        self.tally.rows += 1
-        self.tally.already_done += 1
-
-    def rejected(self, item: Rejected) -> None:
-        self.audit.write(
-            "rejected",
-            line=item.line,
-            raw=item.raw,
-            audience_raw=item.audience_raw,
-            reason=item.reason,
-        )
-        self.tally.rows += 1
-        self.tally.rejected += 1
-
-    def duplicate(self, row: Row) -> None:
-        self.audit.write(
-            "duplicate", line=row.line, campaign_id=row.campaign_id, audience_id=row.audience_id
-        )
-        self.tally.rows += 1
-        self.tally.duplicates += 1
-
-    def accepted(self, row: Row) -> None:
-        self.tally.rows += 1
-        self.tally.valid += 1
-
-    def request_made(self, *, retry: bool) -> None:
-        self.tally.requests += 1
-        self.tally.retries += int(retry)
 
     def deleted(self, batch: Batch, verdict: Verdict, *, attempts: int, latency_ms: float) -> None:
-        self.audit.write("deleted", **self._batch_fields(batch, verdict, attempts, latency_ms))
-        self.tally.deleted += len(batch.audience_ids)
-        self.tally.deleted_by_campaign[batch.campaign_id] += len(batch.audience_ids)
+        self._record("deleted", **_batch_fields(batch, verdict, attempts, latency_ms))
         failed = self.failed_pairs.get(batch.campaign_id)
         if failed is not None:
             failed.difference_update(BitMap64(batch.audience_ids))
@@ -145,41 +261,57 @@ class Recorder:
         self,
         batch: Batch,
         verdict: Verdict | None,
+        error: ApiError,
         *,
         reason: str,
-        retryable: bool,
         attempts: int,
         latency_ms: float | None,
-        pending: bool = False,
     ) -> None:
-        """Audit a failure. ``pending``: the batch stays unsettled (it is sent again later),
-        so it is not added to the failed pairs that a resume retries."""
-        fields = self._batch_fields(batch, verdict, attempts, latency_ms)
-        self.audit.write("failed", **fields, reason=reason, retryable=retryable)
-        self.tally.failed += len(batch.audience_ids)
-        self.tally.failed_by_campaign[batch.campaign_id] += len(batch.audience_ids)
-        self.tally.failure_reasons[reason] += len(batch.audience_ids)
-        if not pending:
+        """Audit a failure. A fatal one leaves the batch unsettled (it is sent again once the
+        cause is fixed), so it is not added to the failed pairs that a resume retries."""
+        fields = _batch_fields(batch, verdict, attempts, latency_ms)
+        self._record("failed", **fields, reason=reason, retryable=error.kind.retryable)
+        if not error.kind.stops_run:
             self.failed_pairs.setdefault(batch.campaign_id, BitMap64()).update(
                 BitMap64(batch.audience_ids)
             )
-        if self._failed_out is not None:
-            self._failed_out.add(batch)
 
-    @staticmethod
-    def _batch_fields(
-        batch: Batch, verdict: Verdict | None, attempts: int, latency_ms: float | None
-    ) -> dict[str, Any]:
-        fields: dict[str, Any] = {
-            "campaign_id": batch.campaign_id,
-            "batch_id": batch.batch_id,
-            "audience_ids": batch.audience_ids,
-            "http_status": verdict.status if verdict else None,
-            "attempts": attempts,
-            "latency_ms": latency_ms,
-            "message": verdict.message if verdict else None,
-        }
-        if batch.entry_id is not None:
-            fields["entry_id"] = batch.entry_id
-            fields["ref"] = batch.ref
-        return fields
+    def deleted_all(self, campaign_id: int, verdict: Verdict | None, **request: Any) -> None:
+        """The answer to a ``delete_all`` request (no ids: the whole campaign)."""
+        self._record("deleted_all", **_request_fields(campaign_id, verdict, **request))
+
+    def delete_all_failed(
+        self, campaign_id: int, verdict: Verdict | None, error: ApiError, **request: Any
+    ) -> None:
+        fields = _request_fields(campaign_id, verdict, **request)
+        self._record("failed", **fields, reason=error.reason, retryable=error.kind.retryable)
+
+
+def _request_fields(
+    campaign_id: int, verdict: Verdict | None, *, attempts: int, latency_ms: float | None
+) -> dict[str, Any]:
+    return {
+        "campaign_id": campaign_id,
+        "http_status": verdict.status if verdict else None,
+        "attempts": attempts,
+        "latency_ms": latency_ms,
+        "message": verdict.message if verdict else None,
+    }
+
+
+def _batch_fields(
+    batch: Batch, verdict: Verdict | None, attempts: int, latency_ms: float | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "campaign_id": batch.campaign_id,
+        "batch_id": batch.batch_id,
+        "audience_ids": batch.audience_ids,
+        "http_status": verdict.status if verdict else None,
+        "attempts": attempts,
+        "latency_ms": latency_ms,
+        "message": verdict.message if verdict else None,
+    }
+    if batch.entry_id is not None:
+        fields["entry_id"] = batch.entry_id
+        fields["ref"] = batch.ref
+    return fields

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
 import orjson
 
+from worker.exit_codes import ExitCode
 from worker.records.recorder import Tally
 
 
@@ -26,8 +28,8 @@ class RunResult:
     interrupted: bool
     fatal_reason: str | None
     dry_run: bool
-    input_sha256: str
-    input_bytes: int
+    input_sha256: str = ""
+    input_bytes: int = 0
     state_dir: Path | None = None
     failed_left: int = 0
 
@@ -72,6 +74,31 @@ class RunResult:
         return {k: v for k, v in self.summary().items() if k not in skip}
 
 
+class ReportFile:
+    """Observer: writes the report when the run's ``run_finished`` is recorded."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        run_id: str,
+        audit_log: Path,
+        failed_out: Path | None,
+        state_dir: Path | None,
+    ) -> None:
+        self.path = path
+        self._head = {"run_id": run_id}
+        self._where = {
+            "audit_log": str(audit_log),
+            "failed_out": str(failed_out) if failed_out else None,
+            "state_dir": str(state_dir) if state_dir else None,
+        }
+
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if event == "run_finished":
+            write_report(self.path, {**self._head, **fields, **self._where})
+
+
 def write_report(path: Path, data: dict[str, Any]) -> None:
     """Write the report atomically, so a reader never sees half of it."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -80,17 +107,20 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
+_VERDICTS: dict[int, str] = {
+    ExitCode.OK: "done",
+    ExitCode.FAILED: "finished with failures",
+    ExitCode.USAGE: "refused",
+    ExitCode.FATAL: "aborted",
+    ExitCode.UNAVAILABLE: "Redis unavailable",
+    ExitCode.INTERRUPTED: "interrupted",
+}
+
+
 def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
     """A one-screen summary for a person."""
     t = result.tally
-    verdict = {
-        0: "done",
-        1: "finished with failures",
-        2: "refused",
-        3: "aborted",
-        69: "Redis unavailable",
-        75: "interrupted",
-    }.get(result.exit_code, "ended")
+    verdict = _VERDICTS.get(result.exit_code, "ended")
     lines = [
         f"audience-purge {command} {result.run_id}: {verdict} (exit {result.exit_code})"
         + (f": {result.fatal_reason}" if result.fatal_reason else ""),
@@ -107,7 +137,7 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
     ]
     if result.failed_left > t.failed:
         lines.append(f"  failed in earlier runs, not retried: {result.failed_left - t.failed}")
-    if result.exit_code in (3, 75):
+    if result.exit_code in (ExitCode.FATAL, ExitCode.INTERRUPTED):
         lines.append("  to continue: fix the cause if any, then re-run the same command")
     lines.append(f"  audit log   {result.audit_log}")
     if result.report:

@@ -10,9 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any
 
 import structlog
 
@@ -34,39 +33,25 @@ def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
 
 
 class Interrupts:
-    """First signal: ``stop()`` intake, cancel ``task`` after ``grace``. Second: cancel now."""
+    """First signal: ``stop()`` intake, cancel the watched task after ``grace``. Second:
+    cancel it now."""
 
-    def __init__(self, stop: Callable[[], None], task: asyncio.Task[None], grace: float) -> None:
+    def __init__(self, stop: Callable[[], None], grace: float) -> None:
         self._stop = stop
-        self._task = task
         self._grace = grace
+        self._task: asyncio.Task[None] | None = None
         self.count = 0
+
+    def watch(self, task: asyncio.Task[None]) -> None:
+        self._task = task
 
     def __call__(self, signum: int) -> None:
         self.count += 1
         log.warning("signal received", signal=signal.Signals(signum).name, count=self.count)
         self._stop()
+        if self._task is None:
+            return
         if self.count == 1:
             asyncio.get_running_loop().call_later(self._grace, self._task.cancel)
         else:
             self._task.cancel()
-
-
-async def run_interruptible(
-    work: Coroutine[Any, Any, None], stop: Callable[[], None], grace: float
-) -> bool:
-    """Run ``work`` under the signal handlers; True if a signal interrupted it.
-
-    Cancelling ``work`` after the grace (or on a second signal) is the normal end of an
-    interrupted run, not an error; a cancellation of the caller itself still propagates.
-    """
-    task = asyncio.create_task(work)
-    interrupts = Interrupts(stop, task, grace)
-    with signal_handlers(interrupts):
-        try:
-            await task
-        except asyncio.CancelledError:
-            current = asyncio.current_task()
-            if current is not None and current.cancelling():
-                raise
-    return interrupts.count > 0

@@ -7,7 +7,6 @@ an error. Every answer is therefore classified by status and message together in
 
 from __future__ import annotations
 
-import enum
 import math
 import re
 import time
@@ -20,20 +19,12 @@ import orjson
 from worker.errors import (
     ApiError,
     FatalError,
+    Kind,
     PayloadTooLargeError,
     PermanentError,
     RateLimitedError,
     RetryableError,
 )
-
-
-class Kind(enum.Enum):
-    DELETED = "deleted"
-    RETRYABLE = "retryable"
-    RATE_LIMITED = "rate_limited"
-    PERMANENT = "permanent"
-    TOO_LARGE = "too_large"
-    FATAL = "fatal"
 
 
 @dataclass(frozen=True, slots=True)

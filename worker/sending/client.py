@@ -17,7 +17,8 @@ import aiohttp
 import orjson
 
 from worker import __version__
-from worker.sending.classify import Kind, Verdict, classify, transport_failure
+from worker.errors import Kind
+from worker.sending.classify import Verdict, classify, transport_failure
 from worker.sending.credentials import Secret, TokenSource
 
 USER_AGENT = f"audience-purge/{__version__}"

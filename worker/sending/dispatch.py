@@ -13,20 +13,14 @@ request was cut off is audited as ``unconfirmed``.
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncGenerator, AsyncIterable, Callable
 
 import structlog
 
-from worker.errors import (
-    ApiError,
-    FatalError,
-    PayloadTooLargeError,
-    PermanentError,
-    RetryableError,
-)
+from worker.errors import ApiError, FatalError, Kind, PayloadTooLargeError, PermanentError
 from worker.input.batching import Batch
 from worker.records.recorder import Recorder
-from worker.sending.classify import Kind, Verdict
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
@@ -53,52 +47,64 @@ class Dispatcher:
         self._recorder = recorder
         self._concurrency = concurrency
         self._on_settled = on_settled
-        self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=concurrency)
+        self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=concurrency)
         self._size_cap: int | None = None
         self._feeder: asyncio.Task[None] | None = None
+        self._reading = False  # the feeder waits for input or room in the queue
+        self._feeder_stopped = False
         self.fatal: FatalError | None = None
         self.stopping = False
 
     def stop(self) -> None:
         """Stop reading input and starting requests; in-flight requests may finish."""
         self.stopping = True
-        if self._feeder is not None:
+        if self._feeder is not None and self._reading and not self._feeder_stopped:
+            self._feeder_stopped = True
             self._feeder.cancel()
 
     async def run(self, batches: AsyncIterable[Batch]) -> None:
         """Send every batch; returns when all settled or the run was stopped.
 
-        Cancelling this coroutine cancels the in-flight requests (audited as unconfirmed).
+        The feeder and the senders are one task group: an exception in any of them cancels
+        the others and is raised (in an ``ExceptionGroup``). Cancelling this coroutine
+        cancels the in-flight requests (audited as unconfirmed).
         """
-        senders = [asyncio.create_task(self._sender()) for _ in range(self._concurrency)]
         try:
-            self._feeder = asyncio.create_task(self._feed(batches))
-            try:
-                await self._feeder
-            except asyncio.CancelledError:
-                current = asyncio.current_task()
-                if not self.stopping or (current is not None and current.cancelling()):
-                    raise
+            async with asyncio.TaskGroup() as group:
+                senders = [group.create_task(self._sender()) for _ in range(self._concurrency)]
+                self._feeder = group.create_task(self._feed(batches, senders))
+        finally:
             if isinstance(batches, AsyncGenerator):
                 await batches.aclose()
-            for _ in senders:
-                await self._queue.put(None)
-            await asyncio.gather(*senders)
-        except BaseException:
-            for task in [*senders, self._feeder]:
-                if task is not None:
-                    task.cancel()
-            await asyncio.gather(*senders, return_exceptions=True)
-            raise
 
-    async def _feed(self, batches: AsyncIterable[Batch]) -> None:
-        async for batch in batches:
-            await self._queue.put(batch)
+    async def _feed(self, batches: AsyncIterable[Batch], senders: list[asyncio.Task[None]]) -> None:
+        """Queue the batches; once every queued one is finished, let the senders go."""
+        self._reading = True
+        try:
+            async for batch in batches:
+                if self.stopping:
+                    break
+                await self._queue.put(batch)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            # stop() cancels the reading only; any other cancellation ends the feeder.
+            if not self._feeder_stopped or task is None or task.cancelling() != 1:
+                raise
+            task.uncancel()
+        finally:
+            self._reading = False
+        await self._queue.join()
+        for sender in senders:
+            sender.cancel()  # each is waiting for a batch that will not come
 
     async def _sender(self) -> None:
-        while (batch := await self._queue.get()) is not None:
-            if not self.stopping and await self._dispatch(batch):
-                self._on_settled(batch)
+        while True:
+            batch = await self._queue.get()
+            try:
+                if not self.stopping and await self._dispatch(batch):
+                    self._on_settled(batch)
+            finally:
+                self._queue.task_done()
 
     async def _dispatch(self, batch: Batch) -> bool:
         """Send a batch, pre-split to the size the API is known to accept; True if settled."""
@@ -111,12 +117,12 @@ class Dispatcher:
         except asyncio.CancelledError:
             self._recorder.unconfirmed(batch, "cancelled in flight: outcome unknown")
             raise
-        if outcome is _SPLIT:
+        if outcome is _Outcome.SPLIT:
             return await self._split(batch)
-        return outcome is True
+        return outcome is _Outcome.SETTLED
 
-    async def _send(self, batch: Batch) -> bool | object:
-        """Send with retries; True if settled, False if not, ``_SPLIT`` after a 413."""
+    async def _send(self, batch: Batch) -> _Outcome:
+        """Send with retries, and record the end of the batch if it has one."""
         attempts = 0
         last: Reply | None = None
 
@@ -137,20 +143,20 @@ class Dispatcher:
             reply = await with_retries(attempt, self._policy, self._gate, context=context)
         except PayloadTooLargeError:
             if len(batch.audience_ids) > 1:
-                return _SPLIT
+                return _Outcome.SPLIT
             self._failed(batch, PermanentError("payload too large for a single id"), attempts, last)
-            return True
-        except (PermanentError, RetryableError, FatalError) as exc:
+            return _Outcome.SETTLED
+        except ApiError as exc:
             self._failed(batch, exc, attempts, last)
             # A batch refused by a fatal answer (a bad token) stays pending: the next run,
             # or another consumer, sends it again once the cause is fixed.
-            return not isinstance(exc, FatalError)
+            return _Outcome.UNSETTLED if exc.kind.stops_run else _Outcome.SETTLED
         except _Abandoned:
             if attempts:
                 self._recorder.unconfirmed(batch, "stopped before a retry could settle it")
-            return False
+            return _Outcome.UNSETTLED
         self._recorder.deleted(batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms)
-        return True
+        return _Outcome.SETTLED
 
     async def _split(self, batch: Batch) -> bool:
         size = len(batch.audience_ids)
@@ -168,26 +174,29 @@ class Dispatcher:
             self.fatal = exc
             log.error("fatal API answer: no new requests", reason=exc.reason, status=exc.status)
             self.stop()
-        verdict = last.verdict if last else None
         self._recorder.failed(
             batch,
-            verdict,
-            reason=_reason(exc, verdict),
-            retryable=isinstance(exc, RetryableError | FatalError),
+            last.verdict if last else None,
+            exc,
+            reason=_reason(exc),
             attempts=attempts,
             latency_ms=last.latency_ms if last else None,
-            pending=isinstance(exc, FatalError),
         )
 
 
-_SPLIT = object()  # _send's answer to a 413: send the batch again in halves
+class _Outcome(enum.Enum):
+    """How a batch's sending ended."""
+
+    SETTLED = "settled"  # deleted or failed for good: its outcome is in the audit log
+    UNSETTLED = "unsettled"  # to be sent again (stopped, or refused by a fatal answer)
+    SPLIT = "split"  # a 413: send it again in halves
 
 
 class _Abandoned(Exception):
     """A retry that must not start because the run is stopping."""
 
 
-def _reason(exc: ApiError, verdict: Verdict | None) -> str:
-    if isinstance(exc, RetryableError):
+def _reason(exc: ApiError) -> str:
+    if exc.kind.transient:
         return f"gave up after retries: {exc.reason}"
     return exc.reason

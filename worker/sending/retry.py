@@ -1,7 +1,8 @@
 """Retry policy: tenacity, bounded by attempts *and* by total time, built once from settings.
 
-Only :class:`RetryableError` is retried. The wait is the server's ``Retry-After`` when it
-gave one, otherwise capped exponential backoff with full jitter. A 429 also pauses the
+Only a transient failure (its :class:`~worker.errors.Kind` says so) is retried. The wait
+is the server's ``Retry-After`` when it gave one, otherwise capped exponential backoff with
+full jitter. A 429 also pauses the
 shared :class:`RateGate` for that wait, so every sender slows down, not only this one.
 ``CancelledError`` is never caught here.
 """
@@ -16,13 +17,13 @@ import structlog
 from tenacity import (
     AsyncRetrying,
     RetryCallState,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     stop_before_delay,
     wait_random_exponential,
 )
 
-from worker.errors import RateLimitedError, RetryableError
+from worker.errors import ApiError, RateLimitedError, RetryableError
 from worker.sending.ratelimit import RateGate
 from worker.settings import Settings
 
@@ -62,6 +63,10 @@ class _WaitRetryAfterOrBackoff:
         return float(self._backoff(state))
 
 
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, ApiError) and exc.kind.transient
+
+
 async def with_retries(
     operation: Callable[[int], Awaitable[T]],
     policy: RetryPolicy,
@@ -90,7 +95,7 @@ async def with_retries(
         )
 
     retrying = AsyncRetrying(
-        retry=retry_if_exception_type(RetryableError),
+        retry=retry_if_exception(_transient),
         stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_time),
         wait=_WaitRetryAfterOrBackoff(policy),
         before_sleep=before_sleep,

@@ -18,7 +18,7 @@ from worker.input.batching import Batcher, Deduper
 from worker.input.planning import Plan
 from worker.input.sources import InputDigest, Prefix, ResumeFrom
 from worker.input.validate import Layout
-from worker.records.audit import AuditLog, last_record
+from worker.records.audit import last_record
 from worker.records.recorder import Recorder
 from worker.settings import Settings
 from worker.state.checkpoint import (
@@ -95,7 +95,6 @@ class Checkpointer:
     plan: Plan
     digest: InputDigest
     recorder: Recorder
-    audit: AuditLog
     input_name: str
     prior: Checkpoint | None
     input_sha256: str | None = None
@@ -130,9 +129,11 @@ class Checkpointer:
             else (layout.id_col, layout.campaign_col, layout.has_header),
             complete=complete,
             input_sha256=self.input_sha256,
-            run_ids=[*(self.prior.run_ids if self.prior else []), self.audit.run_id],
+            run_ids=[*(self.prior.run_ids if self.prior else []), self.recorder.audit.run_id],
             # Until this run writes its first record, the chain still ends in the prior file.
-            audit=self.audit.head() if self.audit.written or prior is None else prior.audit,
+            audit=self.recorder.audit.head()
+            if self.recorder.audit.written or prior is None
+            else prior.audit,
             totals={
                 "deleted": prior_deleted + self.recorder.tally.deleted,
                 "failed_left": count(self.recorder.failed_pairs),
@@ -145,7 +146,7 @@ class Checkpointer:
 
     def save(self, *, complete: bool = False) -> None:
         """Audit first, then state: the state never claims more than the audit proves."""
-        self.audit.sync()
+        self.recorder.audit.sync()
         self.store.save(self.snapshot(complete=complete))
 
     def finished(self) -> bool:

@@ -1,0 +1,159 @@
+"""The one runtime: what a run does when something inside it breaks, and the observers the
+recorder tells. Against the sandbox on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from conftest import read_audit, write_csv
+
+from worker.commands.run import run_purge
+from worker.records.recorder import Recorder
+from worker.sandbox.runner import SandboxHandle
+from worker.sending.ratelimit import RateSpec
+from worker.settings import Settings
+from worker.state.resume import Checkpointer
+
+MakeSettings = Callable[..., Settings]
+
+
+class Boom(Exception):
+    """An error nobody planned for."""
+
+
+async def test_an_exception_in_a_sender_ends_the_run_with_it_and_a_run_finished_naming_it(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 201)])
+    settings = make_settings(campaign_id=42, rate=RateSpec(50, 1.0), concurrency=4)
+    deleted = Recorder.deleted
+    calls = 0
+
+    def fail_on_third(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise Boom("recording failed")
+        deleted(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "deleted", fail_on_third)
+
+    with pytest.raises(Boom, match="recording failed"):
+        await asyncio.wait_for(run_purge(settings, str(path)), timeout=10)
+
+    records = read_audit(settings.audit_log)
+    assert records[-1]["event"] == "run_finished"
+    assert (records[-1]["exit_code"], records[-1]["error"]) == (None, "recording failed")
+    # The run stopped at the error: far fewer batches than the 20 of the input were sent.
+    assert sum(r["event"] == "sending" for r in records) <= 3 + settings.concurrency
+
+
+async def test_an_exception_in_a_background_helper_ends_the_run_instead_of_vanishing(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 201)])
+    settings = make_settings(campaign_id=42, rate=RateSpec(20, 1.0))
+
+    async def failing_saver(self: Checkpointer, interval: float) -> None:
+        await asyncio.sleep(0.2)
+        raise Boom("checkpoint failed")
+
+    monkeypatch.setattr(Checkpointer, "every", failing_saver)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+
+    with pytest.raises(Boom, match="checkpoint failed"):
+        await asyncio.wait_for(run_purge(settings, str(path)), timeout=10)
+
+    # 20 batches at 20/s take a second; the failure at 0.2 s ended the run.
+    assert loop.time() - began < 0.9
+    assert read_audit(settings.audit_log)[-1]["error"] == "checkpoint failed"
+
+
+async def test_the_report_is_written_by_its_observer_from_run_finished(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["audience_id", "1", "2", "x", "2"])
+    settings = make_settings(campaign_id=42)
+
+    result = await run_purge(settings, str(path))
+
+    assert settings.report is not None
+    report = orjson.loads(settings.report.read_bytes())
+    finished = read_audit(settings.audit_log)[-1]
+    assert report == {
+        "run_id": result.run_id,
+        **{k: v for k, v in finished.items() if k not in ("ts", "event", "run_id")},
+        "audit_log": str(settings.audit_log),
+        "failed_out": str(settings.failed_out),
+        "state_dir": str(settings.state_dir),
+    }
+    assert report == {**result.summary(), "duration_s": report["duration_s"]}
+    assert (report["deleted"], report["rejected"], report["duplicates"]) == (2, 1, 1)
+
+
+async def test_an_observer_sees_every_audited_event_after_its_record_is_written(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["1", "2", "3", "abc", "3"])
+    settings = make_settings(campaign_id=42, batch_size=2)
+    seen: list[tuple[str, int]] = []
+
+    class Watcher:
+        def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+            # The record is on disk before the observer hears of it.
+            seen.append((event, len(settings.audit_log.read_bytes().splitlines())))
+
+    original = Recorder.__init__
+
+    def with_watcher(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
+        self.subscribe(Watcher())
+
+    monkeypatch.setattr(Recorder, "__init__", with_watcher)
+
+    await run_purge(settings, str(path))
+
+    audited = [(e, n) for e, n in seen if e not in ("accepted", "request", "input_read")]
+    records = read_audit(settings.audit_log)
+    assert [e for e, _ in audited] == [r["event"] for r in records]
+    assert [n for _, n in audited] == list(range(1, len(records) + 1))
+
+
+async def test_the_sandbox_saw_no_request_that_the_audit_does_not_record(
+    make_settings: MakeSettings,
+    tmp_path: Path,
+    sandbox: SandboxHandle,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 101)])
+    settings = make_settings(campaign_id=42, rate=RateSpec(100, 1.0))
+    deleted = Recorder.deleted
+    calls = 0
+
+    def fail_on_second(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 2:
+            raise Boom("recording failed")
+        deleted(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "deleted", fail_on_second)
+
+    with pytest.raises(Boom):
+        await run_purge(settings, str(path))
+
+    sent = {
+        i
+        for r in read_audit(settings.audit_log)
+        if r["event"] == "sending"
+        for i in r["audience_ids"]
+    }
+    received = set(sandbox.state.receipts[42].received_ids())
+    assert received
+    assert received <= sent

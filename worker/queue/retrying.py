@@ -1,0 +1,86 @@
+"""Riding out a Redis that is away: one tenacity policy for every queue call that waits.
+
+Connecting at start, reading entries and writing acknowledgements all retry the same way:
+capped exponential backoff with full jitter between ``redis_backoff_initial`` and
+``redis_backoff_max`` (so a fleet of consumers does not reconnect in lockstep), bounded by
+a number of attempts where giving up is possible. A *permanent* failure (a key of the wrong
+type, a missing permission) is never retried. ``CancelledError`` is never caught.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+import structlog
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_never,
+    wait_random_exponential,
+)
+
+from worker.queue.streams import QueueUnavailable
+from worker.settings import Settings
+
+T = TypeVar("T")
+log = structlog.get_logger("audience_purge.queue")
+
+
+@dataclass(frozen=True, slots=True)
+class RedisBackoff:
+    """How long to wait between attempts while Redis is away."""
+
+    initial: float
+    maximum: float
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> RedisBackoff:
+        return cls(settings.redis_backoff_initial, settings.redis_backoff_max)
+
+
+def _temporary(exc: BaseException) -> bool:
+    return isinstance(exc, QueueUnavailable) and not exc.permanent
+
+
+async def with_redis_retries(
+    call: Callable[[], Awaitable[T]],
+    backoff: RedisBackoff,
+    *,
+    what: str,
+    attempts: int | None = None,
+    on_retry: Callable[[], None] | None = None,
+) -> T:
+    """``call()`` until it succeeds; ``attempts`` bounds the tries (None: until stopped).
+
+    Raises:
+        QueueUnavailable: a permanent one at once, or the last one when attempts ran out.
+    """
+
+    def before_sleep(state: RetryCallState) -> None:
+        exc = state.outcome.exception() if state.outcome else None
+        wait = state.next_action.sleep if state.next_action else 0.0
+        log.warning(
+            "redis unavailable, retrying",
+            during=what,
+            attempt=state.attempt_number,
+            wait_s=round(wait, 3),
+            error=str(exc),
+        )
+        if on_retry is not None:
+            on_retry()
+
+    retrying = AsyncRetrying(
+        retry=retry_if_exception(_temporary),
+        stop=stop_never if attempts is None else stop_after_attempt(attempts),
+        wait=wait_random_exponential(multiplier=backoff.initial, max=backoff.maximum),
+        before_sleep=before_sleep,
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            return await call()
+    raise AssertionError("unreachable: tenacity either returns or re-raises")

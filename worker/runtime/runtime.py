@@ -1,0 +1,224 @@
+"""The one runtime every command runs inside.
+
+It builds, in this order and in one place: the token source (first, so that a missing
+token is refused before anything is touched), the audit log with its recorder and the
+recorder's observers (failed-out file, report), the ``run_started`` record, the HTTP
+session and rate gate and the dispatcher built on them, the signal handlers, and the
+closing ``run_finished`` record with the exit code. Resources live in one
+``AsyncExitStack``; the tasks of a run live in one ``asyncio.TaskGroup`` (:meth:`supervise`):
+the work itself and its background helpers (checkpoints, progress), so an exception in
+any of them ends the run instead of vanishing.
+
+A command is: build a :class:`Runtime`, prepare what is its own (input, state, queue),
+enter :meth:`Runtime.recording`, write :meth:`Runtime.start`, run its work under
+:meth:`Runtime.supervise`, and :meth:`Runtime.finish`. An exception inside ``recording``
+is recorded as ``run_finished`` with its exit code (see :func:`exit_code_for`), then
+raised for the CLI to report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Coroutine
+from contextlib import AsyncExitStack, asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from pyroaring import BitMap64
+
+from worker import __version__
+from worker.errors import FatalError
+from worker.exit_codes import exit_code_for, finished_code
+from worker.input.batching import Batch
+from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
+from worker.records.recorder import FailedOut, Observer, Recorder
+from worker.records.report import ReportFile, RunResult
+from worker.runtime.signals import Interrupts, signal_handlers
+from worker.sending.client import UnleashXClient, http_session
+from worker.sending.credentials import TokenSource
+from worker.sending.dispatch import Dispatcher
+from worker.sending.ratelimit import RateGate
+from worker.sending.retry import RetryPolicy
+from worker.sending.shared_rate import rate_gate
+from worker.settings import Settings
+
+Work = Coroutine[Any, Any, None]
+
+
+class Runtime:
+    """Settings → audit and recorder → API session, rate gate, dispatcher → supervised work
+    under signal handlers → ``run_finished`` and the exit code."""
+
+    def __init__(self, settings: Settings, command: str, *, needs_token: bool = True) -> None:
+        """Read the token now: without one, nothing (state, outputs) is touched."""
+        self.settings = settings
+        self.command = command
+        self.tokens = (
+            TokenSource(settings.token, None if settings.token else settings.token_file)
+            if needs_token
+            else None
+        )
+        self.run_id = new_run_id()
+        self.audit_path = settings.audit_log or default_audit_path(settings.audit_dir, self.run_id)
+        self._started = time.monotonic()
+        self._stack = AsyncExitStack()
+        self._background: list[Work] = []
+        self._recorder: Recorder | None = None
+        self._under_way = False
+        self._finished = False
+        # What a run that ends in an exception can still say in its run_finished.
+        self.failure_fields: Callable[[], dict[str, Any]] = dict
+
+    @property
+    def recorder(self) -> Recorder:
+        if self._recorder is None:
+            raise RuntimeError("the recorder exists inside Runtime.recording() only")
+        return self._recorder
+
+    def elapsed(self) -> float:
+        return round(time.monotonic() - self._started, 3)
+
+    @asynccontextmanager
+    async def recording(
+        self,
+        *,
+        previous: dict[str, Any] | None = None,
+        failed_pairs: dict[int, BitMap64] | None = None,
+        state_dir: Path | None = None,
+        observers: tuple[Observer, ...] = (),
+    ) -> AsyncIterator[Recorder]:
+        """The audit log and its recorder, with the observers the settings ask for."""
+        settings = self.settings
+        audit = AuditLog(
+            self.audit_path,
+            self.run_id,
+            previous=previous,
+            key=read_key_file(settings.audit_key_file),
+        )
+        async with self._stack:
+            self._stack.callback(audit.close)
+            chosen = list(observers)
+            if settings.failed_out is not None:
+                failed_out = FailedOut(settings.failed_out)
+                self._stack.callback(failed_out.close)
+                chosen.append(failed_out)
+            if settings.report is not None:
+                chosen.append(
+                    ReportFile(
+                        settings.report,
+                        run_id=self.run_id,
+                        audit_log=self.audit_path,
+                        failed_out=settings.failed_out,
+                        state_dir=state_dir,
+                    )
+                )
+            self._recorder = Recorder(audit, chosen, failed_pairs)
+            try:
+                yield self._recorder
+            except BaseException as exc:
+                # A run refused before run_started leaves no record, as if never begun.
+                if self._under_way and not self._finished:
+                    self.finish(
+                        exit_code=exit_code_for(exc),
+                        error=str(exc) or type(exc).__name__,
+                        duration_s=self.elapsed(),
+                        **self.failure_fields(),
+                    )
+                raise
+
+    def start(self, **fields: Any) -> None:
+        """Write ``run_started``: the version, the command, the effective settings, and what
+        the command adds (its input, stream, state)."""
+        self.recorder.run_started(
+            version=__version__,
+            command=self.command,
+            settings=self.settings.public(),
+            **fields,
+        )
+        self._under_way = True
+
+    def finish(self, **fields: Any) -> None:
+        """Write ``run_finished``: the last record of the run."""
+        self._finished = True
+        self.recorder.run_finished(**fields)
+
+    def result(self, *, interrupted: bool, fatal: FatalError | None, **extra: Any) -> RunResult:
+        """The result of a run that got under way; its exit code is decided here."""
+        recorder = self.recorder
+        return RunResult(
+            run_id=self.run_id,
+            exit_code=finished_code(
+                fatal=fatal is not None,
+                interrupted=interrupted,
+                failed=recorder.failed_left > 0,
+            ),
+            tally=recorder.tally,
+            duration_s=self.elapsed(),
+            audit_log=self.audit_path,
+            report=self.settings.report,
+            failed_out=self.settings.failed_out,
+            interrupted=interrupted,
+            fatal_reason=fatal.reason if fatal else None,
+            dry_run=self.settings.dry_run,
+            failed_left=recorder.failed_left,
+            **extra,
+        )
+
+    def finish_with(self, result: RunResult) -> RunResult:
+        self.finish(**result.audit_totals())
+        return result
+
+    async def api(self, concurrency: int) -> tuple[UnleashXClient, RateGate]:
+        """The API client (on a pooled session) and the rate gate, for the rest of the run."""
+        if self.tokens is None:
+            raise RuntimeError(f"{self.command} was built without a token")
+        settings = self.settings
+        session = await self._stack.enter_async_context(http_session(settings.timeout, concurrency))
+        gate = await self._stack.enter_async_context(rate_gate(settings))
+        return UnleashXClient(session, settings.base_url, self.tokens), gate
+
+    async def dispatcher(self, *, on_settled: Callable[[Batch], None]) -> Dispatcher:
+        """The dispatcher of the run: concurrent senders recording through the recorder."""
+        client, gate = await self.api(self.settings.concurrency)
+        return Dispatcher(
+            client=client,
+            gate=gate,
+            policy=RetryPolicy.from_settings(self.settings),
+            recorder=self.recorder,
+            concurrency=self.settings.concurrency,
+            on_settled=on_settled,
+        )
+
+    def background(self, helper: Work) -> None:
+        """A helper that runs beside the next supervised work and is cancelled when it ends."""
+        self._background.append(helper)
+
+    async def supervise(self, work: Work, stop: Callable[[], None]) -> bool:
+        """Run ``work`` and the background helpers in one task group, under the signal
+        handlers; True if a signal interrupted it.
+
+        A first signal calls ``stop`` and cancels the work after ``grace``; a second cancels
+        it at once. The cancellation of an interrupted work is its normal end. An exception
+        in the work or a helper cancels the others and is raised as itself.
+        """
+        helpers, self._background = self._background, []
+        interrupts = Interrupts(stop, self.settings.grace)
+        try:
+            with signal_handlers(interrupts):
+                async with asyncio.TaskGroup() as group:
+                    main = group.create_task(work)
+                    interrupts.watch(main)
+                    running = [group.create_task(helper) for helper in helpers]
+                    main.add_done_callback(lambda _: [task.cancel() for task in running])
+        except BaseExceptionGroup as failed:
+            raise _first(failed) from None
+        return interrupts.count > 0
+
+
+def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The first exception of a task group's failure, itself rather than wrapped."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        error = error.exceptions[0]
+    return error
