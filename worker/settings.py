@@ -7,8 +7,6 @@ and the README's option tables all follow from :data:`DECLARATIONS`. An unknown 
 type or an out-of-range value raises :class:`ConfigError` naming the key.
 """
 
-# ruff: noqa: RUF009  (setting() returns a dataclasses.field, which ruff cannot tell)
-
 from __future__ import annotations
 
 import ipaddress
