@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-PACKAGE = Path(__file__).resolve().parent.parent / "worker"
+PACKAGE = Path(__file__).resolve().parents[2] / "worker"
 RECORDER = PACKAGE / "records" / "recorder.py"
 AUDIT = PACKAGE / "records" / "audit.py"
 RUNTIME = PACKAGE / "runtime" / "runtime.py"
