@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from conftest import assert_nothing_accepted_during_a_pause, read_audit, record_refusals
-from test_queue import (
+from queue_helpers import (
     DEAD,
     closed_port,
     consume_args,
