@@ -10,8 +10,6 @@ import asyncio
 import sys
 from typing import TextIO
 
-import structlog
-
 from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
 from worker.runtime.runtime import Runtime
@@ -19,8 +17,6 @@ from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
-
-log = structlog.get_logger("audience_purge.delete_all")
 
 
 def delete_all_command(settings: Settings, campaign_id: str, confirm: str | None) -> int:

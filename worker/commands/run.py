@@ -15,8 +15,6 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, TextIO
 
-import structlog
-
 from worker.errors import StateError, UsageError
 from worker.input.batching import Batch
 from worker.input.planning import Plan, plan_batches
@@ -27,8 +25,6 @@ from worker.runtime.runtime import Runtime
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
 from worker.state.resume import Checkpointer, make_plan, open_state, previous_link
-
-log = structlog.get_logger("audience_purge.pipeline")
 
 
 def run_command(settings: Settings, input_path: str) -> int:
