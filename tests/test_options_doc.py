@@ -1,5 +1,5 @@
 """The documentation of the settings follows their declarations: README.md's option tables
-and config.example.toml say exactly what worker/settings.py declares."""
+and config.example.toml say exactly what worker/settings/catalogue.py declares."""
 
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ import structlog
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-from worker.records.recorder import Tally
+from worker.records.tally import Tally
 
 log = structlog.get_logger("audience_purge.progress")
 

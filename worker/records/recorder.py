@@ -7,18 +7,14 @@ progress display reads it. The failed-out CSV and the JSON report are observers 
 so will be anything new that wants to see outcomes (metrics, per-row result files): it
 subscribes here instead of being called from the pipeline.
 
-No other module writes to the audit log or changes a tally (``tests/test_single_writer.py``
-holds the package to it).
+No other module writes to the audit log or changes a tally
+(``tests/records/test_single_writer.py`` holds the package to it).
 """
 
 from __future__ import annotations
 
-import csv
-from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import IO, Any, Protocol
+from typing import Any, Protocol
 
 from pyroaring import BitMap64
 
@@ -26,6 +22,7 @@ from worker.errors import ApiError
 from worker.input.batching import Batch
 from worker.input.validate import Rejected, Row
 from worker.records.audit import AuditLog
+from worker.records.tally import Tally
 from worker.sending.classify import Verdict
 from worker.state.checkpoint import count
 
@@ -33,95 +30,12 @@ from worker.state.checkpoint import count
 class Observer(Protocol):
     """Told of every event after its audit record (if it has one) was written.
 
-    ``fields`` is the record as written, without the chain fields; events that are not
-    audited (``accepted``, ``already_done``, ``other_shard``, ``admitted``, ``request``,
-    ``input_read``) carry what counting them needs.
+    ``fields`` are the record's own fields (not ``ts``, ``event``, ``run_id`` or the chain
+    fields); events that are not audited (``accepted``, ``already_done``, ``other_shard``,
+    ``admitted``, ``request``, ``input_read``) carry what counting them needs.
     """
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None: ...
-
-
-def _ids(fields: Mapping[str, Any]) -> int:
-    return len(fields.get("audience_ids", ()))
-
-
-@dataclass(slots=True)
-class Tally:
-    """Running totals for progress, the summary and ``run_finished``."""
-
-    rows: int = 0
-    rejected: int = 0
-    duplicates: int = 0
-    valid: int = 0
-    deleted: int = 0
-    failed: int = 0
-    requests: int = 0
-    unconfirmed: int = 0
-    already_done: int = 0
-    other_shard: int = 0
-    dead_lettered: int = 0
-    enqueued: int = 0
-    input_read: bool = False
-    retries: int = 0
-    deleted_by_campaign: Counter[int] = field(default_factory=Counter)
-    failed_by_campaign: Counter[int] = field(default_factory=Counter)
-    failure_reasons: Counter[str] = field(default_factory=Counter)
-
-    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if event in ("accepted", "rejected", "duplicate", "already_done"):
-            self.rows += 1
-        match event:
-            case "accepted":
-                self.valid += 1
-            case "admitted":
-                self.valid += _ids(fields)
-            case "rejected":
-                self.rejected += 1
-            case "duplicate":
-                self.duplicates += 1
-            case "already_done":
-                self.already_done += 1
-            case "other_shard":
-                self.other_shard += 1
-            case "input_read":
-                self.input_read = True
-            case "request":
-                self.requests += 1
-                self.retries += int(fields["retry"])
-            case "unconfirmed":
-                self.unconfirmed += _ids(fields)
-            case "deleted":
-                self.deleted += _ids(fields)
-                self.deleted_by_campaign[fields["campaign_id"]] += _ids(fields)
-            case "failed":
-                self.failed += _ids(fields)
-                self.failed_by_campaign[fields["campaign_id"]] += _ids(fields)
-                self.failure_reasons[fields["reason"]] += _ids(fields)
-            case "dead_lettered":
-                self.dead_lettered += 1
-            case "enqueued":
-                self.enqueued += 1
-
-
-class FailedOut:
-    """Observer: the failed ids as a CSV that ``run --input`` accepts as is."""
-
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._file: IO[str] = path.open("w", newline="", encoding="utf-8")
-        self._csv = csv.writer(self._file)
-        self._csv.writerow(("campaign_id", "audience_id"))
-        self._file.flush()
-
-    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if event == "failed" and fields.get("audience_ids"):
-            campaign = fields["campaign_id"]
-            self._csv.writerows((campaign, i) for i in fields["audience_ids"])
-            self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 class Recorder:

@@ -11,7 +11,7 @@ from typing import Any, TextIO
 import orjson
 
 from worker.exit_codes import ExitCode
-from worker.records.recorder import Tally
+from worker.records.tally import Tally
 
 
 @dataclass(frozen=True, slots=True)

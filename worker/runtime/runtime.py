@@ -32,7 +32,8 @@ from worker.errors import FatalError
 from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
-from worker.records.recorder import FailedOut, Observer, Recorder
+from worker.records.failed_out import FailedOut
+from worker.records.recorder import Observer, Recorder
 from worker.records.report import ReportFile, RunResult
 from worker.runtime.signals import Interrupts, signal_handlers
 from worker.sending.client import UnleashXClient, http_session

@@ -1,0 +1,70 @@
+"""The tally: running totals of a run, kept as the recorder's first observer."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+def _ids(fields: Mapping[str, Any]) -> int:
+    return len(fields.get("audience_ids", ()))
+
+
+@dataclass(slots=True)
+class Tally:
+    """Running totals for progress, the summary and ``run_finished``."""
+
+    rows: int = 0
+    rejected: int = 0
+    duplicates: int = 0
+    valid: int = 0
+    deleted: int = 0
+    failed: int = 0
+    requests: int = 0
+    unconfirmed: int = 0
+    already_done: int = 0
+    other_shard: int = 0
+    dead_lettered: int = 0
+    enqueued: int = 0
+    input_read: bool = False
+    retries: int = 0
+    deleted_by_campaign: Counter[int] = field(default_factory=Counter)
+    failed_by_campaign: Counter[int] = field(default_factory=Counter)
+    failure_reasons: Counter[str] = field(default_factory=Counter)
+
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        if event in ("accepted", "rejected", "duplicate", "already_done"):
+            self.rows += 1
+        match event:
+            case "accepted":
+                self.valid += 1
+            case "admitted":
+                self.valid += _ids(fields)
+            case "rejected":
+                self.rejected += 1
+            case "duplicate":
+                self.duplicates += 1
+            case "already_done":
+                self.already_done += 1
+            case "other_shard":
+                self.other_shard += 1
+            case "input_read":
+                self.input_read = True
+            case "request":
+                self.requests += 1
+                self.retries += int(fields["retry"])
+            case "unconfirmed":
+                self.unconfirmed += _ids(fields)
+            case "deleted":
+                self.deleted += _ids(fields)
+                self.deleted_by_campaign[fields["campaign_id"]] += _ids(fields)
+            case "failed":
+                self.failed += _ids(fields)
+                self.failed_by_campaign[fields["campaign_id"]] += _ids(fields)
+                self.failure_reasons[fields["reason"]] += _ids(fields)
+            case "dead_lettered":
+                self.dead_lettered += 1
+            case "enqueued":
+                self.enqueued += 1
