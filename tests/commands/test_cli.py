@@ -418,7 +418,7 @@ SURFACE = {
     CONSUME: "--config --base-url --token-file --rate --concurrency --batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
     "--redis-backoff-max --stream --group --consumer --dead-stream --until-empty "
-    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --dry-run --log-level",
+    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --log-level",
     DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
     "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level",
 }

@@ -41,6 +41,7 @@ from queue_helpers import (
 
 from worker.commands.consume import run_consumer
 from worker.commands.enqueue import run_enqueue
+from worker.errors import UsageError
 from worker.queue.streams import MAX_IDS, MAX_REF, Entry, Malformed, parse_entry
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
@@ -952,3 +953,30 @@ async def test_a_refused_token_leaves_the_entries_pending_not_dead_lettered(
     assert refused
     assert set(refused) <= set(entries)
     assert sandbox.state.campaigns[42].deleted_count == 0
+
+
+async def test_consume_refuses_a_dry_run_before_reading_anything(
+    sandbox: SandboxHandle, make_settings: MakeSettings, redis_url: str, rdb: Any
+) -> None:
+    await produce(rdb, tens(1, 20))
+    settings = queue_settings(make_settings, redis_url, dry_run=True)
+
+    with pytest.raises(UsageError, match="consume has no dry run"):
+        await consume_here(settings)
+
+    assert await rdb.xinfo_groups(STREAM) == []  # not even a group was created
+    assert sandbox.state.requests_total == 0
+    assert settings.audit_log is not None
+    assert not settings.audit_log.exists()
+
+
+async def test_enqueue_refuses_a_dry_run_before_writing_an_entry(
+    make_settings: MakeSettings, redis_url: str, rdb: Any, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["1", "2", "3"])
+    settings = make_settings(redis_url=redis_url, stream=STREAM, campaign_id=42, dry_run=True)
+
+    with pytest.raises(UsageError, match="enqueue has no dry run"):
+        await run_enqueue(settings, str(path))
+
+    assert await rdb.exists(STREAM) == 0

@@ -32,7 +32,7 @@ def consume_command(settings: Settings) -> int:
 
 async def run_consumer(settings: Settings) -> RunResult:
     """Consume the stream until it is empty (``until_empty``) or a signal stops it."""
-    runtime = Runtime(settings, "consume")
+    runtime = Runtime(settings, "consume", plans=False)
     async with open_queue(settings) as queue:
         await queue.ensure_group()
         async with runtime.recording() as recorder:

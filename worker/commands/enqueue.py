@@ -30,7 +30,7 @@ def enqueue_command(settings: Settings, input_path: str) -> int:
 
 async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> int:
     """Validate an input like ``run`` and append one stream entry per batch."""
-    runtime = Runtime(settings, "enqueue", needs_token=False)
+    runtime = Runtime(settings, "enqueue", needs_token=False, plans=False)
     source = await open_input(input_path)
     try:
         async with open_queue(settings) as queue, runtime.recording() as recorder:

@@ -28,7 +28,7 @@ from typing import Any
 from pyroaring import BitMap64
 
 from worker import __version__
-from worker.errors import FatalError
+from worker.errors import FatalError, UsageError
 from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
@@ -51,8 +51,25 @@ class Runtime:
     """Settings → audit and recorder → API session, rate gate, dispatcher → supervised work
     under signal handlers → ``run_finished`` and the exit code."""
 
-    def __init__(self, settings: Settings, command: str, *, needs_token: bool = True) -> None:
-        """Read the token now: without one, nothing (state, outputs) is touched."""
+    def __init__(
+        self,
+        settings: Settings,
+        command: str,
+        *,
+        needs_token: bool = True,
+        plans: bool = True,
+    ) -> None:
+        """Read the token now: without one, nothing (state, outputs) is touched.
+
+        Raises:
+            UsageError: ``dry_run`` for a command that cannot plan (``plans=False``): it
+                would act for real, so it is refused before anything is read.
+        """
+        if settings.dry_run and not plans:
+            raise UsageError(
+                f"{command} has no dry run: it would act for real. Use run --dry-run to see "
+                "what an input would send"
+            )
         self.settings = settings
         self.command = command
         self.tokens = (

@@ -279,9 +279,10 @@ class Settings:
     dry_run: bool = setting(
         False,
         boolean,
-        "validate and show what would be sent; send nothing; no token needed",
+        "validate and show what would be sent; send nothing; no token needed "
+        "(consume and enqueue refuse it)",
         flag="--dry-run",
-        commands=_API,
+        commands=(RUN, DELETE_ALL),
     )
     progress: str = setting(
         "auto",
