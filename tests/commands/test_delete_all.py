@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,7 @@ from conftest import read_audit
 from worker import cli
 from worker.commands.delete_all import check_confirmation, delete_all
 from worker.errors import UsageError
+from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
@@ -167,3 +170,48 @@ async def test_delete_all_dry_run_sends_nothing(
     assert sandbox.state.campaigns[42].deleted_count == 0
     assert "nothing was sent" in out.getvalue()
     assert "'delete_all': True" in out.getvalue()
+
+
+def signal_self_after(seconds: float) -> None:
+    """SIGTERM to this process, as Kubernetes sends it; the run's handlers take it."""
+    asyncio.get_running_loop().call_later(seconds, os.kill, os.getpid(), signal.SIGTERM)
+
+
+async def test_sigterm_during_the_request_cancels_it_after_the_grace_and_exits_75(
+    sandbox: SandboxHandle, make_settings: MakeSettings
+) -> None:
+    sandbox.state.replace_faults(FaultConfig(latency_ms=3000))
+    settings = make_settings(grace=0.3)
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    signal_self_after(0.2)
+
+    code = await delete_all(settings, 42, out=io.StringIO(), err=io.StringIO())
+
+    assert code == 75
+    assert loop.time() - began < 1.5  # 0.2 s + 0.3 s of grace, not the 3 s answer
+    records = audit_of(settings)
+    assert [r["event"] for r in records] == ["run_started", "failed", "run_finished"]
+    assert (records[1]["reason"], records[1]["retryable"]) == (
+        "cancelled in flight: outcome unknown",
+        True,
+    )
+    assert (records[2]["exit_code"], records[2]["interrupted"]) == (75, True)
+
+
+async def test_sigterm_between_attempts_starts_no_retry_and_exits_75(
+    sandbox: SandboxHandle, make_settings: MakeSettings
+) -> None:
+    sandbox.state.replace_faults(FaultConfig(error_ratio=1.0, retry_after_on_5xx=True))
+    settings = make_settings(grace=10.0, max_attempts=10)
+    signal_self_after(0.3)  # during the 1 s Retry-After wait
+
+    code = await delete_all(settings, 42, out=io.StringIO(), err=io.StringIO())
+
+    assert code == 75
+    assert sandbox.state.requests_total == 1
+    assert sandbox.state.campaigns[42].deleted_count == 0
+    records = audit_of(settings)
+    assert records[1]["event"] == "failed"
+    assert records[1]["reason"] == "stopped before a retry could be sent"
+    assert records[-1]["interrupted"] is True

@@ -980,3 +980,29 @@ async def test_enqueue_refuses_a_dry_run_before_writing_an_entry(
         await run_enqueue(settings, str(path))
 
     assert await rdb.exists(STREAM) == 0
+
+
+async def test_sigterm_during_enqueue_writes_what_was_read_and_exits_75(
+    make_settings: MakeSettings, redis_url: str, rdb: Any, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 500_001)])
+    settings = make_settings(
+        redis_url=redis_url, stream=STREAM, campaign_id=42, audit_log=tmp_path / "enqueue.jsonl"
+    )
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+
+    code = await run_enqueue(settings, str(path), out=io.StringIO())
+
+    assert code == 75
+    records = read_audit(tmp_path / "enqueue.jsonl")
+    enqueued = [r["entry_id"] for r in of(records, "enqueued")]
+    assert 0 < len(enqueued) < 50_000  # stopped part of the way
+    assert [entry_id for entry_id, _ in await rdb.xrange(STREAM)] == enqueued
+    finished = records[-1]
+    assert (finished["event"], finished["exit_code"], finished["interrupted"]) == (
+        "run_finished",
+        75,
+        True,
+    )
+    assert finished["entries"] == len(enqueued)

@@ -10,12 +10,13 @@ import asyncio
 import sys
 from typing import TextIO
 
-from worker.errors import ApiError, Kind, UsageError
+from worker.errors import ApiError, Kind, RetryableError, UsageError
 from worker.exit_codes import ExitCode
+from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
-from worker.sending.retry import RetryPolicy, with_retries
+from worker.sending.retry import Abandoned, RetryPolicy, with_retries
 from worker.settings import Settings
 
 
@@ -56,44 +57,79 @@ async def delete_all(
     async with runtime.recording() as recorder:
         runtime.start(campaign_id=campaign_id)
         client, gate = await runtime.api(concurrency=1)
-        attempts, last, error = await _send(client, gate, settings, campaign_id)
-        verdict = last.verdict if last else None
-        request = {"attempts": attempts, "latency_ms": last.latency_ms if last else None}
-        if error is None:
-            recorder.deleted_all(campaign_id, verdict, **request)
-            message = verdict.message if verdict else ""
-            print(f"campaign {campaign_id}: all audience deleted ({message})", file=out)
-            code = ExitCode.OK
-        else:
-            recorder.delete_all_failed(campaign_id, verdict, error, **request)
-            said = verdict.message if verdict and verdict.message else error.reason
-            print(f"delete-all refused for campaign {campaign_id}: {said}", file=err)
-            code = ExitCode.FATAL if error.kind.stops_run else ExitCode.FAILED
-        runtime.finish(exit_code=code, requests=attempts, duration_s=runtime.elapsed())
+        request = _Request(client, gate, RetryPolicy.from_settings(settings), campaign_id)
+        interrupted = await runtime.supervise(request.send(), request.stop)
+        code = _outcome(request, recorder, interrupted=interrupted, out=out, err=err)
+        runtime.finish(
+            exit_code=code,
+            interrupted=interrupted,
+            requests=request.attempts,
+            duration_s=runtime.elapsed(),
+        )
     print(f"audit log: {runtime.audit_path}", file=out)
     return code
 
 
-async def _send(
-    client: UnleashXClient, gate: RateGate, settings: Settings, campaign_id: int
-) -> tuple[int, Reply | None, ApiError | None]:
-    """(attempts, the last reply, the error that ended it or None on success)."""
-    last: Reply | None = None
-    attempts = 0
-
-    async def attempt(number: int) -> Reply:
-        nonlocal last, attempts
-        await gate.acquire()
-        attempts = number
-        last = await client.delete_all(campaign_id)
-        if last.verdict.kind is not Kind.DELETED:
-            raise last.verdict.error()
-        return last
-
-    try:
-        await with_retries(
-            attempt, RetryPolicy.from_settings(settings), gate, context={"campaign_id": campaign_id}
+def _outcome(
+    request: _Request, recorder: Recorder, *, interrupted: bool, out: TextIO, err: TextIO
+) -> ExitCode:
+    """Record the request's end and say it; the exit code."""
+    campaign_id = request.campaign_id
+    last = request.last
+    verdict = last.verdict if last else None
+    fields = {"attempts": request.attempts, "latency_ms": last.latency_ms if last else None}
+    if request.answered and request.error is None:
+        recorder.deleted_all(campaign_id, verdict, **fields)
+        print(
+            f"campaign {campaign_id}: all audience deleted ({verdict.message if verdict else ''})",
+            file=out,
         )
-    except ApiError as exc:
-        return attempts, last, exc
-    return attempts, last, None
+        return ExitCode.OK
+    error = request.error or RetryableError("cancelled in flight: outcome unknown")
+    recorder.delete_all_failed(campaign_id, verdict, error, **fields)
+    said = verdict.message if verdict and verdict.message else error.reason
+    print(f"delete-all refused for campaign {campaign_id}: {said}", file=err)
+    if error.kind.stops_run:
+        return ExitCode.FATAL
+    return ExitCode.INTERRUPTED if interrupted else ExitCode.FAILED
+
+
+class _Request:
+    """The one delete_all request, with its retries; ``stop`` lets no new attempt start."""
+
+    def __init__(
+        self, client: UnleashXClient, gate: RateGate, policy: RetryPolicy, campaign_id: int
+    ) -> None:
+        self._client = client
+        self._gate = gate
+        self._policy = policy
+        self.campaign_id = campaign_id
+        self.attempts = 0
+        self.last: Reply | None = None
+        self.error: ApiError | None = None
+        self.answered = False
+        self._stopping = False
+
+    def stop(self) -> None:
+        self._stopping = True
+
+    async def send(self) -> None:
+        context: dict[str, object] = {"campaign_id": self.campaign_id}
+        try:
+            await with_retries(self._attempt, self._policy, self._gate, context=context)
+        except ApiError as exc:
+            self.error = exc
+        except Abandoned:
+            self.error = RetryableError("stopped before a retry could be sent")
+            return
+        self.answered = True
+
+    async def _attempt(self, number: int) -> Reply:
+        if self._stopping:
+            raise Abandoned
+        await self._gate.acquire()
+        self.attempts = number
+        self.last = await self._client.delete_all(self.campaign_id)
+        if self.last.verdict.kind is not Kind.DELETED:
+            raise self.last.verdict.error()
+        return self.last

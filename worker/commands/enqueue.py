@@ -10,6 +10,7 @@ import asyncio
 import sys
 from typing import TextIO
 
+from worker.exit_codes import ExitCode
 from worker.input.batching import Batch, Batcher, Deduper
 from worker.input.planning import Plan, plan_batches
 from worker.input.sources import ByteSource, InputDigest, open_input
@@ -29,16 +30,23 @@ def enqueue_command(settings: Settings, input_path: str) -> int:
 
 
 async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> int:
-    """Validate an input like ``run`` and append one stream entry per batch."""
+    """Validate an input like ``run`` and append one stream entry per batch.
+
+    A signal stops the reading; the batches already read are written, and the exit code is
+    75 (re-running enqueues the whole input again).
+    """
     runtime = Runtime(settings, "enqueue", needs_token=False, plans=False)
     source = await open_input(input_path)
     try:
         async with open_queue(settings) as queue, runtime.recording() as recorder:
             runtime.start(input=source.name, stream=queue.stream)
-            await _enqueue_all(settings, queue, source, recorder)
+            writer = _EntryWriter(settings, queue, recorder)
+            interrupted = await runtime.supervise(writer.write_all(source), writer.stop)
+            code = ExitCode.INTERRUPTED if interrupted else ExitCode.OK
             t = recorder.tally
             runtime.finish(
-                exit_code=0,
+                exit_code=code,
+                interrupted=interrupted,
                 rows=t.rows,
                 valid=t.valid,
                 rejected=t.rejected,
@@ -48,30 +56,47 @@ async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.
     finally:
         source.close()
     print(
-        f"enqueued {t.valid} ids in {t.enqueued} entries on {queue.stream} "
-        f"({t.rejected} rejected rows, {t.duplicates} duplicates); audit log {runtime.audit_path}",
+        f"{'interrupted: ' if interrupted else ''}enqueued {t.valid} ids in {t.enqueued} entries "
+        f"on {queue.stream} ({t.rejected} rejected rows, {t.duplicates} duplicates); "
+        f"audit log {runtime.audit_path}",
         file=out,
     )
-    return 0
+    return code
 
 
-async def _enqueue_all(
-    settings: Settings, queue: StreamQueue, source: ByteSource, recorder: Recorder
-) -> None:
-    plan = Plan(Ledger(0), Batcher(settings.batch_size), Deduper())
-    pending: list[Batch] = []
+class _EntryWriter:
+    """Appends the input's batches to the stream, ``ENTRIES_PER_WRITE`` per round trip."""
 
-    async def flush() -> None:
-        ids = await queue.add(
-            [encode(b.campaign_id, b.audience_ids, settings.ref) for b in pending]
+    def __init__(self, settings: Settings, queue: StreamQueue, recorder: Recorder) -> None:
+        self._settings = settings
+        self._queue = queue
+        self._recorder = recorder
+        self._pending: list[Batch] = []
+        self._stopping = False
+
+    def stop(self) -> None:
+        """Read no further; what was read is still written."""
+        self._stopping = True
+
+    async def write_all(self, source: ByteSource) -> None:
+        settings = self._settings
+        plan = Plan(Ledger(0), Batcher(settings.batch_size), Deduper())
+        batches = plan_batches(plan, source, InputDigest(), self._recorder, settings)
+        async for batch in batches:
+            self._pending.append(batch)
+            if len(self._pending) >= ENTRIES_PER_WRITE:
+                await self._flush()
+            if self._stopping:
+                break
+        await batches.aclose()
+        if self._pending:
+            await self._flush()
+
+    async def _flush(self) -> None:
+        ref = self._settings.ref
+        ids = await self._queue.add(
+            [encode(b.campaign_id, b.audience_ids, ref) for b in self._pending]
         )
-        for entry_id, batch in zip(ids, pending, strict=True):
-            recorder.enqueued(entry_id, batch, settings.ref)
-        pending.clear()
-
-    async for batch in plan_batches(plan, source, InputDigest(), recorder, settings):
-        pending.append(batch)
-        if len(pending) >= ENTRIES_PER_WRITE:
-            await flush()
-    if pending:
-        await flush()
+        for entry_id, batch in zip(ids, self._pending, strict=True):
+            self._recorder.enqueued(entry_id, batch, ref)
+        self._pending.clear()

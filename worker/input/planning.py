@@ -7,7 +7,7 @@ counted and skipped, and de-duplication starts from every pair met before the wa
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
 from worker.input.batching import Batch, Batcher, Deduper, shard_of
@@ -55,7 +55,7 @@ async def plan_batches(
     digest: InputDigest,
     recorder: Recorder,
     settings: Settings,
-) -> AsyncIterator[Batch]:
+) -> AsyncGenerator[Batch, None]:
     """Yield batches to send; every row that is not sent is recorded here."""
     if plan.resume is not None:
         await start_resume(source, digest, plan.resume)  # before any retry is sent

@@ -23,7 +23,7 @@ from worker.input.batching import Batch
 from worker.records.recorder import Recorder
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
-from worker.sending.retry import RetryPolicy, with_retries
+from worker.sending.retry import Abandoned, RetryPolicy, with_retries
 
 log = structlog.get_logger("audience_purge.dispatch")
 
@@ -129,7 +129,7 @@ class Dispatcher:
         async def attempt(number: int) -> Reply:
             nonlocal attempts, last
             if self.stopping:
-                raise _Abandoned
+                raise Abandoned
             await self._gate.acquire()
             attempts = number
             self._recorder.request_made(retry=number > 1)
@@ -151,7 +151,7 @@ class Dispatcher:
             # A batch refused by a fatal answer (a bad token) stays pending: the next run,
             # or another consumer, sends it again once the cause is fixed.
             return _Outcome.UNSETTLED if exc.kind.stops_run else _Outcome.SETTLED
-        except _Abandoned:
+        except Abandoned:
             if attempts:
                 self._recorder.unconfirmed(batch, "stopped before a retry could settle it")
             return _Outcome.UNSETTLED
@@ -190,10 +190,6 @@ class _Outcome(enum.Enum):
     SETTLED = "settled"  # deleted or failed for good: its outcome is in the audit log
     UNSETTLED = "unsettled"  # to be sent again (stopped, or refused by a fatal answer)
     SPLIT = "split"  # a 413: send it again in halves
-
-
-class _Abandoned(Exception):
-    """A retry that must not start because the run is stopping."""
 
 
 def _reason(exc: ApiError) -> str:

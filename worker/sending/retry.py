@@ -48,6 +48,10 @@ class RetryPolicy:
         )
 
 
+class Abandoned(Exception):
+    """An attempt that must not start because the run is stopping (never retried)."""
+
+
 class _WaitRetryAfterOrBackoff:
     """Honour the server's wait when it sent one; back off with jitter otherwise."""
 
