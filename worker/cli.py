@@ -22,8 +22,8 @@ from typing import Any
 
 from worker import __version__
 from worker.commands.audit import add_audit_parser
-from worker.errors import ConfigError, FatalError, ServiceUnavailable, UsageError
-from worker.exit_codes import ExitCode
+from worker.errors import ConfigError, PurgeError
+from worker.exit_codes import exit_code_for
 from worker.runtime.logs import configure_logging
 from worker.settings import (
     CONSUME,
@@ -289,16 +289,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
-        return _fail(f"configuration error: {exc}", ExitCode.USAGE)
-    except UsageError as exc:
-        return _fail(str(exc), ExitCode.USAGE)
-    except FatalError as exc:
-        return _fail(str(exc), ExitCode.FATAL)
-    except ServiceUnavailable as exc:
-        return _fail(str(exc), ExitCode.UNAVAILABLE)
-    except KeyboardInterrupt:
-        return _fail("interrupted", ExitCode.INTERRUPTED)
+    except (PurgeError, KeyboardInterrupt) as exc:
+        code = exit_code_for(exc)
+        if code is None:
+            raise
+        prefix = "configuration error: " if isinstance(exc, ConfigError) else ""
+        return _fail(prefix + (str(exc) or "interrupted"), code)
 
 
 def _fail(message: str, code: int) -> int:

@@ -191,10 +191,11 @@ async def test_sigterm_during_the_request_cancels_it_after_the_grace_and_exits_7
     assert code == 75
     assert loop.time() - began < 1.5  # 0.2 s + 0.3 s of grace, not the 3 s answer
     records = audit_of(settings)
-    assert [r["event"] for r in records] == ["run_started", "failed", "run_finished"]
-    assert (records[1]["reason"], records[1]["retryable"]) == (
+    assert [r["event"] for r in records] == ["run_started", "unconfirmed", "run_finished"]
+    assert (records[1]["campaign_id"], records[1]["reason"], records[1]["attempts"]) == (
+        42,
         "cancelled in flight: outcome unknown",
-        True,
+        1,
     )
     assert (records[2]["exit_code"], records[2]["interrupted"]) == (75, True)
 
@@ -212,6 +213,6 @@ async def test_sigterm_between_attempts_starts_no_retry_and_exits_75(
     assert sandbox.state.requests_total == 1
     assert sandbox.state.campaigns[42].deleted_count == 0
     records = audit_of(settings)
-    assert records[1]["event"] == "failed"
-    assert records[1]["reason"] == "stopped before a retry could be sent"
+    assert [r["event"] for r in records] == ["run_started", "unconfirmed", "run_finished"]
+    assert records[1]["reason"] == "stopped before a retry could settle it"
     assert records[-1]["interrupted"] is True

@@ -11,6 +11,7 @@ import asyncio
 import io
 import math
 import os
+import random
 import shutil
 import signal
 import subprocess
@@ -42,7 +43,16 @@ from queue_helpers import (
 from worker.commands.consume import run_consumer
 from worker.commands.enqueue import run_enqueue
 from worker.errors import UsageError
-from worker.queue.streams import MAX_IDS, MAX_REF, Entry, Malformed, parse_entry
+from worker.queue.streams import (
+    MAX_IDS,
+    MAX_REF,
+    Entry,
+    Malformed,
+    StreamQueue,
+    open_redis,
+    parse_entry,
+)
+from worker.records.recorder import Recorder
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.credentials import Secret
@@ -1006,3 +1016,48 @@ async def test_sigterm_during_enqueue_writes_what_was_read_and_exits_75(
         True,
     )
     assert finished["entries"] == len(enqueued)
+
+
+async def test_an_error_while_acknowledging_ends_the_consumer_instead_of_vanishing(
+    sandbox: SandboxHandle,
+    make_settings: MakeSettings,
+    redis_url: str,
+    rdb: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    await produce(rdb, tens(1, 50))
+    settings = queue_settings(make_settings, redis_url)
+
+    def broken(self: Recorder, entry_id: str, dead_lettered_ids: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Recorder, "acknowledged", broken)
+
+    with pytest.raises(OSError, match="No space left on device"):
+        await consume_here(settings)
+
+    finished = read_audit(settings.audit_log)[-1]
+    assert finished["event"] == "run_finished"
+    assert "No space left on device" in finished["error"]
+
+
+async def test_a_cancelled_read_ends_cancelled_whatever_redis_py_does(redis_url: str) -> None:
+    # redis-py 8 loses about one cancel in twenty that lands as a short blocking read
+    # returns: it retries the command, or reports a closed connection instead.
+    queue = StreamQueue(open_redis(redis_url), STREAM, GROUP, "c1", DEAD, 5, 600_000)
+    await queue.ensure_group()
+    rng = random.Random(7)
+
+    async def read_forever() -> None:
+        while True:
+            await queue.read(4, 5)
+
+    try:
+        for _ in range(300):
+            task = asyncio.create_task(read_forever())
+            await asyncio.sleep(rng.uniform(0, 0.02))
+            task.cancel()
+            await asyncio.wait({task}, timeout=2)
+            assert task.cancelled(), task
+    finally:
+        await queue.close()

@@ -4,6 +4,9 @@ recorder tells. Against the sandbox on loopback."""
 from __future__ import annotations
 
 import asyncio
+import io
+import os
+import signal
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -12,8 +15,11 @@ import orjson
 import pytest
 from conftest import read_audit, write_csv
 
+from worker.commands.delete_all import delete_all
 from worker.commands.run import run_purge
 from worker.records.recorder import Recorder
+from worker.records.report import ReportFile
+from worker.runtime.runtime import Runtime
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
@@ -157,3 +163,75 @@ async def test_the_sandbox_saw_no_request_that_the_audit_does_not_record(
     received = set(sandbox.state.receipts[42].received_ids())
     assert received
     assert received <= sent
+
+
+async def test_a_shared_config_never_lets_delete_all_touch_the_outputs_of_run(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    # make_settings sets report and failed_out, as a config file shared with run would.
+    settings = make_settings()
+    assert settings.report is not None
+    assert settings.failed_out is not None
+    settings.report.write_text("run's report\n")
+    settings.failed_out.write_text("campaign_id,audience_id\n42,7\n")
+
+    code = await delete_all(settings, 42, out=io.StringIO(), err=io.StringIO())
+
+    assert code == 0
+    assert settings.report.read_text() == "run's report\n"
+    assert settings.failed_out.read_text() == "campaign_id,audience_id\n42,7\n"
+
+
+async def test_the_report_is_written_after_the_last_checkpoint(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["1", "2", "3"])
+    settings = make_settings(campaign_id=42)
+    order: list[str] = []
+    final = Checkpointer.final
+    write = ReportFile.write
+
+    def final_noted(self: Checkpointer, *, stopped: bool) -> None:
+        final(self, stopped=stopped)
+        order.append("checkpoint")
+
+    def write_noted(self: ReportFile) -> None:
+        write(self)
+        order.append("report")
+
+    monkeypatch.setattr(Checkpointer, "final", final_noted)
+    monkeypatch.setattr(ReportFile, "write", write_noted)
+
+    await run_purge(settings, str(path))
+
+    assert order == ["checkpoint", "report"]
+
+
+async def test_a_signal_after_the_work_ended_does_not_mark_the_run_interrupted() -> None:
+    runtime = Runtime(Settings(), "run", needs_token=False)
+
+    async def helper_slow_to_stop() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.3)  # a last checkpoint, say
+            raise
+
+    async def work() -> None:
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.1, os.kill, os.getpid(), signal.SIGTERM)
+
+    runtime.background(helper_slow_to_stop())
+
+    assert await runtime.supervise(work(), lambda: None) is False
+
+
+async def test_a_signal_during_the_work_stops_it_and_marks_the_run_interrupted() -> None:
+    runtime = Runtime(Settings(grace=5.0), "run", needs_token=False)
+    stopped = asyncio.Event()
+
+    async def work() -> None:
+        asyncio.get_running_loop().call_later(0.05, os.kill, os.getpid(), signal.SIGTERM)
+        await stopped.wait()
+
+    assert await asyncio.wait_for(runtime.supervise(work(), stopped.set), timeout=2) is True

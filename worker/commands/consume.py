@@ -11,16 +11,12 @@ from __future__ import annotations
 import asyncio
 import sys
 
-import structlog
-
 from worker.queue.acks import Acks
 from worker.queue.intake import Intake, open_queue
 from worker.queue.retrying import RedisBackoff
 from worker.records.report import RunResult, print_summary
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
-
-log = structlog.get_logger("audience_purge.consumer")
 
 
 def consume_command(settings: Settings) -> int:
@@ -37,23 +33,16 @@ async def run_consumer(settings: Settings) -> RunResult:
         await queue.ensure_group()
         async with runtime.recording() as recorder:
             runtime.start(stream=queue.stream, group=queue.group, consumer=queue.consumer)
-            acks = Acks(queue, recorder, RedisBackoff.from_settings(settings))
+            backoff = RedisBackoff.from_settings(settings)
+            acks = Acks(queue, recorder, backoff)
             dispatcher = await runtime.dispatcher(on_settled=acks.settled)
-            intake = Intake(queue, settings, recorder, acks, lambda: dispatcher.stopping)
-            interrupted = await runtime.supervise(dispatcher.run(intake.batches()), dispatcher.stop)
-            if not await _acknowledged(acks, settings):
-                interrupted = True
+            intake = Intake(queue, settings, recorder, acks, backoff)
+
+            async def consume() -> None:
+                async with acks.running(grace=max(settings.grace, 5.0)):
+                    await dispatcher.run(intake.batches())
+
+            interrupted = await runtime.supervise(consume(), dispatcher.stop)
             return runtime.finish_with(
-                runtime.result(interrupted=interrupted, fatal=dispatcher.fatal)
+                runtime.result(interrupted=interrupted or acks.incomplete, fatal=dispatcher.fatal)
             )
-
-
-async def _acknowledged(acks: Acks, settings: Settings) -> bool:
-    """Wait for the last acknowledgements; False if Redis was too slow to take them: those
-    entries stay pending and are delivered again (their ids are sent again, harmlessly)."""
-    try:
-        await asyncio.wait_for(acks.drain(), timeout=max(settings.grace, 5.0))
-    except TimeoutError:
-        log.warning("acknowledgements still pending at exit")
-        return False
-    return True

@@ -10,7 +10,7 @@ import asyncio
 import sys
 from typing import TextIO
 
-from worker.errors import ApiError, Kind, RetryableError, UsageError
+from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
@@ -78,14 +78,19 @@ def _outcome(
     last = request.last
     verdict = last.verdict if last else None
     fields = {"attempts": request.attempts, "latency_ms": last.latency_ms if last else None}
-    if request.answered and request.error is None:
+    if not request.answered:  # stopped, or cut off in flight: nothing settles it
+        reason = request.cut_off
+        recorder.delete_all_unconfirmed(campaign_id, reason, attempts=request.attempts)
+        print(f"delete-all for campaign {campaign_id} interrupted: {reason}", file=err)
+        return ExitCode.INTERRUPTED
+    error = request.error
+    if error is None:
         recorder.deleted_all(campaign_id, verdict, **fields)
         print(
             f"campaign {campaign_id}: all audience deleted ({verdict.message if verdict else ''})",
             file=out,
         )
         return ExitCode.OK
-    error = request.error or RetryableError("cancelled in flight: outcome unknown")
     recorder.delete_all_failed(campaign_id, verdict, error, **fields)
     said = verdict.message if verdict and verdict.message else error.reason
     print(f"delete-all refused for campaign {campaign_id}: {said}", file=err)
@@ -108,6 +113,8 @@ class _Request:
         self.last: Reply | None = None
         self.error: ApiError | None = None
         self.answered = False
+        # Why it ended without an answer that settles it (the outcome is unknown).
+        self.cut_off = "cancelled in flight: outcome unknown"
         self._stopping = False
 
     def stop(self) -> None:
@@ -120,7 +127,7 @@ class _Request:
         except ApiError as exc:
             self.error = exc
         except Abandoned:
-            self.error = RetryableError("stopped before a retry could be sent")
+            self.cut_off = "stopped before a retry could settle it"
             return
         self.answered = True
 

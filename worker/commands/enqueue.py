@@ -18,6 +18,7 @@ from worker.queue.intake import open_queue
 from worker.queue.streams import StreamQueue, encode
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
+from worker.runtime.stopping import until_stopped
 from worker.settings import Settings
 from worker.state.watermark import Ledger
 
@@ -72,23 +73,23 @@ class _EntryWriter:
         self._queue = queue
         self._recorder = recorder
         self._pending: list[Batch] = []
-        self._stopping = False
+        self._stop = asyncio.Event()
 
     def stop(self) -> None:
-        """Read no further; what was read is still written."""
-        self._stopping = True
+        """Read no further (a read in progress is abandoned); what was read is written."""
+        self._stop.set()
 
     async def write_all(self, source: ByteSource) -> None:
         settings = self._settings
         plan = Plan(Ledger(0), Batcher(settings.batch_size), Deduper())
         batches = plan_batches(plan, source, InputDigest(), self._recorder, settings)
-        async for batch in batches:
-            self._pending.append(batch)
-            if len(self._pending) >= ENTRIES_PER_WRITE:
-                await self._flush()
-            if self._stopping:
-                break
-        await batches.aclose()
+        try:
+            async for batch in until_stopped(batches, self._stop):
+                self._pending.append(batch)
+                if len(self._pending) >= ENTRIES_PER_WRITE:
+                    await self._flush()
+        finally:
+            await batches.aclose()
         if self._pending:
             await self._flush()
 

@@ -7,36 +7,18 @@ without a trace in the audit log or a way back in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import structlog
 
 from worker.input.batching import Batch
-from worker.queue.retrying import RedisBackoff, with_redis_retries
-from worker.queue.streams import Entry, QueueUnavailable, StreamQueue, encode
+from worker.queue.retrying import RedisBackoff, retry_queue
+from worker.queue.streams import Entry, StreamQueue, encode
 from worker.records.recorder import Recorder
 
 log = structlog.get_logger("audience_purge.acks")
-
-
-QUEUE_WRITE_ATTEMPTS = 12
-
-
-async def retry_queue(
-    call: Callable[[], Awaitable[None]], backoff: RedisBackoff, entry_id: str
-) -> bool:
-    """A queue write retried while Redis is away (about a minute); False if it never went
-    through. The entry then stays pending and is delivered again: its ids are sent again,
-    which deletion's idempotence makes harmless."""
-    try:
-        await with_redis_retries(
-            call, backoff, what=f"queue write for entry {entry_id}", attempts=QUEUE_WRITE_ATTEMPTS
-        )
-    except QueueUnavailable as exc:
-        log.warning("queue write failed", entry_id=entry_id, error=str(exc))
-        return False
-    return True
 
 
 @dataclass(slots=True)
@@ -50,6 +32,26 @@ class Acks:
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, list[int]] = field(default_factory=dict)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    incomplete: bool = False  # acknowledgements were still pending when the run ended
+    _group: asyncio.TaskGroup | None = None
+
+    @asynccontextmanager
+    async def running(self, grace: float) -> AsyncIterator[None]:
+        """Acknowledgements are tasks of this block's task group: an error in one ends the
+        run. When the block ends they get ``grace`` seconds; any still waiting for Redis
+        then is cancelled, and its entry stays pending and is delivered again (its ids are
+        sent again, harmlessly)."""
+        async with asyncio.TaskGroup() as group:
+            self._group = group
+            yield
+            if self.tasks:
+                _, late = await asyncio.wait(set(self.tasks), timeout=grace)
+                if late:
+                    log.warning("acknowledgements still pending at exit", entries=len(late))
+                    self.incomplete = True
+                    for task in late:
+                        task.cancel()
+        self._group = None
 
     def expect(self, entry: Entry, parts: int) -> None:
         self.parts[entry.entry_id] = parts
@@ -69,7 +71,14 @@ class Acks:
         self.parts[entry_id] -= 1
         if self.parts[entry_id] == 0:
             del self.parts[entry_id]
-            task = asyncio.create_task(self._finish(self.entries.pop(entry_id)))
+            if self._group is None:
+                raise RuntimeError("acknowledgements run inside Acks.running() only")
+            finish = self._finish(self.entries.pop(entry_id))
+            try:
+                task = self._group.create_task(finish)
+            except RuntimeError:  # the group is ending on an error: the entry stays pending
+                finish.close()
+                return
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
 
@@ -89,7 +98,3 @@ class Acks:
             )
         if done:
             self.recorder.acknowledged(entry.entry_id, dead_lettered_ids=len(lost))
-
-    async def drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)

@@ -10,13 +10,13 @@ all of them are settled.
 from __future__ import annotations
 
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.input.batching import Batch
-from worker.queue.acks import Acks, retry_queue
-from worker.queue.retrying import RedisBackoff, with_redis_retries
+from worker.queue.acks import Acks
+from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
 from worker.queue.streams import (
     Malformed,
     QueueUnavailable,
@@ -76,7 +76,7 @@ async def open_queue(settings: Settings) -> AsyncIterator[StreamQueue]:
 
 
 class Intake:
-    """Turns the stream's entries into batches until drained (``until_empty``) or stopped."""
+    """Turns the stream's entries into batches."""
 
     def __init__(
         self,
@@ -84,18 +84,19 @@ class Intake:
         settings: Settings,
         recorder: Recorder,
         acks: Acks,
-        stopping: Callable[[], bool],
+        backoff: RedisBackoff,
     ) -> None:
         self._queue = queue
         self._settings = settings
         self._recorder = recorder
         self._acks = acks
-        self._stopping = stopping
-        self._backoff = RedisBackoff.from_settings(settings)
+        self._backoff = backoff
 
     async def batches(self) -> AsyncIterator[Batch]:
+        """Batches until the group is drained (``until_empty``), or for ever: the dispatcher
+        abandons the read in progress when the run stops."""
         block_ms = 200 if self._settings.until_empty else 2000
-        while not self._stopping():
+        while True:
             got = await with_redis_retries(
                 lambda: self._queue.read(self._settings.concurrency, block_ms),
                 self._backoff,

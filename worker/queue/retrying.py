@@ -84,3 +84,22 @@ async def with_redis_retries(
         with attempt:
             return await call()
     raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+QUEUE_WRITE_ATTEMPTS = 12
+
+
+async def retry_queue(
+    call: Callable[[], Awaitable[None]], backoff: RedisBackoff, entry_id: str
+) -> bool:
+    """A queue write retried while Redis is away (about a minute); False if it never went
+    through. The entry then stays pending and is delivered again: its ids are sent again,
+    which deletion's idempotence makes harmless."""
+    try:
+        await with_redis_retries(
+            call, backoff, what=f"queue write for entry {entry_id}", attempts=QUEUE_WRITE_ATTEMPTS
+        )
+    except QueueUnavailable as exc:
+        log.warning("queue write failed", entry_id=entry_id, error=str(exc))
+        return False
+    return True

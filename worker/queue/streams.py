@@ -20,6 +20,7 @@ with XAUTOCLAIM once idle longer than ``claim_idle``; an entry delivered more th
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -111,6 +112,20 @@ def encode(campaign_id: int, audience_ids: Sequence[int], ref: str | None) -> di
     return fields
 
 
+def raise_if_cancelled() -> None:
+    """Raise the cancellation that redis-py may have swallowed.
+
+    redis-py 8 can lose a cancellation that arrives during a blocking read: it closes the
+    connection under the read and either reports "Connection closed by server" or retries
+    the command, so the cancelled task reads on (seen: one cancel in about a hundred at a
+    random moment of an XREADGROUP). A call whose task is being cancelled ends cancelled,
+    as soon as redis-py hands control back.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 def open_redis(url: str) -> Any:
     """A client for ``url``; a malformed URL is a ConfigError naming the key."""
     try:
@@ -150,6 +165,7 @@ class StreamQueue:
             if "BUSYGROUP" not in str(exc):
                 raise QueueUnavailable(f"XGROUP CREATE failed: {exc}", permanent=True) from None
         except RedisError as exc:
+            raise_if_cancelled()
             raise QueueUnavailable(f"XGROUP CREATE failed: {type(exc).__name__}") from None
 
     async def add(self, entries: Sequence[Mapping[str, str]]) -> list[str]:
@@ -249,9 +265,12 @@ class StreamQueue:
 
     async def _call(self, what: str, awaitable: Any) -> Any:
         try:
-            return await awaitable
+            result = await awaitable
         except RedisError as exc:
+            raise_if_cancelled()
             raise QueueUnavailable(f"Redis {what} failed: {type(exc).__name__}: {exc}") from None
+        raise_if_cancelled()
+        return result
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -194,6 +194,10 @@ class Recorder:
         """The answer to a ``delete_all`` request (no ids: the whole campaign)."""
         self._record("deleted_all", **_request_fields(campaign_id, verdict, **request))
 
+    def delete_all_unconfirmed(self, campaign_id: int, reason: str, *, attempts: int) -> None:
+        """A delete_all request cut off without an answer: it may or may not have acted."""
+        self._record("unconfirmed", campaign_id=campaign_id, attempts=attempts, reason=reason)
+
     def delete_all_failed(
         self, campaign_id: int, verdict: Verdict | None, error: ApiError, **request: Any
     ) -> None:

@@ -75,7 +75,7 @@ class RunResult:
 
 
 class ReportFile:
-    """Observer: writes the report when the run's ``run_finished`` is recorded."""
+    """Observer: keeps what the run's ``run_finished`` says, for :meth:`write`."""
 
     def __init__(
         self,
@@ -87,6 +87,7 @@ class ReportFile:
         state_dir: Path | None,
     ) -> None:
         self.path = path
+        self._finished: Mapping[str, Any] | None = None
         self._head = {"run_id": run_id}
         self._where = {
             "audit_log": str(audit_log),
@@ -96,7 +97,12 @@ class ReportFile:
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "run_finished":
-            write_report(self.path, {**self._head, **fields, **self._where})
+            self._finished = fields
+
+    def write(self) -> None:
+        """Write the report, if the run got as far as its ``run_finished``."""
+        if self._finished is not None:
+            write_report(self.path, {**self._head, **self._finished, **self._where})
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:

@@ -25,6 +25,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import structlog
 from pyroaring import BitMap64
 
 from worker import __version__
@@ -33,7 +34,7 @@ from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
-from worker.records.recorder import Observer, Recorder
+from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
 from worker.runtime.signals import Interrupts, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
@@ -42,9 +43,10 @@ from worker.sending.dispatch import Dispatcher
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy
 from worker.sending.shared_rate import rate_gate
-from worker.settings import Settings
+from worker.settings import DECLARATIONS, Settings
 
 Work = Coroutine[Any, Any, None]
+log = structlog.get_logger("audience_purge.runtime")
 
 
 class Runtime:
@@ -104,9 +106,8 @@ class Runtime:
         previous: dict[str, Any] | None = None,
         failed_pairs: dict[int, BitMap64] | None = None,
         state_dir: Path | None = None,
-        observers: tuple[Observer, ...] = (),
     ) -> AsyncIterator[Recorder]:
-        """The audit log and its recorder, with the observers the settings ask for."""
+        """The audit log and its recorder, with the outputs the settings ask for."""
         settings = self.settings
         audit = AuditLog(
             self.audit_path,
@@ -116,22 +117,8 @@ class Runtime:
         )
         async with self._stack:
             self._stack.callback(audit.close)
-            chosen = list(observers)
-            if settings.failed_out is not None:
-                failed_out = FailedOut(settings.failed_out)
-                self._stack.callback(failed_out.close)
-                chosen.append(failed_out)
-            if settings.report is not None:
-                chosen.append(
-                    ReportFile(
-                        settings.report,
-                        run_id=self.run_id,
-                        audit_log=self.audit_path,
-                        failed_out=settings.failed_out,
-                        state_dir=state_dir,
-                    )
-                )
-            self._recorder = Recorder(audit, chosen, failed_pairs)
+            self._recorder = Recorder(audit, failed_pairs=failed_pairs)
+            self._attach_outputs(state_dir)
             try:
                 yield self._recorder
             except BaseException as exc:
@@ -144,6 +131,30 @@ class Runtime:
                         **self.failure_fields(),
                     )
                 raise
+
+    def _attach_outputs(self, state_dir: Path | None) -> None:
+        """The failed-out file and the report, for a command that offers them: a config
+        file shared by several commands must not let one overwrite another's outputs."""
+        settings, recorder = self.settings, self.recorder
+        if settings.failed_out is not None and self._offers("failed_out"):
+            failed_out = FailedOut(settings.failed_out)
+            self._stack.callback(failed_out.close)
+            recorder.subscribe(failed_out)
+        if settings.report is not None and self._offers("report"):
+            report = ReportFile(
+                settings.report,
+                run_id=self.run_id,
+                audit_log=self.audit_path,
+                failed_out=settings.failed_out,
+                state_dir=state_dir,
+            )
+            # Written when the stack unwinds: after the run's last checkpoint, as the last
+            # thing a run does, even when it ends in an error.
+            self._stack.callback(report.write)
+            recorder.subscribe(report)
+
+    def _offers(self, setting: str) -> bool:
+        return self.command in DECLARATIONS[setting].commands
 
     def start(self, **fields: Any) -> None:
         """Write ``run_started``: the version, the command, the effective settings, and what
@@ -235,8 +246,16 @@ class Runtime:
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The first exception of a task group's failure, itself rather than wrapped."""
-    error: BaseException = group
-    while isinstance(error, BaseExceptionGroup):
-        error = error.exceptions[0]
-    return error
+    """The first exception of a task group's failure, itself rather than wrapped; the
+    others (tasks failing as they were cancelled, say) are logged, not lost."""
+    errors: list[BaseException] = []
+    pending: list[BaseException] = [group]
+    while pending:
+        error = pending.pop(0)
+        if isinstance(error, BaseExceptionGroup):
+            pending[:0] = error.exceptions
+        else:
+            errors.append(error)
+    for other in errors[1:]:
+        log.error("another task failed too", error=repr(other))
+    return errors[0]

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 
 import structlog
 
-log = structlog.get_logger("audience_purge.shutdown")
+log = structlog.get_logger("audience_purge.signals")
 
 
 @contextmanager
@@ -46,6 +46,10 @@ class Interrupts:
         self._task = task
 
     def __call__(self, signum: int) -> None:
+        if self._task is not None and self._task.done():
+            # The work has ended: the run finishes as it is; only its helpers remain.
+            log.warning("signal received after the work ended", signal=signal.Signals(signum).name)
+            return
         self.count += 1
         log.warning("signal received", signal=signal.Signals(signum).name, count=self.count)
         self._stop()

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import enum
-from collections.abc import AsyncGenerator, AsyncIterable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
 
 import structlog
 
 from worker.errors import ApiError, FatalError, Kind, PayloadTooLargeError, PermanentError
 from worker.input.batching import Batch
 from worker.records.recorder import Recorder
+from worker.runtime.stopping import until_stopped
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import Abandoned, RetryPolicy, with_retries
@@ -49,20 +50,16 @@ class Dispatcher:
         self._on_settled = on_settled
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=concurrency)
         self._size_cap: int | None = None
-        self._feeder: asyncio.Task[None] | None = None
-        self._reading = False  # the feeder waits for input or room in the queue
-        self._feeder_stopped = False
+        self._stop = asyncio.Event()
         self.fatal: FatalError | None = None
         self.stopping = False
 
     def stop(self) -> None:
         """Stop reading input and starting requests; in-flight requests may finish."""
         self.stopping = True
-        if self._feeder is not None and self._reading and not self._feeder_stopped:
-            self._feeder_stopped = True
-            self._feeder.cancel()
+        self._stop.set()
 
-    async def run(self, batches: AsyncIterable[Batch]) -> None:
+    async def run(self, batches: AsyncIterator[Batch]) -> None:
         """Send every batch; returns when all settled or the run was stopped.
 
         The feeder and the senders are one task group: an exception in any of them cancels
@@ -72,27 +69,16 @@ class Dispatcher:
         try:
             async with asyncio.TaskGroup() as group:
                 senders = [group.create_task(self._sender()) for _ in range(self._concurrency)]
-                self._feeder = group.create_task(self._feed(batches, senders))
+                group.create_task(self._feed(batches, senders))
         finally:
             if isinstance(batches, AsyncGenerator):
                 await batches.aclose()
 
-    async def _feed(self, batches: AsyncIterable[Batch], senders: list[asyncio.Task[None]]) -> None:
-        """Queue the batches; once every queued one is finished, let the senders go."""
-        self._reading = True
-        try:
-            async for batch in batches:
-                if self.stopping:
-                    break
-                await self._queue.put(batch)
-        except asyncio.CancelledError:
-            task = asyncio.current_task()
-            # stop() cancels the reading only; any other cancellation ends the feeder.
-            if not self._feeder_stopped or task is None or task.cancelling() != 1:
-                raise
-            task.uncancel()
-        finally:
-            self._reading = False
+    async def _feed(self, batches: AsyncIterator[Batch], senders: list[asyncio.Task[None]]) -> None:
+        """Queue the batches until the input ends or the run stops (a read in progress is
+        abandoned then); once every queued batch is finished, let the senders go."""
+        async for batch in until_stopped(batches, self._stop):
+            await self._queue.put(batch)
         await self._queue.join()
         for sender in senders:
             sender.cancel()  # each is waiting for a batch that will not come

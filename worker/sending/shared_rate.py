@@ -27,7 +27,7 @@ from typing import Any
 from redis.exceptions import RedisError
 
 from worker.errors import RetryableError
-from worker.queue.streams import open_redis
+from worker.queue.streams import open_redis, raise_if_cancelled
 from worker.sending.ratelimit import LocalRateGate, RateGate, RateSpec
 from worker.settings import Settings
 
@@ -86,6 +86,7 @@ class SharedRateGate:
                 if not await self._cooling_down():
                     return
         except RedisError as exc:
+            raise_if_cancelled()
             raise RetryableError(f"shared rate budget unavailable: {type(exc).__name__}") from None
 
     async def _cooling_down(self) -> bool:
