@@ -32,22 +32,27 @@ class Boom(Exception):
     """An error nobody planned for."""
 
 
+def fail_deletion(monkeypatch: pytest.MonkeyPatch, number: int) -> None:
+    """Recording the ``number``-th deletion raises Boom (inside a sender task)."""
+    deleted = Recorder.deleted
+    calls = 0
+
+    def failing(self: Recorder, *args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == number:
+            raise Boom("recording failed")
+        deleted(self, *args, **kwargs)
+
+    monkeypatch.setattr(Recorder, "deleted", failing)
+
+
 async def test_an_exception_in_a_sender_ends_the_run_with_it_and_a_run_finished_naming_it(
     make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 201)])
     settings = make_settings(campaign_id=42, rate=RateSpec(50, 1.0), concurrency=4)
-    deleted = Recorder.deleted
-    calls = 0
-
-    def fail_on_third(self: Recorder, *args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise Boom("recording failed")
-        deleted(self, *args, **kwargs)
-
-    monkeypatch.setattr(Recorder, "deleted", fail_on_third)
+    fail_deletion(monkeypatch, 3)
 
     with pytest.raises(Boom, match="recording failed"):
         await asyncio.wait_for(run_purge(settings, str(path)), timeout=10)
@@ -139,17 +144,7 @@ async def test_the_sandbox_saw_no_request_that_the_audit_does_not_record(
 ) -> None:
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 101)])
     settings = make_settings(campaign_id=42, rate=RateSpec(100, 1.0))
-    deleted = Recorder.deleted
-    calls = 0
-
-    def fail_on_second(self: Recorder, *args: Any, **kwargs: Any) -> None:
-        nonlocal calls
-        calls += 1
-        if calls == 2:
-            raise Boom("recording failed")
-        deleted(self, *args, **kwargs)
-
-    monkeypatch.setattr(Recorder, "deleted", fail_on_second)
+    fail_deletion(monkeypatch, 2)
 
     with pytest.raises(Boom):
         await run_purge(settings, str(path))
