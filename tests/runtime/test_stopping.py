@@ -11,7 +11,7 @@ import pytest
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog
 from worker.records.recorder import Recorder
-from worker.runtime.stopping import until_stopped
+from worker.runtime.stopping import Abandoned, unless_stopped, until_stopped
 from worker.sending.dispatch import Dispatcher
 from worker.sending.ratelimit import LocalRateGate, RateSpec
 from worker.sending.retry import RetryPolicy
@@ -116,3 +116,51 @@ async def test_a_dispatcher_stopped_while_its_input_stalls_returns_at_once(
     dispatcher.stop()  # with delay 0: before the feeder's first step
 
     await asyncio.wait_for(run, timeout=1)
+
+
+async def test_unless_stopped_returns_the_result_when_nothing_stops_it() -> None:
+    async def answer() -> int:
+        await asyncio.sleep(0.01)
+        return 42
+
+    assert await unless_stopped(answer(), asyncio.Event()) == 42
+
+
+async def test_unless_stopped_cancels_the_wait_when_the_stop_comes() -> None:
+    stop = asyncio.Event()
+    ended: list[str] = []
+
+    async def slot() -> None:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            ended.append("cancelled")
+            raise
+
+    asyncio.get_running_loop().call_later(0.05, stop.set)
+
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(unless_stopped(slot(), stop), timeout=1)
+    assert ended == ["cancelled"]
+
+
+@pytest.mark.filterwarnings("error::RuntimeWarning")  # "coroutine ... was never awaited"
+async def test_unless_stopped_does_not_even_start_once_stopped() -> None:
+    stop = asyncio.Event()
+    stop.set()
+    started: list[bool] = []
+
+    async def slot() -> None:
+        started.append(True)
+
+    with pytest.raises(Abandoned):
+        await unless_stopped(slot(), stop)
+    assert started == []
+
+
+async def test_unless_stopped_passes_the_error_of_the_wait_on() -> None:
+    async def broken() -> None:
+        raise OSError(5, "Input/output error")
+
+    with pytest.raises(OSError, match="Input/output error"):
+        await unless_stopped(broken(), asyncio.Event())

@@ -14,9 +14,10 @@ from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
+from worker.runtime.stopping import Abandoned, unless_stopped
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
-from worker.sending.retry import Abandoned, RetryPolicy, with_retries
+from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
 
 
@@ -115,15 +116,17 @@ class _Request:
         self.answered = False
         # Why it ended without an answer that settles it (the outcome is unknown).
         self.cut_off = "cancelled in flight: outcome unknown"
-        self._stopping = False
+        self._stop = asyncio.Event()
 
     def stop(self) -> None:
-        self._stopping = True
+        self._stop.set()
 
     async def send(self) -> None:
         context: dict[str, object] = {"campaign_id": self.campaign_id}
         try:
-            await with_retries(self._attempt, self._policy, self._gate, context=context)
+            await with_retries(
+                self._attempt, self._policy, self._gate, context=context, stop=self._stop
+            )
         except ApiError as exc:
             self.error = exc
         except Abandoned:
@@ -132,9 +135,7 @@ class _Request:
         self.answered = True
 
     async def _attempt(self, number: int) -> Reply:
-        if self._stopping:
-            raise Abandoned
-        await self._gate.acquire()
+        await unless_stopped(self._gate.acquire(), self._stop)
         self.attempts = number
         self.last = await self._client.delete_all(self.campaign_id)
         if self.last.verdict.kind is not Kind.DELETED:

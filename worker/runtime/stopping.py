@@ -1,19 +1,52 @@
-"""Reading until told to stop: a read in progress when the stop comes is abandoned at once.
+"""Waiting until told to stop: a wait in progress when the stop comes is abandoned at once.
 
-Intake (the CSV reader, a stream's XREADGROUP, stdin that never ends) may wait for a long
-time; a stop must not wait for it. :func:`until_stopped` runs each read as its own task
-beside the stop event, so whichever comes first wins, and the stop never has to cancel the
-consumer of the items (which may be writing something that must finish).
+Intake (the CSV reader, a stream's XREADGROUP, stdin that never ends) and the waits before
+a request (the rate limit, a retry's backoff) may take long; a stop must not wait for them,
+and no request may start once the run is stopping. :func:`until_stopped` and
+:func:`unless_stopped` run the wait as its own task beside the stop event, so whichever
+comes first wins, and the stop never has to cancel the task that waits (which may be
+writing something that must finish).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+import inspect
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import suppress
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+
+
+class Abandoned(Exception):
+    """A wait (for the rate limit, a backoff, an attempt) given up because the run stops."""
+
+
+async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
+    """The result of ``awaitable``, unless ``stop`` is set first.
+
+    Raises:
+        Abandoned: ``stop`` was set before or while waiting (the wait is cancelled).
+    """
+    if stop.is_set():
+        if inspect.iscoroutine(awaitable):
+            awaitable.close()
+        raise Abandoned
+    work: asyncio.Future[T] = asyncio.ensure_future(awaitable)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        either: set[asyncio.Future[Any]] = {work, stopped}
+        await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+        if not work.done():
+            work.cancel()
+            with suppress(asyncio.CancelledError):
+                await work
+    if work.cancelled():
+        raise Abandoned
+    return work.result()
 
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:

@@ -4,10 +4,12 @@ At most ``concurrency`` batches are in flight; a bounded queue between the batch
 senders keeps memory flat. A batch *settles* when its outcome (deleted or failed) is in the
 audit log; only then is ``on_settled`` told, which lets the checkpoint move past it.
 
-Stopping (a signal, or a fatal answer such as a 401) stops intake at once: queued batches
-are not sent, retries do not start, and in-flight requests may finish. Batches that did
-not settle stay pending in the checkpoint and are sent again by the next run; one whose
-request was cut off is audited as ``unconfirmed``.
+Stopping (a signal, or a fatal answer such as a 401) stops intake at once, and no request
+starts after it: the check follows the rate limit's wait, and a stop cuts that wait and any
+retry's backoff short. Requests in flight may finish. Batches that did not settle stay
+pending in the checkpoint and are sent again by the next run; one whose request was sent
+and cut off, or not retried, is audited as ``unconfirmed``. The ``sending`` record is
+written right before a batch's first request, so a batch that never left has none.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import structlog
 from worker.errors import ApiError, FatalError, Kind, PayloadTooLargeError, PermanentError
 from worker.input.batching import Batch
 from worker.records.recorder import Recorder
-from worker.runtime.stopping import until_stopped
+from worker.runtime.stopping import Abandoned, unless_stopped, until_stopped
 from worker.sending.client import Reply, UnleashXClient
 from worker.sending.ratelimit import RateGate
-from worker.sending.retry import Abandoned, RetryPolicy, with_retries
+from worker.sending.retry import RetryPolicy, with_retries
 
 log = structlog.get_logger("audience_purge.dispatch")
 
@@ -97,12 +99,7 @@ class Dispatcher:
         cap = self._size_cap
         if cap is not None and len(batch.audience_ids) > cap:
             return all([await self._dispatch(half) for half in batch.halves()])
-        self._recorder.sending(batch)
-        try:
-            outcome = await self._send(batch)
-        except asyncio.CancelledError:
-            self._recorder.unconfirmed(batch, "cancelled in flight: outcome unknown")
-            raise
+        outcome = await self._send(batch)
         if outcome is _Outcome.SPLIT:
             return await self._split(batch)
         return outcome is _Outcome.SETTLED
@@ -114,9 +111,12 @@ class Dispatcher:
 
         async def attempt(number: int) -> Reply:
             nonlocal attempts, last
-            if self.stopping:
-                raise Abandoned
-            await self._gate.acquire()
+            # Checked after the rate limit's wait too (which a stop cuts short): once the
+            # run stops, no request starts.
+            await unless_stopped(self._gate.acquire(), self._stop)
+            if number == 1:
+                # Write-ahead: the intent is on disk before the request can reach the API.
+                self._recorder.sending(batch)
             attempts = number
             self._recorder.request_made(retry=number > 1)
             last = await self._client.delete_audience(batch.campaign_id, batch.audience_ids)
@@ -126,7 +126,13 @@ class Dispatcher:
 
         context = {"campaign_id": batch.campaign_id, "batch_id": batch.batch_id}
         try:
-            reply = await with_retries(attempt, self._policy, self._gate, context=context)
+            reply = await with_retries(
+                attempt, self._policy, self._gate, context=context, stop=self._stop
+            )
+        except asyncio.CancelledError:
+            if attempts:
+                self._recorder.unconfirmed(batch, "cancelled in flight: outcome unknown")
+            raise
         except PayloadTooLargeError:
             if len(batch.audience_ids) > 1:
                 return _Outcome.SPLIT

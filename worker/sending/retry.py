@@ -9,6 +9,7 @@ shared :class:`RateGate` for that wait, so every sender slows down, not only thi
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TypeVar
@@ -24,6 +25,7 @@ from tenacity import (
 )
 
 from worker.errors import ApiError, RateLimitedError, RetryableError
+from worker.runtime.stopping import unless_stopped
 from worker.sending.ratelimit import RateGate
 from worker.settings import Settings
 
@@ -46,10 +48,6 @@ class RetryPolicy:
             settings.backoff_initial,
             settings.backoff_max,
         )
-
-
-class Abandoned(Exception):
-    """An attempt that must not start because the run is stopping (never retried)."""
 
 
 class _WaitRetryAfterOrBackoff:
@@ -77,13 +75,21 @@ async def with_retries(
     gate: RateGate,
     *,
     context: dict[str, object] | None = None,
+    stop: asyncio.Event | None = None,
 ) -> T:
     """Run ``operation(attempt_number)`` until it succeeds or the policy gives up.
 
     Raises:
         RetryableError: the last one, when attempts or time ran out.
+        Abandoned: ``stop`` was set during a backoff (which then ends at once).
         Any other exception from ``operation``, unchanged and at once.
     """
+
+    async def sleep(seconds: float) -> None:
+        if stop is None:
+            await asyncio.sleep(seconds)
+        else:
+            await unless_stopped(asyncio.sleep(seconds), stop)
 
     def before_sleep(state: RetryCallState) -> None:
         exc = state.outcome.exception() if state.outcome else None
@@ -103,6 +109,7 @@ async def with_retries(
         stop=stop_after_attempt(policy.max_attempts) | stop_before_delay(policy.max_time),
         wait=_WaitRetryAfterOrBackoff(policy),
         before_sleep=before_sleep,
+        sleep=sleep,
         reraise=True,
     )
     async for attempt in retrying:
