@@ -39,17 +39,30 @@ class Secret:
     __str__ = __repr__
 
 
+def check_token(token: Secret, origin: str) -> Secret:
+    """Refuse a token that cannot travel in an HTTP header: a line break, a space or any
+    character that is not printable ASCII inside it (say, two lines in a token file).
+    The message gives the position, never the token."""
+    for position, char in enumerate(token.reveal(), start=1):
+        if not "!" <= char <= "~":
+            raise ConfigError(
+                f"{origin}: the token holds a line break, a space or a character that is not "
+                f"printable ASCII (character {position}); a token is one word on one line",
+                key="token",
+            )
+    return token
+
+
 def read_token_file(path: Path) -> Secret:
     """Read a token file; errors name the file, never its content."""
     try:
         text = path.read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot read token file {path}: {exc.strerror}", key="token_file"
-        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "it is not UTF-8 text"
+        raise ConfigError(f"cannot read token file {path}: {reason}", key="token_file") from None
     if not text:
         raise ConfigError(f"token file {path} is empty", key="token_file")
-    return Secret(text)
+    return check_token(Secret(text), f"token file {path}")
 
 
 class TokenSource:
@@ -63,7 +76,10 @@ class TokenSource:
                 key="token",
             )
         self._path = path
-        self._token = token if token is not None else read_token_file(path)  # type: ignore[arg-type]
+        if token is not None:
+            self._token = check_token(token, "UNLEASHX_TOKEN")
+        else:
+            self._token = read_token_file(path)  # type: ignore[arg-type]
         self._reread = False
 
     def current(self) -> Secret:
