@@ -1,15 +1,10 @@
-"""Helpers of the queue tests (tests/queue, tests/sending/test_shared_rate.py): worker
-processes started like a user would, and the stream as any producer writes it."""
+"""Helpers of the queue tests (tests/queue, tests/sending/test_shared_rate.py): the consumer's
+command line and the stream as any producer writes it. Starting and reaping the worker
+processes themselves is in processes.py, shared with the other end-to-end tests."""
 
 from __future__ import annotations
 
-import asyncio
-import inspect
-import os
-import socket
-import sys
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,69 +13,6 @@ from worker.sandbox.runner import SandboxHandle
 STREAM = "purge"
 DEAD = "purge:dead"
 GROUP = "audience-purge"
-
-
-@dataclass(frozen=True)
-class Completed:
-    code: int
-    out: str
-    err: str
-
-
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound once, then released)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def child_env(token: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("UNLEASHX_", "AUDIENCE_"))}
-    env.pop("JOB_COMPLETION_INDEX", None)
-    if token is not None:
-        env["UNLEASHX_TOKEN"] = token
-    return env
-
-
-async def start(*args: str, cwd: Path, token: str | None) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        cwd=cwd,
-        env=child_env(token),
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process, timeout: float = 30.0) -> Completed:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(), timeout=timeout)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Completed(proc.returncode, out.decode(), err.decode())
-
-
-async def eventually(
-    condition: Callable[[], bool | Awaitable[bool]], timeout: float = 10.0, what: str = ""
-) -> None:
-    """Poll ``condition`` (sync or async) until it holds; fail after ``timeout`` seconds."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = condition()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return
-        assert loop.time() < deadline, f"not met within {timeout} s: {what}"
-        await asyncio.sleep(0.02)
 
 
 def consume_args(

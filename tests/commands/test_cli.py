@@ -6,16 +6,13 @@ The sandbox runs in the test's event loop; the child is started with
 
 from __future__ import annotations
 
-import asyncio
-import os
 import re
 import signal
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from conftest import read_audit, write_csv
+from processes import Completed, eventually, finish, start
 
 from worker.cli import build_parser, main, settings_from
 from worker.sandbox import FaultConfig
@@ -23,47 +20,6 @@ from worker.sandbox.runner import SandboxHandle
 from worker.settings import CONSUME, DECLARATIONS, DELETE_ALL, ENQUEUE, RUN, SETTING_COMMANDS
 
 pytestmark = pytest.mark.slow
-
-
-@dataclass(frozen=True)
-class Completed:
-    code: int
-    out: str
-    err: str
-
-
-def child_env(token: str | None) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEASHX_")}
-    if token is not None:
-        env["UNLEASHX_TOKEN"] = token
-    return env
-
-
-async def start(
-    *args: str, cwd: Path, token: str | None, stdin: bool = False
-) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "worker",
-        *args,
-        cwd=cwd,
-        env=child_env(token),
-        stdin=asyncio.subprocess.PIPE if stdin else asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
-async def finish(proc: asyncio.subprocess.Process, data: bytes | None = None) -> Completed:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout=30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Completed(proc.returncode, out.decode(), err.decode())
 
 
 async def purge(*args: str, cwd: Path, token: str | None, stdin: bytes | None = None) -> Completed:
@@ -88,14 +44,6 @@ def run_args(sandbox: SandboxHandle, tmp_path: Path, *extra: str) -> list[str]:
 
 def ids_file(tmp_path: Path, ids: range, name: str = "ids.csv") -> Path:
     return write_csv(tmp_path / name, [str(i) for i in ids])
-
-
-async def wait_until(condition: object, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():  # type: ignore[operator]
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_run_deletes_the_ids_and_writes_the_audit_log(
@@ -294,7 +242,7 @@ async def interrupted_run(sandbox: SandboxHandle, token: str, tmp_path: Path) ->
         return audit.exists() and b'"event":"deleted"' in audit.read_bytes()
 
     try:
-        await wait_until(first_deletion_audited)
+        await eventually(first_deletion_audited, what="a first deletion audited")
     finally:
         proc.send_signal(signal.SIGTERM)
     return await finish(proc)

@@ -3,35 +3,18 @@ gracefully (PID 1 gets no default signal actions, so only explicit handlers work
 
 from __future__ import annotations
 
-import asyncio
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from conftest import read_audit, write_csv
+from processes import eventually, finish, pid_namespaces_work, start
 
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 
-
-def _pid_namespaces_work() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "--fork", "--pid", "--mount-proc", "true"], capture_output=True, check=False
-    )
-    return probe.returncode == 0
-
-
 pytestmark = pytest.mark.skipif(
-    not _pid_namespaces_work(), reason="needs unshare with PID namespaces (root)"
-)
-
-BOOT = (
-    "import os, sys; assert os.getpid() == 1; "
-    "os.execv(sys.executable, [sys.executable, *sys.argv[1:]])"
+    not pid_namespaces_work(), reason="needs unshare with PID namespaces (root)"
 )
 
 
@@ -41,17 +24,7 @@ async def test_sigterm_to_pid_1_stops_gracefully_with_exit_75(
 ) -> None:
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 5001)])
     audit = tmp_path / "audit.jsonl"
-    proc = await asyncio.create_subprocess_exec(
-        "unshare",
-        "--fork",
-        "--pid",
-        "--mount-proc",
-        "--kill-child",
-        sys.executable,
-        "-c",
-        BOOT,
-        "-m",
-        "worker",
+    proc = await start(
         "run",
         "--input",
         str(path),
@@ -68,25 +41,25 @@ async def test_sigterm_to_pid_1_stops_gracefully_with_exit_75(
         "--progress",
         "off",
         cwd=tmp_path,
-        env={"UNLEASHX_TOKEN": token, "PATH": "/usr/bin:/bin"},
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+        token=token,
+        env={"PATH": "/usr/bin:/bin"},
+        pid1=True,
     )
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 15
-    while not (audit.exists() and b'"event":"deleted"' in audit.read_bytes()):
-        assert loop.time() < deadline, "no deletion within 15 s"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: audit.exists() and b'"event":"deleted"' in audit.read_bytes(),
+        timeout=15,
+        what="a deletion audited",
+    )
     inner = subprocess.run(
         ["pgrep", "-P", str(proc.pid)], capture_output=True, text=True, check=True
     ).stdout.split()
     assert len(inner) == 1
     subprocess.run(["kill", "-TERM", inner[0]], check=True)
 
-    _, err = await asyncio.wait_for(proc.communicate(), timeout=30)
+    done = await finish(proc)
 
-    assert proc.returncode == 75, err.decode()
-    assert b"Traceback" not in err
+    assert done.code == 75, done.err
+    assert "Traceback" not in done.err
     finished = read_audit(audit)[-1]
     assert finished["event"] == "run_finished"
     assert finished["interrupted"] is True

@@ -22,20 +22,17 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from conftest import read_audit, write_csv
+from processes import closed_port, eventually, finish, start
 from queue_helpers import (
     DEAD,
     GROUP,
     STREAM,
     audit_has,
-    closed_port,
     consume_args,
-    eventually,
-    finish,
     of,
     pending_count,
     pending_of,
     produce,
-    start,
     stream_order,
     tens,
 )

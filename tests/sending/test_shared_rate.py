@@ -12,17 +12,8 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 from conftest import assert_nothing_accepted_during_a_pause, read_audit, record_refusals
-from queue_helpers import (
-    DEAD,
-    closed_port,
-    consume_args,
-    eventually,
-    finish,
-    of,
-    pending_count,
-    produce,
-    start,
-)
+from processes import closed_port, eventually, finish, start
+from queue_helpers import DEAD, consume_args, of, pending_count, produce
 
 from worker.errors import RetryableError
 from worker.queue.streams import open_redis

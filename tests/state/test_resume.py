@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import os
 import signal
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +20,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from processes import Completed, eventually, finish, start
 
 from worker.cli import main
 from worker.sandbox import FaultConfig
@@ -48,19 +47,6 @@ CONFIG = (
 )
 
 
-@dataclass(frozen=True)
-class Completed:
-    code: int
-    out: str
-    err: str
-
-
-def child_env(token: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("UNLEASHX_")}
-    env["UNLEASHX_TOKEN"] = token
-    return env
-
-
 def csv_bytes(ids: range | list[int]) -> bytes:
     return "".join(f"{i}\n" for i in ids).encode()
 
@@ -82,14 +68,6 @@ def batch_ids(records: Records, event: str) -> set[str]:
     return {r["batch_id"] for r in events(records, event)}
 
 
-async def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.01)
-
-
 async def signal_handled(proc: asyncio.subprocess.Process) -> None:
     """Wait for the child's "signal received" log line (stderr is read up to it)."""
     assert proc.stderr is not None
@@ -102,17 +80,6 @@ async def signal_handled(proc: asyncio.subprocess.Process) -> None:
         raise AssertionError("the child exited without handling the signal")
 
     await asyncio.wait_for(logged(), timeout=5)
-
-
-async def finish(proc: asyncio.subprocess.Process, data: bytes | None = None) -> Completed:
-    try:
-        out, err = await asyncio.wait_for(proc.communicate(data), timeout=30)
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        raise
-    assert proc.returncode is not None
-    return Completed(proc.returncode, out.decode(), err.decode())
 
 
 def run_started(records: Records) -> bool:
@@ -169,16 +136,8 @@ class Purge:
     async def start(
         self, *extra: str, rate: str = FAST_RATE, stdin: bytes | None = None
     ) -> asyncio.subprocess.Process:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "worker",
-            *self.args(*extra, rate=rate),
-            cwd=self.cwd,
-            env=child_env(self.token),
-            stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+        proc = await start(
+            *self.args(*extra, rate=rate), cwd=self.cwd, token=self.token, stdin=stdin is not None
         )
         if stdin is not None:
             assert proc.stdin is not None
@@ -202,10 +161,14 @@ class Purge:
         """A slow run that gets signal ``how`` as soon as its audit records satisfy ``reached``."""
         proc = await self.start(*extra, rate=SLOW_RATE, stdin=stdin)
         try:
-            await wait_until(lambda: reached(self.records()))
+            await self.wait_for(reached)
         finally:
             proc.send_signal(how)
         return await finish(proc)
+
+    async def wait_for(self, point: Callable[[Records], bool]) -> None:
+        """Wait (polling every 10 ms, at most 10 s) until the audit records satisfy ``point``."""
+        await eventually(lambda: point(self.records()), poll=0.01, what=point.__name__)
 
     async def stopped_midway(self, *extra: str, stdin: bytes | None = None) -> None:
         """A slow run stopped by SIGTERM after ten batches were deleted."""
@@ -538,7 +501,7 @@ async def test_sigterm_lets_in_flight_batches_finish_within_grace_and_exits_75(
 ) -> None:
     grace = 5.0
     proc = await purge.start("--grace", str(grace))
-    await wait_until(lambda: request_in_flight(purge.records()))
+    await purge.wait_for(request_in_flight)
     loop = asyncio.get_running_loop()
     signalled = loop.time()
     proc.send_signal(signal.SIGTERM)
@@ -560,7 +523,7 @@ async def test_second_sigterm_cuts_requests_off_as_unconfirmed_and_a_rerun_compl
     purge: Purge, sandbox: SandboxHandle, audit_verify: Verify
 ) -> None:
     proc = await purge.start("--grace", "20")
-    await wait_until(lambda: request_in_flight(purge.records()))
+    await purge.wait_for(request_in_flight)
     loop = asyncio.get_running_loop()
     signalled = loop.time()
     proc.send_signal(signal.SIGTERM)
