@@ -7,7 +7,8 @@ them).
 Exit codes (part of the interface, documented in the README):
 0 every valid id deleted; 1 finished, some ids failed; 2 usage/config/input error, nothing
 sent; 3 aborted on a fatal API condition; 69 Redis unavailable (queue mode, shared budget);
-75 interrupted by a signal.
+70 stopped on an internal error (a bug); 74 a file of the run could not be written; 75
+interrupted by a signal. :func:`worker.exit_codes.exit_code_for` is the one mapping.
 """
 
 from __future__ import annotations
@@ -289,12 +290,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
-    except (PurgeError, KeyboardInterrupt) as exc:
+    except (Exception, KeyboardInterrupt) as exc:
         code = exit_code_for(exc)
         if code is None:
             raise
-        prefix = "configuration error: " if isinstance(exc, ConfigError) else ""
-        return _fail(prefix + (str(exc) or "interrupted"), code)
+        return _fail(_describe(exc), code)
+
+
+def _describe(exc: BaseException) -> str:
+    """One line for the person at the terminal (the audit log has the run's own record)."""
+    if isinstance(exc, ConfigError):
+        return f"configuration error: {exc}"
+    if isinstance(exc, PurgeError):
+        return str(exc)
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return (
+        f"internal error: {type(exc).__name__}: {exc} (a bug: the run stopped safely; "
+        "please report it with the audit log)"
+    )
 
 
 def _fail(message: str, code: int) -> int:

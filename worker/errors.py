@@ -15,6 +15,10 @@ Only the CLI maps them to exit codes::
     │   ├── PayloadTooLargeError   a 413: the batch is split in halves and retried
     │   └── FatalError        the run cannot go on (bad token, wrong endpoint) (exit 3)
     ├── ServiceUnavailable    Redis did not answer at start: nothing was read or sent (exit 69)
+    └── OutputError           a file the run writes (audit, state, report, failed-out) could
+                              not be written: the run stopped safely (exit 74)
+
+Any other exception is a bug: the run stops the same way and exits 70.
 
 Every :class:`ApiError` carries the :class:`Kind` of answer that caused it; what may be
 retried, now or by a later run, and what stops the run is read from the kind, nowhere else.
@@ -25,6 +29,7 @@ Messages never contain the API token: errors are built from statuses and API mes
 from __future__ import annotations
 
 import enum
+import errno
 from typing import ClassVar
 
 
@@ -132,6 +137,17 @@ class FatalError(ApiError):
     """The run must stop: no new request may start."""
 
     kind = Kind.FATAL
+
+
+class OutputError(PurgeError):
+    """Writing one of the run's files failed (a full disk, a size limit, a lost directory)."""
+
+    def __init__(self, what: str, path: object, exc: OSError) -> None:
+        code = errno.errorcode.get(exc.errno or 0, "")
+        reason = f"{exc.strerror or exc}" + (f" ({code})" if code else "")
+        super().__init__(f"cannot write {what} {path}: {reason}")
+        self.path = path
+        self.errno = exc.errno
 
 
 class ServiceUnavailable(PurgeError):

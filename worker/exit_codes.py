@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 
-from worker.errors import FatalError, ServiceUnavailable, UsageError
+from worker.errors import FatalError, OutputError, ServiceUnavailable, UsageError
 
 
 class ExitCode(enum.IntEnum):
@@ -13,6 +13,8 @@ class ExitCode(enum.IntEnum):
     USAGE = 2  # usage, configuration or input error, found before anything was sent
     FATAL = 3  # aborted on a fatal API condition (bad token, wrong endpoint)
     UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: Redis could not be reached
+    INTERNAL = 70  # sysexits EX_SOFTWARE: an unexpected error (a bug); the run stopped safely
+    IO_ERROR = 74  # sysexits EX_IOERR: a file of the run could not be written; stopped safely
     INTERRUPTED = 75  # sysexits EX_TEMPFAIL: stopped by SIGTERM/SIGINT; re-run to continue
 
 
@@ -27,7 +29,8 @@ def finished_code(*, fatal: bool, interrupted: bool, failed: bool) -> ExitCode:
 
 
 def exit_code_for(exc: BaseException) -> ExitCode | None:
-    """The documented code of a run ended by ``exc``; None for an unexpected error."""
+    """The documented code of a run ended by ``exc`` (None: not an error, say a
+    cancellation)."""
     match exc:
         case UsageError():
             return ExitCode.USAGE
@@ -37,4 +40,8 @@ def exit_code_for(exc: BaseException) -> ExitCode | None:
             return ExitCode.UNAVAILABLE
         case KeyboardInterrupt():
             return ExitCode.INTERRUPTED
+        case OutputError():
+            return ExitCode.IO_ERROR
+        case Exception():
+            return ExitCode.INTERNAL
     return None

@@ -22,6 +22,7 @@ from conftest import (
     record_refusals,
     write_csv,
 )
+from processes import eventually
 
 from worker import __version__
 from worker.commands.run import run_purge
@@ -79,15 +80,6 @@ def failed_out_rows(path: Path) -> tuple[str, list[tuple[int, int]]]:
     header, *lines = path.read_text(encoding="utf-8").splitlines()
     rows = [tuple(int(cell) for cell in line.split(",")) for line in lines]
     return header, sorted(rows)  # type: ignore[arg-type]
-
-
-async def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
-    """Poll a condition (bounded); the sandbox keeps serving while we wait."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        assert loop.time() < deadline, "condition not met in time"
-        await asyncio.sleep(0.005)
 
 
 async def test_happy_path_deletes_every_id_and_audits_every_batch(
@@ -542,9 +534,11 @@ async def test_wrong_token_in_token_file_aborts_with_exit_3(
     result = await run_purge(settings, str(path), out=io.StringIO())
 
     assert result.exit_code == 3
-    assert sandbox.state.requests_total <= settings.concurrency + 1
+    assert 1 <= sandbox.state.requests_total <= settings.concurrency
     assert sandbox.state.campaigns[42].deleted_count == 0
-    assert result.tally.failed == 30
+    # Each request that went out (before the 401 came back) failed; no request started
+    # after it (tests/runtime/test_stop.py shows that at a slow rate).
+    assert result.tally.failed == 10 * sandbox.state.requests_total
 
 
 async def rotate_while_first_requests_are_held(
@@ -553,7 +547,12 @@ async def rotate_while_first_requests_are_held(
     """Run while the sandbox holds the first requests (sent with the old token) for 300 ms;
     meanwhile rotate the secret and switch the latency off."""
     run = asyncio.create_task(run_purge(settings, str(path), out=io.StringIO()))
-    await wait_until(lambda: sandbox.state.requests_total >= settings.concurrency)
+    await eventually(
+        lambda: sandbox.state.requests_total >= settings.concurrency,
+        timeout=5.0,
+        what="the first requests held",
+        poll=0.005,
+    )
     token_file.write_text(token + "\n", encoding="utf-8")
     sandbox.state.replace_faults(FaultConfig())
     return await run

@@ -59,7 +59,7 @@ async def test_an_exception_in_a_sender_ends_the_run_with_it_and_a_run_finished_
 
     records = read_audit(settings.audit_log)
     assert records[-1]["event"] == "run_finished"
-    assert (records[-1]["exit_code"], records[-1]["error"]) == (None, "recording failed")
+    assert (records[-1]["exit_code"], records[-1]["error"]) == (70, "recording failed")
     # The run stopped at the error: far fewer batches than the 20 of the input were sent.
     assert sum(r["event"] == "sending" for r in records) <= 3 + settings.concurrency
 

@@ -34,7 +34,7 @@ async def run_consumer(settings: Settings) -> RunResult:
         async with runtime.recording() as recorder:
             runtime.start(stream=queue.stream, group=queue.group, consumer=queue.consumer)
             backoff = RedisBackoff.from_settings(settings)
-            acks = Acks(queue, recorder, backoff)
+            acks = Acks(queue, recorder, backoff, runtime.fail)
             dispatcher = await runtime.dispatcher(on_settled=acks.settled)
             intake = Intake(queue, settings, recorder, acks, backoff)
 

@@ -102,7 +102,11 @@ async def _purge(
         if store is None or checkpoints is None:
             await _dry_run(batches, settings, out)
             return runtime.finish_with(runtime.result(interrupted=False, fatal=None, **read()))
-        sent = await _send(runtime, plan, batches, checkpoints, input_lines)
+        try:
+            sent = await _send(runtime, plan, batches, checkpoints, input_lines)
+        except Exception:
+            checkpoints.last_words()
+            raise
         result = runtime.finish_with(replace(sent, state_dir=store.directory, **read()))
         checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
         return result

@@ -7,7 +7,7 @@ without a trace in the audit log or a way back in.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
@@ -28,6 +28,7 @@ class Acks:
     queue: StreamQueue
     recorder: Recorder
     backoff: RedisBackoff
+    on_error: Callable[[Exception], None]  # an unexpected error: the run stops gracefully
     parts: dict[str, int] = field(default_factory=dict)
     entries: dict[str, Entry] = field(default_factory=dict)
     failed: dict[str, list[int]] = field(default_factory=dict)
@@ -37,10 +38,10 @@ class Acks:
 
     @asynccontextmanager
     async def running(self, grace: float) -> AsyncIterator[None]:
-        """Acknowledgements are tasks of this block's task group: an error in one ends the
-        run. When the block ends they get ``grace`` seconds; any still waiting for Redis
-        then is cancelled, and its entry stays pending and is delivered again (its ids are
-        sent again, harmlessly)."""
+        """Acknowledgements are tasks of this block's task group; an error in one is handed
+        to ``on_error``, which stops the run gracefully. When the block ends they get
+        ``grace`` seconds; any still waiting for Redis then is cancelled, and its entry stays
+        pending and is delivered again (its ids are sent again, harmlessly)."""
         async with asyncio.TaskGroup() as group:
             self._group = group
             yield
@@ -83,6 +84,12 @@ class Acks:
             task.add_done_callback(self.tasks.discard)
 
     async def _finish(self, entry: Entry) -> None:
+        try:
+            await self._acknowledge(entry)
+        except Exception as exc:
+            self.on_error(exc)
+
+    async def _acknowledge(self, entry: Entry) -> None:
         """Dead-letter the failed ids (if any), then XACK."""
         lost = self.failed.pop(entry.entry_id, [])
         if lost:

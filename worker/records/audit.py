@@ -9,8 +9,10 @@ module: records are built from ids, statuses and the API's messages only.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -19,7 +21,7 @@ import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
-from worker.errors import ConfigError
+from worker.errors import ConfigError, OutputError
 from worker.records.audit_query import ZERO_HASH, head_hmac, record_hash
 
 FIRST_KEYS = ("ts", "event", "run_id")
@@ -86,34 +88,53 @@ class _LazyFile:
     """The audit file, created (or opened for appending) by the first record.
 
     A run that stops before writing anything leaves no empty file behind, so every audit
-    file on disk holds at least one record and can be verified.
+    file on disk holds at least one record and can be verified. The first failed write
+    (a full disk, a size limit) breaks the file for good: nothing more is appended after a
+    record that may be torn, and every later write raises the same :class:`OutputError`.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self._file: BinaryIO | None = None
+        self._broken: OutputError | None = None
 
     def write(self, data: bytes) -> int:
-        if self._file is None:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._file = self.path.open("ab")
-            if self._file.tell() and not _ends_with_newline(self.path):
-                self._file.write(b"\n")  # a torn last line stays torn; ours stay readable
-        return self._file.write(data)
+        with self._guard():
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("ab")
+                if self._file.tell() and not _ends_with_newline(self.path):
+                    self._file.write(b"\n")  # a torn last line stays torn; ours stay readable
+            return self._file.write(data)
 
     def flush(self) -> None:
-        if self._file is not None:
-            self._file.flush()
+        with self._guard():
+            if self._file is not None:
+                self._file.flush()
 
     def sync(self) -> None:
-        if self._file is not None and not self._file.closed:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+        with self._guard():
+            if self._file is not None and not self._file.closed:
+                self._file.flush()
+                os.fsync(self._file.fileno())
 
     def close(self) -> None:
-        if self._file is not None and not self._file.closed:
+        if self._file is None or self._file.closed:
+            return
+        if self._broken is None:
             self.sync()
-            self._file.close()
+        with contextlib.suppress(OSError):
+            self._file.close()  # a broken file: what it holds is all it will hold
+
+    @contextlib.contextmanager
+    def _guard(self) -> Iterator[None]:
+        if self._broken is not None:
+            raise self._broken
+        try:
+            yield
+        except OSError as exc:
+            self._broken = OutputError("the audit log", self.path, exc)
+            raise self._broken from None
 
 
 class _Chain:

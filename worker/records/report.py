@@ -10,6 +10,7 @@ from typing import Any, TextIO
 
 import orjson
 
+from worker.errors import OutputError
 from worker.exit_codes import ExitCode
 from worker.records.tally import Tally
 
@@ -106,11 +107,18 @@ class ReportFile:
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
-    """Write the report atomically, so a reader never sees half of it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-    os.replace(tmp, path)
+    """Write the report atomically, so a reader never sees half of it.
+
+    Raises:
+        OutputError: it could not be written.
+    """
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise OutputError("the report", path, exc) from None
 
 
 _VERDICTS: dict[int, str] = {
@@ -120,6 +128,8 @@ _VERDICTS: dict[int, str] = {
     ExitCode.FATAL: "aborted",
     ExitCode.UNAVAILABLE: "Redis unavailable",
     ExitCode.INTERRUPTED: "interrupted",
+    ExitCode.INTERNAL: "stopped on an internal error",
+    ExitCode.IO_ERROR: "stopped: a file could not be written",
 }
 
 

@@ -29,14 +29,14 @@ import structlog
 from pyroaring import BitMap64
 
 from worker import __version__
-from worker.errors import FatalError, UsageError
+from worker.errors import FatalError, OutputError, UsageError
 from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
-from worker.runtime.signals import Interrupts, signal_handlers
+from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource
 from worker.sending.dispatch import Dispatcher
@@ -85,6 +85,7 @@ class Runtime:
         self._stack = AsyncExitStack()
         self._background: list[Work] = []
         self._recorder: Recorder | None = None
+        self._stopper: Stopper | None = None
         self._under_way = False
         self._finished = False
         # What a run that ends in an exception can still say in its run_finished.
@@ -124,13 +125,20 @@ class Runtime:
             except BaseException as exc:
                 # A run refused before run_started leaves no record, as if never begun.
                 if self._under_way and not self._finished:
-                    self.finish(
-                        exit_code=exit_code_for(exc),
-                        error=str(exc) or type(exc).__name__,
-                        duration_s=self.elapsed(),
-                        **self.failure_fields(),
-                    )
+                    self._finish_failed(exc)
                 raise
+
+    def _finish_failed(self, exc: BaseException) -> None:
+        """``run_finished`` for a run ended by ``exc``, if the audit log still takes it."""
+        try:
+            self.finish(
+                exit_code=exit_code_for(exc),
+                error=str(exc) or type(exc).__name__,
+                duration_s=self.elapsed(),
+                **self.failure_fields(),
+            )
+        except OutputError as broken:
+            log.error("run_finished could not be written", error=str(broken))
 
     def _attach_outputs(self, state_dir: Path | None) -> None:
         """The failed-out file and the report, for a command that offers them: a config
@@ -217,6 +225,7 @@ class Runtime:
             recorder=self.recorder,
             concurrency=self.settings.concurrency,
             on_settled=on_settled,
+            on_error=self.fail,
         )
 
     def background(self, helper: Work) -> None:
@@ -227,22 +236,42 @@ class Runtime:
         """Run ``work`` and the background helpers in one task group, under the signal
         handlers; True if a signal interrupted it.
 
-        A first signal calls ``stop`` and cancels the work after ``grace``; a second cancels
-        it at once. The cancellation of an interrupted work is its normal end. An exception
-        in the work or a helper cancels the others and is raised as itself.
+        A first signal, or an unexpected error in the work (reported through :meth:`fail`)
+        or in a helper, calls ``stop`` and cancels the work after ``grace``; a second
+        signal cancels it at once. The cancellation of a stopped work is its normal end.
+
+        Raises:
+            The first unexpected error, itself (not wrapped), once the work has ended.
         """
         helpers, self._background = self._background, []
-        interrupts = Interrupts(stop, self.settings.grace)
+        stopper = self._stopper = Stopper(stop, self.settings.grace)
         try:
-            with signal_handlers(interrupts):
+            with signal_handlers(stopper):
                 async with asyncio.TaskGroup() as group:
                     main = group.create_task(work)
-                    interrupts.watch(main)
-                    running = [group.create_task(helper) for helper in helpers]
+                    stopper.watch(main)
+                    running = [group.create_task(self._guarded(h, stopper)) for h in helpers]
                     main.add_done_callback(lambda _: [task.cancel() for task in running])
         except BaseExceptionGroup as failed:
             raise _first(failed) from None
-        return interrupts.count > 0
+        finally:
+            self._stopper = None
+        if stopper.error is not None:
+            raise stopper.error
+        return stopper.signals > 0
+
+    def fail(self, error: Exception) -> None:
+        """An unexpected error in the supervised work: stop it gracefully, then end with it."""
+        if self._stopper is None:
+            raise error
+        self._stopper.fail(error)
+
+    @staticmethod
+    async def _guarded(helper: Work, stopper: Stopper) -> None:
+        try:
+            await helper
+        except Exception as exc:
+            stopper.fail(exc)
 
 
 def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:

@@ -1,4 +1,5 @@
-"""Signals: SIGTERM/SIGINT stop a run gracefully; a second one stops it now.
+"""Stopping a run: SIGTERM/SIGINT, or an unexpected error, stop it gracefully; a second
+signal stops it now.
 
 Kubernetes sends SIGTERM, waits ``terminationGracePeriodSeconds`` (30 by default), then
 SIGKILL: the default grace of 20 s leaves time to save the audit and the checkpoint. The
@@ -32,30 +33,49 @@ def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
             loop.remove_signal_handler(sig)
 
 
-class Interrupts:
-    """First signal: ``stop()`` intake, cancel the watched task after ``grace``. Second:
-    cancel it now."""
+class Stopper:
+    """Ends the watched work gracefully, on a signal or on the first unexpected error.
+
+    First signal (or an error): ``stop()`` (intake stops, no request starts, in-flight
+    requests may finish), then the work is cancelled after ``grace`` seconds. A second
+    signal cancels it at once. The first error is kept, for the run to end with it.
+    """
 
     def __init__(self, stop: Callable[[], None], grace: float) -> None:
         self._stop = stop
         self._grace = grace
         self._task: asyncio.Task[None] | None = None
-        self.count = 0
+        self._stopping = False
+        self.signals = 0
+        self.error: Exception | None = None
 
     def watch(self, task: asyncio.Task[None]) -> None:
         self._task = task
 
     def __call__(self, signum: int) -> None:
+        name = signal.Signals(signum).name
         if self._task is not None and self._task.done():
             # The work has ended: the run finishes as it is; only its helpers remain.
-            log.warning("signal received after the work ended", signal=signal.Signals(signum).name)
+            log.warning("signal received after the work ended", signal=name)
             return
-        self.count += 1
-        log.warning("signal received", signal=signal.Signals(signum).name, count=self.count)
-        self._stop()
-        if self._task is None:
-            return
-        if self.count == 1:
-            asyncio.get_running_loop().call_later(self._grace, self._task.cancel)
-        else:
+        self.signals += 1
+        log.warning("signal received", signal=name, count=self.signals)
+        if self.signals > 1 and self._task is not None:
             self._task.cancel()
+        else:
+            self._begin()
+
+    def fail(self, error: Exception) -> None:
+        """An unexpected error: stop as for a signal, and keep the first error."""
+        if self.error is None:
+            self.error = error
+            log.error("stopping on an error", error=str(error) or type(error).__name__)
+        self._begin()
+
+    def _begin(self) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop()
+        if self._task is not None and not self._task.done():
+            asyncio.get_running_loop().call_later(self._grace, self._task.cancel)

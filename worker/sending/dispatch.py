@@ -43,6 +43,7 @@ class Dispatcher:
         recorder: Recorder,
         concurrency: int,
         on_settled: Callable[[Batch], None] = lambda _: None,
+        on_error: Callable[[Exception], None] = lambda _: None,
     ) -> None:
         self._client = client
         self._gate = gate
@@ -50,6 +51,8 @@ class Dispatcher:
         self._recorder = recorder
         self._concurrency = concurrency
         self._on_settled = on_settled
+        self._on_error = on_error
+        self.error: Exception | None = None
         self._queue: asyncio.Queue[Batch] = asyncio.Queue(maxsize=concurrency)
         self._size_cap: int | None = None
         self._stop = asyncio.Event()
@@ -64,9 +67,10 @@ class Dispatcher:
     async def run(self, batches: AsyncIterator[Batch]) -> None:
         """Send every batch; returns when all settled or the run was stopped.
 
-        The feeder and the senders are one task group: an exception in any of them cancels
-        the others and is raised (in an ``ExceptionGroup``). Cancelling this coroutine
-        cancels the in-flight requests (audited as unconfirmed).
+        The feeder and the senders are one task group. An unexpected error in any of them
+        stops the dispatcher as a signal would (``on_error`` is told at once, so that the
+        runtime can bound the wait for in-flight requests) and is raised once they ended.
+        Cancelling this coroutine cancels the in-flight requests (audited as unconfirmed).
         """
         try:
             async with asyncio.TaskGroup() as group:
@@ -75,12 +79,23 @@ class Dispatcher:
         finally:
             if isinstance(batches, AsyncGenerator):
                 await batches.aclose()
+        if self.error is not None:
+            raise self.error
+
+    def _fail(self, error: Exception) -> None:
+        if self.error is None:
+            self.error = error
+        self.stop()
+        self._on_error(error)
 
     async def _feed(self, batches: AsyncIterator[Batch], senders: list[asyncio.Task[None]]) -> None:
         """Queue the batches until the input ends or the run stops (a read in progress is
         abandoned then); once every queued batch is finished, let the senders go."""
-        async for batch in until_stopped(batches, self._stop):
-            await self._queue.put(batch)
+        try:
+            async for batch in until_stopped(batches, self._stop):
+                await self._queue.put(batch)
+        except Exception as exc:
+            self._fail(exc)
         await self._queue.join()
         for sender in senders:
             sender.cancel()  # each is waiting for a batch that will not come
@@ -91,6 +106,8 @@ class Dispatcher:
             try:
                 if not self.stopping and await self._dispatch(batch):
                     self._on_settled(batch)
+            except Exception as exc:
+                self._fail(exc)
             finally:
                 self._queue.task_done()
 

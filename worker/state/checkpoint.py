@@ -34,7 +34,7 @@ from typing import Any
 import orjson
 from pyroaring import BitMap64
 
-from worker.errors import StateError
+from worker.errors import OutputError, StateError
 
 FORMAT = 1
 STATE_FILE = "state.json"
@@ -166,7 +166,17 @@ class StateStore:
         return self.path.exists()
 
     def save(self, point: Checkpoint) -> None:
-        """Write the bitmaps of a new generation, then switch state.json to them."""
+        """Write the bitmaps of a new generation, then switch state.json to them.
+
+        Raises:
+            OutputError: a file could not be written; the previous state stays in force.
+        """
+        try:
+            self._save(point)
+        except OSError as exc:
+            raise OutputError("the progress in", self.directory, exc) from None
+
+    def _save(self, point: Checkpoint) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         self._generation += 1
         blobs: dict[str, str] = {}

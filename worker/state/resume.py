@@ -14,6 +14,7 @@ from typing import Any
 
 import structlog
 
+from worker.errors import OutputError
 from worker.input.batching import Batcher, Deduper
 from worker.input.planning import Plan
 from worker.input.sources import InputDigest, Prefix, ResumeFrom
@@ -162,6 +163,14 @@ class Checkpointer:
         while True:
             await asyncio.sleep(interval)
             self.save()
+
+    def last_words(self) -> None:
+        """Save what a run that ends in an error can still prove (the audit first: with a
+        broken audit log, nothing is saved, and the state keeps its last claim)."""
+        try:
+            self.save()
+        except OutputError as exc:
+            log.error("the progress could not be saved at the end", error=str(exc))
 
     def final(self, *, stopped: bool) -> None:
         """The last save of a run (synchronous: no cancellation can cut it short)."""
