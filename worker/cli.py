@@ -19,7 +19,6 @@ import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 from worker import __version__
 from worker.commands.audit import add_audit_parser
@@ -314,7 +313,3 @@ def _describe(exc: BaseException) -> str:
 def _fail(message: str, code: int) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return code
-
-
-def entry(*_: Any) -> None:
-    sys.exit(main())

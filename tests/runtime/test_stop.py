@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import read_audit, write_csv
+from processes import finish, start
 
 from worker.commands.run import run_purge
 from worker.sandbox import FaultConfig
@@ -104,3 +105,21 @@ async def test_a_stop_cuts_a_retry_backoff_short_and_starts_no_retry(
     records = read_audit(settings.audit_log)
     unconfirmed = [r for r in records if r["event"] == "unconfirmed"]
     assert [r["reason"] for r in unconfirmed] == ["stopped before a retry could settle it"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("delay", [0.1, 0.2, 0.4])
+async def test_sigterm_at_any_moment_of_the_start_exits_75_without_a_traceback(
+    sandbox: SandboxHandle, token: str, tmp_path: Path, delay: float
+) -> None:
+    ids = ids_file(tmp_path, 2000)
+    argv = ["run", "--input", str(ids), "--campaign-id", "42", "--base-url", sandbox.url]
+    proc = await start(*argv, "--rate", "2/second", "--progress", "off", cwd=tmp_path, token=token)
+    await asyncio.sleep(delay)  # importing, preparing, or sending by now
+    proc.send_signal(signal.SIGTERM)
+
+    done = await finish(proc, timeout=30)
+
+    assert done.code == 75, done.err
+    assert "Traceback" not in done.err
+    assert done.err.strip()

@@ -21,9 +21,11 @@ log = structlog.get_logger("audience_purge.signals")
 
 @contextmanager
 def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
-    """Route SIGINT and SIGTERM to ``on_signal`` for the body of the block."""
+    """Route SIGINT and SIGTERM to ``on_signal`` for the body of the block; the handlers
+    from before (the process's own, see ``worker.__main__``) are back after it."""
     loop = asyncio.get_running_loop()
     signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
     try:
@@ -31,6 +33,9 @@ def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
     finally:
         for sig in signals:
             loop.remove_signal_handler(sig)
+            handler = previous[sig]
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 class Stopper:
