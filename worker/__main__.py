@@ -1,27 +1,20 @@
 """``python -m worker`` and the ``audience-purge`` command.
 
-The first thing the process does is take SIGTERM: until the run installs its own handlers,
-a signal stops the process as an interrupt (exit 75, nothing sent) rather than killing it
-(143) while it imports or prepares. The imports come after.
+The first thing the process does is take SIGTERM (see
+:mod:`worker.runtime.early`): a signal while the tool starts or
+prepares ends it with exit 75, never the kernel's 143. The imports come after.
 """
 
-import signal
 import sys
-from types import FrameType
 
-
-def _interrupted(signum: int, frame: FrameType | None) -> None:
-    raise KeyboardInterrupt
+from worker.runtime.early import take_sigterm_early
 
 
 def entry() -> None:
     """Entry point of the console script."""
-    signal.signal(signal.SIGTERM, _interrupted)
-    try:
-        from worker.cli import main
-    except KeyboardInterrupt:
-        print("audience-purge: error: interrupted", file=sys.stderr)
-        sys.exit(75)
+    take_sigterm_early()
+    from worker.cli import main
+
     sys.exit(main())
 
 

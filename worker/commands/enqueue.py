@@ -17,6 +17,7 @@ from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.queue.intake import open_queue
 from worker.queue.streams import StreamQueue, encode
 from worker.records.recorder import Recorder
+from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import until_stopped
 from worker.settings import Settings
@@ -37,6 +38,7 @@ async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.
     75 (re-running enqueues the whole input again).
     """
     runtime = Runtime(settings, "enqueue", needs_token=False, plans=False)
+    check_distinct(input_path, {"--audit-log": runtime.audit_path})
     source = await open_input(input_path)
     try:
         async with open_queue(settings) as queue, runtime.recording() as recorder:

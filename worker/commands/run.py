@@ -21,10 +21,17 @@ from worker.input.planning import Plan, plan_batches
 from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
 from worker.records.report import RunResult, print_summary
+from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
-from worker.state.resume import Checkpointer, make_plan, open_state, previous_link
+from worker.state.resume import (
+    Checkpointer,
+    make_plan,
+    open_state,
+    previous_link,
+    state_directory,
+)
 
 
 def run_command(settings: Settings, input_path: str) -> int:
@@ -43,17 +50,28 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             sent.
     """
     runtime = Runtime(settings, "run", needs_token=not settings.dry_run)
-    store, point = (None, None) if settings.dry_run else open_state(settings, input_path)
-    plan = make_plan(point, settings)
-    source = await open_input(input_path)
+    directory = None if settings.dry_run else state_directory(settings, input_path)
+    outputs = {"--audit-log": runtime.audit_path, "state": directory}
+    if not settings.dry_run:
+        outputs |= {"--report": settings.report, "--failed-out": settings.failed_out}
+    check_distinct(input_path, outputs)
+    store, point = (
+        (None, None) if directory is None else open_state(directory, fresh=settings.fresh)
+    )
     try:
-        return await _purge(runtime, plan, source, store, point, out)
-    except UsageError:
-        if point is None and store is not None:
-            store.clear()  # nothing was sent: a corrected input must not look "changed"
-        raise
+        plan = make_plan(point, settings)
+        source = await open_input(input_path)
+        try:
+            return await _purge(runtime, plan, source, store, point, out)
+        except UsageError:
+            if point is None and store is not None:
+                store.clear()  # nothing was sent: a corrected input must not look "changed"
+            raise
+        finally:
+            source.close()
     finally:
-        source.close()
+        if store is not None:
+            store.unlock()
 
 
 async def _purge(

@@ -36,6 +36,7 @@ from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_
 from worker.records.failed_out import FailedOut
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
+from worker.runtime.early import deferring_signals
 from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource
@@ -117,6 +118,7 @@ class Runtime:
             key=read_key_file(settings.audit_key_file),
         )
         async with self._stack:
+            self._stack.enter_context(deferring_signals())
             self._stack.callback(audit.close)
             self._recorder = Recorder(audit, failed_pairs=failed_pairs)
             self._attach_outputs(state_dir)

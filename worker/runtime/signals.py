@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 import structlog
 
+from worker.runtime.early import held_signals
+
 log = structlog.get_logger("audience_purge.signals")
 
 
@@ -28,6 +30,8 @@ def signal_handlers(on_signal: Callable[[int], None]) -> Iterator[None]:
     previous = {sig: signal.getsignal(sig) for sig in signals}
     for sig in signals:
         loop.add_signal_handler(sig, on_signal, sig)
+    for held in held_signals():  # arrived while the run prepared: handled first thing
+        loop.call_soon(on_signal, held)
     try:
         yield
     finally:

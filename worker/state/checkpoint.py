@@ -23,13 +23,15 @@ silent restart from zero.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
+import socket
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 from pyroaring import BitMap64
@@ -37,6 +39,7 @@ from pyroaring import BitMap64
 from worker.errors import OutputError, StateError
 
 FORMAT = 1
+LOCK_FILE = "lock"
 STATE_FILE = "state.json"
 _HEADER = struct.Struct("<QQ")
 PARTS = ("seen", "pending", "done_above", "failed")
@@ -155,12 +158,51 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 
 class StateStore:
-    """Reads and writes checkpoints in one directory; one generation of files at a time."""
+    """Reads and writes checkpoints in one directory; one generation of files at a time.
+
+    One run at a time: :meth:`lock` takes an exclusive ``flock`` on a lock file in the
+    directory, which the kernel releases when the process ends, however it ends.
+    """
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         self.path = directory / STATE_FILE
         self._generation = 0
+        self._lock: IO[str] | None = None
+
+    def lock(self) -> None:
+        """Take the directory for this run.
+
+        Raises:
+            StateError: another process holds it (named by PID and host).
+            OutputError: the directory or its lock file cannot be created.
+        """
+        lock_path = self.directory / LOCK_FILE
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            handle = lock_path.open("a+", encoding="utf-8")
+        except OSError as exc:
+            raise OutputError("the progress in", self.directory, exc) from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            handle.close()
+            raise StateError(
+                f"state directory {self.directory} is in use by {holder}: wait for that run, "
+                "or give this one its own --state-dir"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"PID {os.getpid()} on {socket.gethostname()}\n")
+        handle.flush()
+        self._lock = handle
+
+    def unlock(self) -> None:
+        if self._lock is not None:
+            self._lock.close()  # closing the file releases the flock
+            self._lock = None
 
     def exists(self) -> bool:
         return self.path.exists()

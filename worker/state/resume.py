@@ -35,19 +35,33 @@ from worker.state.watermark import Ledger
 log = structlog.get_logger("audience_purge.resume")
 
 
-def open_state(settings: Settings, input_path: str) -> tuple[StateStore, Checkpoint | None]:
-    """The run's state store, and its checkpoint unless there is none or ``--fresh``."""
+def state_directory(settings: Settings, input_path: str) -> Path:
+    """Where the run keeps its progress: given, or derived from what identifies the purge."""
     shard = (
         f"{settings.shard_index}/{settings.shard_count}" if settings.shard_count is not None else ""
     )
-    directory = settings.state_dir or default_state_dir(
+    return settings.state_dir or default_state_dir(
         input_path, settings.campaign_id, settings.base_url, shard
     )
+
+
+def open_state(directory: Path, *, fresh: bool) -> tuple[StateStore, Checkpoint | None]:
+    """The run's state store, locked for this run, and its checkpoint unless there is none
+    or ``fresh``.
+
+    Raises:
+        StateError: another run holds the directory, or its state is unusable.
+    """
     store = StateStore(directory)
-    if settings.fresh:
-        store.clear()
-        return store, None
-    return store, store.load() if store.exists() else None
+    store.lock()
+    try:
+        if fresh:
+            store.clear()
+            return store, None
+        return store, store.load() if store.exists() else None
+    except BaseException:
+        store.unlock()
+        raise
 
 
 def make_plan(point: Checkpoint | None, settings: Settings) -> Plan:
