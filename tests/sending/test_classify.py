@@ -118,7 +118,21 @@ def test_message_that_merely_contains_a_documented_error_is_not_one() -> None:
 
     verdict = classify(200, body({"message": message}), NO_HEADERS)
 
-    assert verdict == Verdict(Kind.DELETED, 200, "deleted", message)
+    assert verdict == Verdict(Kind.PERMANENT, 200, "unrecognised success answer", message)
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "Audience not deleted successfully",
+        "Audience deleted successfully? No",
+        "Some audience deleted successfully, others not",
+    ],
+)
+def test_a_message_that_merely_contains_the_success_message_is_no_deletion(message: str) -> None:
+    verdict = classify(200, body({"message": message}), NO_HEADERS)
+
+    assert verdict == Verdict(Kind.PERMANENT, 200, "unrecognised success answer", message)
 
 
 # -- normalise ------------------------------------------------------------------------------

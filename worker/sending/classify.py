@@ -64,8 +64,9 @@ DOCUMENTED_ERRORS = {
     AUDIENCE_REQUIRED: "empty audience array",
     DELETE_ALL_NOT_DRAFT: "campaign is not in draft status",
 }
-# The documented success messages; a 2xx is a deletion only with one of these (or a message
-# that says "deleted successfully"): an answer we do not recognise proves nothing.
+# The documented success messages; a 2xx is a deletion only with one of these, compared
+# whole (case, spacing and a final full stop aside): an answer we do not recognise proves
+# nothing.
 SUCCESS_MESSAGES = {"audience deleted successfully", "all audience deleted successfully"}
 _AUTH_WORDS = ("token", "unauthori", "forbidden", "not authenticated", "api key")
 _FALSE_FLAGS = ("status", "success")
@@ -129,7 +130,8 @@ def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
             return Verdict(Kind.PERMANENT, status, "API reported failure", message)
         said = normalise(message) if message else ""
         declared = any(data.get(flag) is True for flag in _FALSE_FLAGS)
-        if said in SUCCESS_MESSAGES or "deleted successfully" in said or declared:
+        # Exactly a documented message: "Audience not deleted successfully" is no deletion.
+        if said in SUCCESS_MESSAGES or declared:
             return Verdict(Kind.DELETED, status, "deleted", message)
         if any(word in said for word in _AUTH_WORDS):
             return Verdict(Kind.FATAL, status, f"authentication refused (HTTP {status})", message)
