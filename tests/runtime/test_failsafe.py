@@ -207,3 +207,20 @@ def test_a_bug_ends_the_cli_with_exit_70_and_one_line(
         "audience-purge: error: internal error: KeyError: 'a bug' (a bug: the run stopped "
         "safely; please report it with the audit log)"
     ]
+
+
+async def test_an_audit_log_deleted_during_the_run_ends_it_with_exit_74(
+    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 1001)])
+    settings = make_settings(campaign_id=42, rate=RateSpec(40, 1.0), checkpoint_interval=0.2)
+    assert settings.audit_log is not None
+    loop = asyncio.get_running_loop()
+    loop.call_later(0.5, settings.audit_log.unlink)
+    began = loop.time()
+
+    with pytest.raises(OutputError, match="deleted or replaced during the run"):
+        await run_purge(settings, str(path))
+
+    assert loop.time() - began < 2.5  # 100 batches at 40/s: it stopped long before the end
+    assert not settings.audit_log.exists()

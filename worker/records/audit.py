@@ -10,6 +10,7 @@ module: records are built from ids, statuses and the API's messages only.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import secrets
 from collections.abc import Iterator
@@ -117,6 +118,17 @@ class _LazyFile:
             if self._file is not None and not self._file.closed:
                 self._file.flush()
                 os.fsync(self._file.fileno())
+                self._check_still_there(self._file.fileno())
+
+    def _check_still_there(self, fd: int) -> None:
+        """A log deleted (or replaced) under the run proves nothing to anyone: an error."""
+        ours = os.fstat(fd)
+        try:
+            named = self.path.stat()
+        except FileNotFoundError:
+            named = None
+        if ours.st_nlink == 0 or named is None or named.st_ino != ours.st_ino:
+            raise OSError(errno.ENOENT, "deleted or replaced during the run")
 
     def close(self) -> None:
         if self._file is None or self._file.closed:
