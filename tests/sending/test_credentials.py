@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import io
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import structlog
+from aiohttp import web
 from conftest import write_csv
 
 from worker.cli import main
+from worker.commands.run import run_purge
 from worker.errors import ConfigError
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.credentials import Secret, TokenSource
+from worker.settings import Settings
 
 SECRET_PART = "s3cr3t-part"
 
@@ -107,3 +111,45 @@ def test_run_with_a_two_line_token_file_exits_2_with_one_line_and_sends_nothing(
     ]
     assert sandbox.state.requests_total == 0
     assert not (tmp_path / "audit.jsonl").exists()
+
+
+@pytest.mark.parametrize("status", [400, 401, 500])
+async def test_a_token_the_server_echoes_is_written_nowhere(
+    make_settings: Callable[..., Settings], tmp_path: Path, status: int
+) -> None:
+    token = f"tok-{SECRET_PART}"
+
+    async def echo(request: web.Request) -> web.Response:
+        said = f"Invalid token: {request.headers['token']} (got {request.headers['token']})"
+        return web.json_response({"message": said}, status=status)
+
+    app = web.Application()
+    app.router.add_post("/api/delete-audience", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    ids = write_csv(tmp_path / "ids.csv", ["1", "2", "3"])
+    settings = make_settings(
+        base_url=f"http://127.0.0.1:{port}/api", token=Secret(token), campaign_id=42, max_attempts=2
+    )
+    out = io.StringIO()
+    try:
+        result = await run_purge(settings, str(ids), out=out)
+    finally:
+        await runner.cleanup()
+
+    assert result.exit_code in (1, 3)
+    assert settings.audit_log is not None
+    assert settings.report is not None
+    audit = settings.audit_log.read_text()
+    assert "Invalid token: *** (got ***)" in audit
+    for written in (audit, settings.report.read_text(), out.getvalue()):
+        assert SECRET_PART not in written
+
+
+def test_a_base_url_with_credentials_is_masked_in_the_effective_settings() -> None:
+    settings = Settings(base_url="https://ops:hunter2@api.example.com/api/v1/global")
+
+    assert settings.public()["base_url"] == "https://ops:***@api.example.com/api/v1/global"

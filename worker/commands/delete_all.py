@@ -16,6 +16,7 @@ from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned, unless_stopped
 from worker.sending.client import Reply, UnleashXClient
+from worker.sending.credentials import without_userinfo
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
@@ -50,7 +51,8 @@ async def delete_all(
     payload = {"campaign_id": campaign_id, "delete_all": True}
     if settings.dry_run:
         print(
-            f"dry run: would POST {settings.base_url}/delete-audience {payload}; nothing was sent",
+            f"dry run: would POST {without_userinfo(settings.base_url)}/delete-audience "
+            f"{payload}; nothing was sent",
             file=out,
         )
         return ExitCode.OK

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -72,6 +72,8 @@ class UnleashXClient:
                 verdict = classify(response.status, body, response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             verdict = transport_failure(exc)
+        if verdict.message is not None:
+            verdict = replace(verdict, message=self._tokens.redact(verdict.message))
         return Reply(verdict, round((time.perf_counter() - started) * 1000, 1))
 
 

@@ -8,6 +8,7 @@ calls :meth:`Secret.reveal`, to put it in the ``token`` header.
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import structlog
 
@@ -81,9 +82,19 @@ class TokenSource:
         else:
             self._token = read_token_file(path)  # type: ignore[arg-type]
         self._reread = False
+        self._known = [self._token]
 
     def current(self) -> Secret:
         return self._token
+
+    def redact(self, text: str | None) -> str | None:
+        """``text`` without any token this run has used: a server may echo the token in an
+        error message, and messages are written to the audit log, logs and summaries."""
+        if text is None:
+            return None
+        for token in self._known:
+            text = text.replace(token.reveal(), "***")
+        return text
 
     def rotate(self) -> bool:
         """Re-read the token file once (secret rotation); True if a new token was found."""
@@ -98,7 +109,14 @@ class TokenSource:
         if fresh == self._token:
             return False
         self._token = fresh
+        self._known.append(fresh)
         return True
+
+
+def without_userinfo(url: str) -> str:
+    """An http(s) URL with any user and password in it masked (for the audit log)."""
+    netloc = urlsplit(url).netloc
+    return redact_url(url) if "@" in netloc else url
 
 
 def redact_url(url: str) -> str:

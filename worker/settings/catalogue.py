@@ -9,7 +9,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from worker.sending.credentials import Secret, redact_url
+from worker.sending.credentials import Secret, redact_url, without_userinfo
 from worker.sending.ratelimit import RateSpec
 from worker.settings.declare import (
     DECLARATION,
@@ -311,6 +311,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name == "redis_url" and value is not None:
                 value = redact_url(value)
+            if f.name == "base_url":
+                value = without_userinfo(value)
             out[f.name] = (
                 value if value is None or isinstance(value, int | float | bool) else str(value)
             )
