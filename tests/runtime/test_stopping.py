@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -164,3 +165,62 @@ async def test_unless_stopped_passes_the_error_of_the_wait_on() -> None:
 
     with pytest.raises(OSError, match="Input/output error"):
         await unless_stopped(broken(), asyncio.Event())
+
+
+class SlowToCancel:
+    """A read that takes a moment to finish when it is cancelled (a thread to join, a
+    connection to close), which opens the window a lost cancellation hides in."""
+
+    async def __aiter__(self) -> AsyncIterator[int]:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+            raise
+        yield 1
+
+
+async def test_a_cancel_arriving_while_the_abandoned_read_finishes_is_not_lost() -> None:
+    stop = asyncio.Event()
+    went_on: list[bool] = []
+
+    async def consumer() -> None:
+        async for _ in until_stopped(SlowToCancel().__aiter__(), stop):
+            pass
+        went_on.append(True)  # a swallowed cancellation would let it get here
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(consumer())
+    await asyncio.sleep(0.01)
+    stop.set()  # the read is abandoned: 50 ms to finish
+    await asyncio.sleep(0.01)
+    task.cancel()  # and the consumer is cancelled meanwhile
+
+    await asyncio.wait({task}, timeout=1)
+    assert task.cancelled()
+    assert went_on == []
+
+
+async def test_unless_stopped_loses_no_cancellation_either() -> None:
+    stop = asyncio.Event()
+
+    async def slot() -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.05)
+            raise
+
+    async def waiter() -> None:
+        with contextlib.suppress(Abandoned):
+            await unless_stopped(slot(), stop)
+        await asyncio.sleep(10)
+
+    task = asyncio.create_task(waiter())
+    await asyncio.sleep(0.01)
+    stop.set()
+    await asyncio.sleep(0.01)
+    task.cancel()
+
+    await asyncio.wait({task}, timeout=1)
+    assert task.cancelled()

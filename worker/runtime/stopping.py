@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import inspect
 from collections.abc import AsyncIterator, Awaitable
-from contextlib import suppress
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -42,8 +41,7 @@ async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
         stopped.cancel()
         if not work.done():
             work.cancel()
-            with suppress(asyncio.CancelledError):
-                await work
+            await _ended(work)
     if work.cancelled():
         raise Abandoned
     return work.result()
@@ -61,8 +59,7 @@ async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncI
             finally:
                 if not read.done():
                     read.cancel()  # the stop came first (or we are cancelled): abandon it
-                    with suppress(asyncio.CancelledError, StopAsyncIteration):
-                        await read
+                    await _ended(read)
             if read.cancelled():
                 return
             try:
@@ -72,3 +69,13 @@ async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncI
             yield item
     finally:
         stopped.cancel()
+
+
+async def _ended(task: asyncio.Future[Any]) -> None:
+    """Wait for an abandoned task to finish its cancellation, without taking its outcome.
+
+    Not ``suppress(CancelledError): await task``: a cancellation of *this* task that lands
+    meanwhile would be swallowed with the task's own, and this task would go on as if it
+    had not been cancelled (seen: a dispatcher whose run was cancelled waited for ever).
+    """
+    await asyncio.wait({task})
