@@ -224,3 +224,19 @@ async def test_unless_stopped_loses_no_cancellation_either() -> None:
 
     await asyncio.wait({task}, timeout=1)
     assert task.cancelled()
+
+
+async def test_unless_stopped_abandons_a_wait_that_ignored_its_cancellation() -> None:
+    stop = asyncio.Event()
+
+    async def stubborn_slot() -> int:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            return 42  # as a library that swallows the cancellation and answers anyway
+        return 0
+
+    asyncio.get_running_loop().call_later(0.02, stop.set)
+
+    with pytest.raises(Abandoned):
+        await asyncio.wait_for(unless_stopped(stubborn_slot(), stop), timeout=1)

@@ -44,7 +44,12 @@ async def unless_stopped(awaitable: Awaitable[T], stop: asyncio.Event) -> T:
             await _ended(work)
     if work.cancelled():
         raise Abandoned
-    return work.result()
+    result = work.result()
+    if stop.is_set():
+        # The wait may have swallowed its cancellation and finished anyway (redis-py can,
+        # in the shared rate gate): a stop that came first still wins.
+        raise Abandoned
+    return result
 
 
 async def until_stopped(source: AsyncIterator[T], stop: asyncio.Event) -> AsyncIterator[T]:
