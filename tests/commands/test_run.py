@@ -740,3 +740,28 @@ async def test_an_input_error_leaves_no_state_so_the_corrected_input_runs(
     assert result.exit_code == 0
     assert sandbox.state.requests_total == 1
     assert not sandbox.state.campaigns[42].alive(1)
+
+
+async def test_an_input_with_rows_and_not_one_valid_id_is_refused_with_2_and_every_row_audited(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ids = write_csv(tmp_path / "ids.csv", ["audience_id", "alice@example.com", "-4", "bob"])
+    settings = make_settings(campaign_id=42)
+
+    with pytest.raises(UsageError, match="not one valid audience id: all 3 rows were rejected"):
+        await run_purge(settings, str(ids))
+
+    records = read_audit(settings.audit_log)
+    assert [r["line"] for r in records if r["event"] == "rejected"] == [2, 3, 4]
+    assert (records[-1]["event"], records[-1]["exit_code"]) == ("run_finished", 2)
+    assert sandbox.state.requests_total == 0
+
+
+async def test_an_input_with_one_valid_id_among_rejected_rows_exits_0(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    ids = write_csv(tmp_path / "ids.csv", ["audience_id", "x", "5", "y"])
+
+    result = await run_purge(make_settings(campaign_id=42), str(ids))
+
+    assert (result.exit_code, result.tally.rejected, result.tally.deleted) == (0, 2, 1)

@@ -127,7 +127,7 @@ async def test_a_failing_checkpoint_stops_the_run_gracefully_with_exit_74(
     settings = make_settings(
         campaign_id=42, rate=RateSpec(200, 1.0), checkpoint_interval=0.1, grace=5.0
     )
-    write = checkpoint._write_atomic
+    write = checkpoint.write_atomic
     calls = 0
 
     def full_disk(target: Path, data: bytes) -> None:
@@ -137,7 +137,7 @@ async def test_a_failing_checkpoint_stops_the_run_gracefully_with_exit_74(
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
         write(target, data)
 
-    monkeypatch.setattr(checkpoint, "_write_atomic", full_disk)
+    monkeypatch.setattr(checkpoint, "write_atomic", full_disk)
     loop = asyncio.get_running_loop()
     began = loop.time()
 

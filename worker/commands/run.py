@@ -15,7 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any, TextIO
 
-from worker.errors import StateError, UsageError
+from worker.errors import InputError, UsageError
+from worker.exit_codes import ExitCode
 from worker.input.batching import Batch
 from worker.input.planning import Plan, plan_batches
 from worker.input.sources import ByteSource, InputDigest, open_input
@@ -25,11 +26,13 @@ from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
+from worker.state.replay import Replayed, apply, replay
 from worker.state.resume import (
     Checkpointer,
     make_plan,
     open_state,
     previous_link,
+    run_target,
     state_directory,
 )
 
@@ -56,13 +59,18 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         outputs |= {"--report": settings.report, "--failed-out": settings.failed_out}
     check_distinct(input_path, outputs)
     store, point = (
-        (None, None) if directory is None else open_state(directory, fresh=settings.fresh)
+        (None, None)
+        if directory is None
+        else open_state(directory, fresh=settings.fresh, target=run_target(settings))
     )
     try:
+        replayed = replay(point) if point is not None else Replayed()
+        if point is not None:
+            apply(point, replayed)
         plan = make_plan(point, settings)
         source = await open_input(input_path)
         try:
-            return await _purge(runtime, plan, source, store, point, out)
+            return await _purge(runtime, plan, source, store, point, replayed, out)
         except UsageError:
             if point is None and store is not None:
                 store.clear()  # nothing was sent: a corrected input must not look "changed"
@@ -80,6 +88,7 @@ async def _purge(
     source: ByteSource,
     store: StateStore | None,
     point: Checkpoint | None,
+    replayed: Replayed,
     out: TextIO,
 ) -> RunResult:
     settings = runtime.settings
@@ -89,22 +98,28 @@ async def _purge(
         return {"input_sha256": digest.sha256, "input_bytes": digest.bytes_read}
 
     runtime.failure_fields = read
+    link = previous_link(point)
     async with runtime.recording(
-        previous=previous_link(point),
+        previous=link,
         failed_pairs=dict(point.failed) if point else None,
         state_dir=store.directory if store else None,
     ) as recorder:
+        # The input is bound to the state by its verified prefix (checked as it is read),
+        # not by the whole file: rows appended to a finished input are picked up.
         input_sha256, input_lines = await source.survey()
-        if point is not None and point.input_sha256 and input_sha256 != point.input_sha256:
-            raise StateError(
-                f"input {source.name} changed since the state was written (its SHA-256 "
-                "differs): re-run with --fresh to start over"
-            )
         batches = plan_batches(plan, source, digest, recorder, settings)
         checkpoints = None
         if store is not None:
             checkpoints = Checkpointer(
-                store, plan, digest, recorder, source.name, point, input_sha256
+                store,
+                plan,
+                digest,
+                recorder,
+                source.name,
+                point,
+                input_sha256,
+                link=link,
+                target=run_target(settings),
             )
             # Before the first audit record: a crash from here on leaves a state whose audit
             # head names this run's file, so the next run's chain links to it.
@@ -115,7 +130,7 @@ async def _purge(
             input_size=source.size,
             input_sha256=input_sha256,
             state_dir=str(store.directory) if store else None,
-            resumed=_resumed(point),
+            resumed=_resumed(point, replayed),
         )
         if store is None or checkpoints is None:
             await _dry_run(batches, settings, out)
@@ -125,6 +140,7 @@ async def _purge(
         except Exception:
             checkpoints.last_words()
             raise
+        _refuse_all_rejected(sent)
         result = runtime.finish_with(replace(sent, state_dir=store.directory, **read()))
         checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
         return result
@@ -153,7 +169,23 @@ async def _send(
     return runtime.result(interrupted=interrupted, fatal=dispatcher.fatal)
 
 
-def _resumed(point: Checkpoint | None) -> dict[str, object] | None:
+def _refuse_all_rejected(sent: RunResult) -> None:
+    """An input with rows and not one valid id is not a purge that succeeded: it is the
+    wrong file, or the wrong column (each row's reason is in the audit log).
+
+    Raises:
+        InputError: every row read was rejected.
+    """
+    t = sent.tally
+    something_valid = t.valid or t.duplicates or t.already_done or t.other_shard
+    if t.rejected and not something_valid and sent.exit_code == ExitCode.OK:
+        raise InputError(
+            f"not one valid audience id: all {t.rejected} rows were rejected (the audit "
+            f"log {sent.audit_log} gives each line and its reason)"
+        )
+
+
+def _resumed(point: Checkpoint | None, replayed: Replayed) -> dict[str, object] | None:
     if point is None:
         return None
     return {
@@ -162,6 +194,11 @@ def _resumed(point: Checkpoint | None) -> dict[str, object] | None:
         "complete": point.complete,
         "failed": count(point.failed),
         "confirmed_deleted": point.totals.get("deleted", 0),
+        "replayed": {
+            "audit_log": replayed.path,
+            "records": replayed.records,
+            "deleted": replayed.ids,
+        },
     }
 
 

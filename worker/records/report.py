@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ import orjson
 
 from worker.errors import OutputError
 from worker.exit_codes import ExitCode
+from worker.files import make_dirs, write_atomic
 from worker.records.tally import Tally
 
 
@@ -113,10 +113,8 @@ def write_report(path: Path, data: dict[str, Any]) -> None:
         OutputError: it could not be written.
     """
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n")
-        os.replace(tmp, path)
+        make_dirs(path.parent)
+        write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n", durable=False)
     except OSError as exc:
         raise OutputError("the report", path, exc) from None
 

@@ -147,7 +147,7 @@ class Runtime:
         file shared by several commands must not let one overwrite another's outputs."""
         settings, recorder = self.settings, self.recorder
         if settings.failed_out is not None and self._offers("failed_out"):
-            failed_out = FailedOut(settings.failed_out)
+            failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
             self._stack.callback(failed_out.close)
             recorder.subscribe(failed_out)
         if settings.report is not None and self._offers("report"):

@@ -12,7 +12,11 @@ offset. The *watermark* W is the offset of the first row that has not reached it
 - ``done_above``: pairs at or after W that already reached their end (batches finish out of
   order), so they are not sent again;
 - ``failed``: pairs that failed, retried first on resume unless ``--no-retry-failed``;
-- the audit chain head, so the next run's audit file links to this one.
+- the audit chain head, so the next run's audit file links to this one, and the file the
+  running run writes (``audit_pending``): records after the head are replayed on resume
+  (see :mod:`worker.state.replay`), so only batches that were in flight are sent again;
+- the target it belongs to (API base URL without credentials, ``--campaign-id``, shard):
+  a state directory reused for another target is refused, never taken for "done".
 
 Resuming re-reads (and hashes) the first B bytes at disk speed, drops rows before W
 without parsing them into work, and skips ``done_above`` pairs: resume time and memory do
@@ -37,6 +41,7 @@ import orjson
 from pyroaring import BitMap64
 
 from worker.errors import OutputError, StateError
+from worker.files import make_dirs, open_private, write_atomic
 
 FORMAT = 1
 LOCK_FILE = "lock"
@@ -100,6 +105,8 @@ class Checkpoint:
     input_sha256: str | None = None
     run_ids: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
+    audit_pending: str | None = None
+    target: dict[str, Any] = field(default_factory=dict)
     totals: dict[str, int] = field(default_factory=dict)
     layout: tuple[int, int | None, bool] | None = None
     seen: Pairs = field(default_factory=dict)
@@ -128,6 +135,10 @@ def _layout(value: object) -> tuple[int, int | None, bool] | None:
     return int(id_col), None if campaign_col is None else int(campaign_col), bool(header)
 
 
+def _optional_str(value: object) -> str | None:
+    return None if value is None else str(value)
+
+
 def default_state_dir(
     input_path: str, campaign_id: int | None, base_url: str, shard: str = ""
 ) -> Path:
@@ -146,15 +157,6 @@ def _fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class StateStore:
@@ -179,8 +181,8 @@ class StateStore:
         """
         lock_path = self.directory / LOCK_FILE
         try:
-            self.directory.mkdir(parents=True, exist_ok=True)
-            handle = lock_path.open("a+", encoding="utf-8")
+            make_dirs(self.directory)
+            handle = open_private(lock_path, "a+", encoding="utf-8")
         except OSError as exc:
             raise OutputError("the progress in", self.directory, exc) from None
         try:
@@ -219,13 +221,13 @@ class StateStore:
             raise OutputError("the progress in", self.directory, exc) from None
 
     def _save(self, point: Checkpoint) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_dirs(self.directory)
         self._generation += 1
         blobs: dict[str, str] = {}
         for part in PARTS:
             data = dump_pairs(getattr(point, part))
             name = f"{part}.{self._generation}.bin"
-            _write_atomic(self.directory / name, data)
+            write_atomic(self.directory / name, data)
             blobs[part] = f"{name}:{hashlib.sha256(data).hexdigest()}"
         doc = {
             "format": FORMAT,
@@ -242,10 +244,12 @@ class StateStore:
             "input_sha256": point.input_sha256,
             "run_ids": point.run_ids,
             "audit": point.audit,
+            "audit_pending": point.audit_pending,
+            "target": point.target,
             "totals": point.totals,
             "files": blobs,
         }
-        _write_atomic(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
+        write_atomic(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
         _fsync_dir(self.directory)
         self._remove_other_generations(set(name.split(":")[0] for name in blobs.values()))
 
@@ -275,6 +279,8 @@ class StateStore:
                 input_sha256=doc.get("input_sha256"),
                 run_ids=[str(r) for r in doc["run_ids"]],
                 audit=dict(doc["audit"]),
+                audit_pending=_optional_str(doc.get("audit_pending")),
+                target=dict(doc.get("target") or {}),
                 totals={str(k): int(v) for k, v in doc["totals"].items()},
             )
             files = doc["files"]

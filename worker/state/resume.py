@@ -8,13 +8,14 @@ what a snapshot of the running pipeline is.
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-from worker.errors import OutputError
+from worker.errors import OutputError, StateError
 from worker.input.batching import Batcher, Deduper
 from worker.input.planning import Plan
 from worker.input.sources import InputDigest, Prefix, ResumeFrom
@@ -45,12 +46,55 @@ def state_directory(settings: Settings, input_path: str) -> Path:
     )
 
 
-def open_state(directory: Path, *, fresh: bool) -> tuple[StateStore, Checkpoint | None]:
+def run_target(settings: Settings) -> dict[str, Any]:
+    """What a state directory is for: the API (without credentials), the campaign given on
+    the command line, and the shard. The input is bound by content (the verified prefix),
+    not by name, so a moved or re-mounted file still resumes."""
+    parts = urlsplit(settings.base_url)
+    host = parts.netloc.rpartition("@")[2]
+    shard = (
+        f"{settings.shard_index}/{settings.shard_count}"
+        if settings.shard_count is not None
+        else None
+    )
+    return {
+        "base_url": urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")),
+        "campaign_id": settings.campaign_id,
+        "shard": shard,
+    }
+
+
+_TARGET_NAMES = {"base_url": "--base-url", "campaign_id": "--campaign-id", "shard": "--shard"}
+
+
+def check_target(point: Checkpoint, target: dict[str, Any], directory: Path) -> None:
+    """Refuse a state written for another target (a rehearsal's state reused in production).
+
+    Raises:
+        StateError: naming what differs and how to start over.
+    """
+    saved = point.target
+    differs = [
+        f"{_TARGET_NAMES[key]} {saved.get(key)!r} there, {target[key]!r} now"
+        for key in target
+        if key in saved and saved[key] != target[key]
+    ]
+    if differs:
+        raise StateError(
+            f"state directory {directory} belongs to another purge ({'; '.join(differs)}): "
+            "give this purge its own --state-dir, or --fresh to start this one over there"
+        )
+
+
+def open_state(
+    directory: Path, *, fresh: bool, target: dict[str, Any] | None = None
+) -> tuple[StateStore, Checkpoint | None]:
     """The run's state store, locked for this run, and its checkpoint unless there is none
     or ``fresh``.
 
     Raises:
-        StateError: another run holds the directory, or its state is unusable.
+        StateError: another run holds the directory, its state is unusable, or it was
+            written for another ``target``.
     """
     store = StateStore(directory)
     store.lock()
@@ -58,7 +102,10 @@ def open_state(directory: Path, *, fresh: bool) -> tuple[StateStore, Checkpoint 
         if fresh:
             store.clear()
             return store, None
-        return store, store.load() if store.exists() else None
+        point = store.load() if store.exists() else None
+        if point is not None and target is not None:
+            check_target(point, target, directory)
+        return store, point
     except BaseException:
         store.unlock()
         raise
@@ -86,20 +133,30 @@ def make_plan(point: Checkpoint | None, settings: Settings) -> Plan:
 
 
 def previous_link(point: Checkpoint | None) -> dict[str, Any] | None:
-    """Where the last run's audit chain ended, read from its file (the truth on disk)."""
-    if point is None or not point.audit.get("audit_log"):
+    """Where the last run's audit chain ended, read from the files (the truth on disk).
+
+    The newest file first: the one the last run was writing (a run killed before its next
+    checkpoint wrote records there that the checkpoint's head does not name yet), then the
+    file of the checkpoint's head.
+    """
+    if point is None:
         return None
-    path = Path(str(point.audit["audit_log"]))
-    last = last_record(path)
-    if last is None or "hash" not in last:
-        log.warning("previous audit log not found: the new chain starts unlinked", path=str(path))
-        return None
-    return {
-        "audit_log": str(path),
-        "run_id": last.get("run_id"),
-        "last_seq": last.get("seq"),
-        "last_hash": last["hash"],
-    }
+    names = [point.audit_pending, point.audit.get("audit_log")]
+    for name in filter(None, names):
+        last = last_record(Path(str(name)))
+        if last is not None and "hash" in last:
+            return {
+                "audit_log": str(name),
+                "run_id": last.get("run_id"),
+                "last_seq": last.get("seq"),
+                "last_hash": last["hash"],
+            }
+    if any(names):
+        log.warning(
+            "previous audit log not found: the new chain starts unlinked",
+            path=str(next(filter(None, names))),
+        )
+    return None
 
 
 @dataclass(slots=True)
@@ -113,6 +170,8 @@ class Checkpointer:
     input_name: str
     prior: Checkpoint | None
     input_sha256: str | None = None
+    link: dict[str, Any] | None = None
+    target: dict[str, Any] = field(default_factory=dict)
 
     def snapshot(self, *, complete: bool) -> Checkpoint:
         plan = self.plan
@@ -145,10 +204,12 @@ class Checkpointer:
             complete=complete,
             input_sha256=self.input_sha256,
             run_ids=[*(self.prior.run_ids if self.prior else []), self.recorder.audit.run_id],
-            # Until this run writes its first record, the chain still ends in the prior file.
+            # Until this run writes its first record, the chain still ends where it links to.
             audit=self.recorder.audit.head()
-            if self.recorder.audit.written or prior is None
-            else prior.audit,
+            if self.recorder.audit.written or self.link is None
+            else self.link,
+            audit_pending=str(self.recorder.audit.path),
+            target=self.target,
             totals={
                 "deleted": prior_deleted + self.recorder.tally.deleted,
                 "failed_left": count(self.recorder.failed_pairs),
