@@ -14,6 +14,14 @@ from typing import Any
 
 import orjson
 import pytest
+from audit_trails import (
+    DELETED_MESSAGE,
+    lines_of,
+    rewrite,
+    warnings_of,
+    write_records,
+    write_run,
+)
 from conftest import read_audit, write_csv
 
 from worker.cli import main
@@ -32,47 +40,6 @@ from worker.records.report import RunResult
 from worker.settings import Settings
 
 KEY = b"auditor-key-0123456789"
-DELETED_MESSAGE = "Audience deleted successfully"
-BATCHES = ((101, 102, 103), (104, 105), (106,))
-
-
-def write_run(
-    path: Path,
-    run_id: str = "run-a",
-    *,
-    batches: tuple[tuple[int, ...], ...] = BATCHES,
-    finish: bool = True,
-    key: bytes | None = None,
-    previous: dict[str, Any] | None = None,
-) -> AuditLog:
-    """run_started, one ``deleted`` record per batch, then (unless crashed) run_finished."""
-    log = AuditLog(path, run_id, previous=previous, key=key)
-    log.write("run_started", command="run", input="ids.csv")
-    for number, ids in enumerate(batches):
-        log.write(
-            "deleted",
-            campaign_id=42,
-            batch_id=f"batch-{number}",
-            audience_ids=list(ids),
-            http_status=200,
-            message=DELETED_MESSAGE,
-        )
-    if finish:
-        log.write("run_finished", exit_code=0, deleted=sum(len(ids) for ids in batches))
-    log.close()
-    return log
-
-
-def lines_of(path: Path) -> list[bytes]:
-    return path.read_bytes().splitlines(keepends=True)
-
-
-def rewrite(path: Path, lines: list[bytes]) -> None:
-    path.write_bytes(b"".join(lines))
-
-
-def write_records(path: Path, records: list[dict[str, Any]]) -> None:
-    rewrite(path, [orjson.dumps(record) + b"\n" for record in records])
 
 
 def rehash(records: list[dict[str, Any]]) -> None:
@@ -197,15 +164,17 @@ def test_a_crashed_file_continued_by_a_resumed_one_verifies(tmp_path: Path) -> N
     ]
 
 
-def test_a_crashed_file_verified_alone_reports_the_missing_run_finished(tmp_path: Path) -> None:
+def test_a_crashed_file_verified_alone_is_a_warning_naming_the_run_and_its_last_seq(
+    tmp_path: Path,
+) -> None:
     first_path, second_path = tmp_path / "audit-1.jsonl", tmp_path / "audit-2.jsonl"
     head = write_run(first_path, finish=False).head()
     write_run(second_path, "run-b", batches=((107,),), previous=head)
 
-    problem = problem_of([first_path])
+    warnings = warnings_of([first_path])
 
-    assert where(problem) == (first_path, 4)
-    assert "ends without run_finished" in problem.reason
+    assert [(path, line) for path, line, _ in warnings] == [(first_path, 4)]
+    assert warnings[0][2].startswith("run run-a ended without run_finished at seq 3: it crashed")
 
 
 def test_a_resumed_files_predecessor_that_lost_its_tail_is_detected(tmp_path: Path) -> None:
@@ -276,26 +245,33 @@ def test_two_swapped_records_are_detected_at_the_first_of_them(log_path: Path) -
     assert problem.reason.startswith("seq is 2, expected 1")
 
 
-def test_a_removed_last_record_is_reported_as_a_chain_without_run_finished(
+def test_a_removed_last_record_looks_like_a_crash_a_warning_on_the_new_last_line(
     log_path: Path,
 ) -> None:
+    """A truncated tail and a run killed before run_finished leave the same file."""
     rewrite(log_path, lines_of(log_path)[:-1])
 
-    problem = problem_of([log_path])
+    warnings = warnings_of([log_path])
 
-    assert where(problem) == (log_path, 4)
-    assert "chain ends without run_finished" in problem.reason
+    assert [(path, line) for path, line, _ in warnings] == [(log_path, 4)]
+    assert "ended without run_finished at seq 3" in warnings[0][2]
+    assert "or its last records were removed" in warnings[0][2]
 
 
-def test_a_partially_written_last_line_is_reported_as_incomplete(log_path: Path) -> None:
+def test_a_partially_written_last_line_is_a_warning_naming_its_byte(log_path: Path) -> None:
     lines = lines_of(log_path)
+    torn_at = sum(map(len, lines[:-1]))
     lines[-1] = lines[-1][: len(lines[-1]) // 2]
     rewrite(log_path, lines)
 
-    problem = problem_of([log_path])
+    warnings = warnings_of([log_path])
 
-    assert where(problem) == (log_path, 5)
-    assert "last record is incomplete" in problem.reason
+    assert (
+        log_path,
+        5,
+        f"{log_path} ends with a torn record at byte {torn_at}: a crash mid-write; "
+        "the records before it verify",
+    ) in warnings
 
 
 def test_a_non_json_line_is_reported_on_its_line(log_path: Path) -> None:
@@ -563,7 +539,7 @@ def test_cli_verify_of_a_tampered_log_exits_1_naming_file_and_line(
 
     out = capsys.readouterr().out
     assert code == 1
-    assert f"TAMPERED or INCOMPLETE: {log_path}:3: hash does not match" in out
+    assert f"TAMPERED: {log_path}:3: hash does not match" in out
 
 
 def test_cli_verify_of_a_missing_file_exits_2_without_a_traceback(

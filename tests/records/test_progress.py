@@ -10,8 +10,8 @@ from pathlib import Path
 import orjson
 import pytest
 import structlog
+from conftest import write_csv
 
-from tests.conftest import write_csv
 from worker.commands.run import run_purge
 from worker.runtime.logs import configure_logging
 from worker.sending.ratelimit import RateSpec

@@ -1,7 +1,9 @@
 """``audience-purge audit verify|summary|find``: what an auditor runs on the audit logs.
 
-Exit codes: 0 intact / found; 1 tampering or truncation found (verify), or the id appears
-in no record (find); 2 a file cannot be read.
+Exit codes: 0 intact, or intact with warnings (verify: what a crash leaves, printed as
+``WARNING:`` lines before ``OK with warnings``; see :mod:`worker.records.audit_query`) / found;
+1 tampering found (verify: ``TAMPERED:`` lines), or the id appears in no record (find); 2 a
+file cannot be read.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import orjson
 
 from worker.errors import UsageError
 from worker.records.audit import read_key_file
-from worker.records.audit_query import find, summarize, verify
+from worker.records.audit_query import Verdict, check, find, summarize
 
 
 def _readable(paths: list[Path]) -> list[Path]:
@@ -27,13 +29,24 @@ def _readable(paths: list[Path]) -> list[Path]:
 
 
 def verify_command(args: argparse.Namespace) -> int:
+    """Warnings (what a crash leaves) first, then errors, or one line naming the head."""
     key = read_key_file(args.audit_key_file)
-    ends, problem = verify(_readable(args.paths), key)
-    if problem is not None:
-        print(f"TAMPERED or INCOMPLETE: {problem}", file=sys.stdout)
+    verdict = check(_readable(args.paths), key)
+    for warning in verdict.warnings:
+        print(f"WARNING: {warning}")
+    for error in verdict.errors:
+        print(f"TAMPERED: {error}")
+    if verdict.errors:
         return 1
-    records = sum(end.records for end in ends)
-    signed = sum(end.signed for end in ends)
+    if len(verdict.files) > 1:
+        print("files in chain order: " + ", ".join(str(end.path) for end in verdict.files))
+    print(_verified(verdict, key))
+    return 0
+
+
+def _verified(verdict: Verdict, key: bytes | None) -> str:
+    records = sum(end.records for end in verdict.files)
+    signed = sum(end.signed for end in verdict.files)
     hmac_note = (
         f", {signed} signed head(s) checked"
         if key
@@ -41,11 +54,20 @@ def verify_command(args: argparse.Namespace) -> int:
         if signed
         else ""
     )
-    print(
-        f"OK: {len(ends)} file(s), {records} records, chain intact{hmac_note}; "
-        f"head {ends[-1].last_hash[:16]}…"
+    status = "OK"
+    if verdict.warnings:
+        status = "OK with warnings"
+        hmac_note += f", {len(verdict.warnings)} warning(s) above"
+    head = verdict.head
+    where = (
+        ""
+        if head is None
+        else f"; head {head.hash[:16]}… ({verdict.head_path}:{head.line}, seq {head.seq}, "
+        f"run {head.run_id})"
     )
-    return 0
+    return (
+        f"{status}: {len(verdict.files)} file(s), {records} records, chain intact{hmac_note}{where}"
+    )
 
 
 def summary_command(args: argparse.Namespace) -> int:
@@ -121,7 +143,7 @@ def add_audit_parser(commands: Any) -> None:
         nargs="+",
         type=Path,
         metavar="PATH",
-        help="audit files, oldest first (a resumed run's files in order)",
+        help="audit files, in any order (they are put in chain order by their links)",
     )
     verify.add_argument(
         "--audit-key-file", type=Path, help="HMAC key file: also check the signed chain heads"

@@ -5,6 +5,11 @@ Every record has ``ts`` (RFC 3339, UTC), ``event``, ``run_id``, and the chain fi
 verification); the writer flushes after each record, so a crash loses nothing that was
 acknowledged. The token never reaches this
 module: records are built from ids, statuses and the API's messages only.
+
+The file is created 0600 and the directories the log creates 0700 (a stricter umask still
+applies): it lists every id a purge touched. A file that ends with a torn record (a crash
+mid-write) is continued after a newline, from its last complete record, with a warning;
+``audit verify`` accepts that torn line as a crash's (see :mod:`worker.records.audit_query`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from worker.errors import ConfigError, OutputError
 from worker.records.audit_query import ZERO_HASH, head_hmac, record_hash
 
 FIRST_KEYS = ("ts", "event", "run_id")
+_TAIL_CHUNK = 1 << 16
+
+log = structlog.get_logger("audience_purge.audit")
 
 
 def new_run_id() -> str:
@@ -66,10 +74,43 @@ def last_record(path: Path) -> dict[str, Any] | None:
     return None
 
 
-def _ends_with_newline(path: Path) -> bool:
+def _torn_tail(path: Path, size: int) -> int | None:
+    """The byte a last line without its newline starts at (a crash mid-write), or None."""
+    end = size
     with path.open("rb") as handle:
-        handle.seek(-1, os.SEEK_END)
-        return handle.read(1) == b"\n"
+        while end > 0:
+            start = max(0, end - _TAIL_CHUNK)
+            handle.seek(start)
+            chunk = handle.read(end - start)
+            if end == size and chunk.endswith(b"\n"):
+                return None
+            newline = chunk.rfind(b"\n")
+            if newline >= 0:
+                return start + newline + 1
+            end = start
+    return 0 if size else None
+
+
+def _private_dirs(directory: Path) -> None:
+    """Create the missing directories, each 0700 (``mkdir(parents=True)`` would not)."""
+    missing: list[Path] = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for each in reversed(missing):
+        each.mkdir(mode=0o700, exist_ok=True)
+
+
+def _open_private(path: Path) -> BinaryIO:
+    """Open for appending; a new file is created 0600 at most (a stricter umask still applies),
+    since it names every id the purge touched."""
+    _private_dirs(path.parent)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    try:
+        return os.fdopen(fd, "ab")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def read_key_file(path: Path | None) -> bytes | None:
@@ -94,19 +135,34 @@ class _LazyFile:
     record that may be torn, and every later write raises the same :class:`OutputError`.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, after_seq: int) -> None:
         self.path = path
+        self._after_seq = after_seq
         self._file: BinaryIO | None = None
         self._broken: OutputError | None = None
 
     def write(self, data: bytes) -> int:
         with self._guard():
             if self._file is None:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._file = self.path.open("ab")
-                if self._file.tell() and not _ends_with_newline(self.path):
-                    self._file.write(b"\n")  # a torn last line stays torn; ours stay readable
+                self._file = _open_private(self.path)
+                data = self._past_torn_tail(self._file) + data
             return self._file.write(data)
+
+    def _past_torn_tail(self, handle: BinaryIO) -> bytes:
+        """A torn last line stays as it is (evidence of the crash), closed by a newline that
+        goes out in the same write as our first record; the chain goes on from the last
+        complete record before it (see :func:`last_record`)."""
+        torn_at = _torn_tail(self.path, os.fstat(handle.fileno()).st_size)
+        if torn_at is None:
+            return b""
+        log.warning(
+            "the audit log ended with a torn record (a crash mid-write): a newline now closes "
+            "it, and the chain continues from the last complete record",
+            path=str(self.path),
+            torn_at_byte=torn_at,
+            continues_after_seq=self._after_seq,
+        )
+        return b"\n"
 
     def flush(self) -> None:
         with self._guard():
@@ -197,7 +253,7 @@ class AuditLog:
         else:
             self._chain = _Chain(0, ZERO_HASH, key)
             self.previous = None
-        self._file = _LazyFile(path)
+        self._file = _LazyFile(path, self._chain.seq - 1)
         self._first_seq = self._chain.seq
         self._log = structlog.wrap_logger(
             structlog.BytesLogger(self._file),  # type: ignore[arg-type]
