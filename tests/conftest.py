@@ -64,6 +64,7 @@ def make_settings(sandbox: SandboxHandle, token: str, tmp_path: Path) -> Callabl
             "failed_out": tmp_path / "failed.csv",
             "progress": "off",
             "state_dir": tmp_path / "state",
+            "metrics_port": 0,
         }
         fields.update(overrides)
         return Settings(**fields)

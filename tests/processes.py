@@ -41,6 +41,9 @@ def child_env(token: str | None, base: Mapping[str, str] | None = None) -> dict[
     source = os.environ if base is None else base
     env = {k: v for k, v in source.items() if not k.startswith(("UNLEASHX_", "AUDIENCE_"))}
     env.pop("JOB_COMPLETION_INDEX", None)
+    # Several consumers run at once here: their metrics endpoints (on by default in consume,
+    # on one fixed port) are off unless a test asks for them with --metrics-port.
+    env["AUDIENCE_PURGE_METRICS_PORT"] = "0"
     if token is not None:
         env["UNLEASHX_TOKEN"] = token
     return env

@@ -227,7 +227,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 def _settings(args: argparse.Namespace) -> Settings:
     settings = settings_from(args, dict(os.environ))
-    configure_logging(settings.log_level)
+    configure_logging(settings.log_level, log_format=settings.log_format)
     return settings
 
 

@@ -14,6 +14,7 @@ import sys
 from worker.queue.acks import Acks
 from worker.queue.intake import Intake, open_queue
 from worker.queue.retrying import RedisBackoff
+from worker.queue.watch import QueueWatch
 from worker.records.report import RunResult, print_summary
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
@@ -37,6 +38,10 @@ async def run_consumer(settings: Settings) -> RunResult:
             acks = Acks(queue, recorder, backoff, runtime.fail)
             dispatcher = await runtime.dispatcher(on_settled=acks.settled)
             intake = Intake(queue, settings, recorder, acks, backoff)
+            if runtime.metrics is not None:
+                watch = QueueWatch(queue, runtime.metrics)
+                runtime.readiness_checks.append(watch.readiness)
+                runtime.background(watch.run())
 
             async def consume() -> None:
                 async with acks.running(grace=max(settings.grace, 5.0)):

@@ -107,6 +107,8 @@ async def _purge(
         # The input is bound to the state by its verified prefix (checked as it is read),
         # not by the whole file: rows appended to a finished input are picked up.
         input_sha256, input_lines = await source.survey()
+        if runtime.metrics is not None and input_lines is not None:
+            runtime.metrics.input_rows.set(input_lines)
         batches = plan_batches(plan, source, digest, recorder, settings)
         checkpoints = None
         if store is not None:

@@ -152,8 +152,13 @@ class Recorder:
             **origin,
         )
 
-    def request_made(self, *, retry: bool) -> None:
-        self._tell("request", {"retry": retry})
+    def request_made(self, *, retry: bool, waited_s: float = 0.0) -> None:
+        """A request is about to go out (after ``waited_s`` seconds at the rate limit)."""
+        self._tell("request", {"retry": retry, "waited_s": waited_s})
+
+    def answered(self, status: int | None, kind: str | None, latency_s: float | None) -> None:
+        """The end of one request: its HTTP status and meaning, or None (no answer)."""
+        self._tell("answered", {"status": status, "kind": kind, "latency_s": latency_s})
 
     def unconfirmed(self, batch: Batch, reason: str) -> None:
         """A batch that was (or may have been) sent, without a final answer: sent again later."""

@@ -34,9 +34,11 @@ from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
+from worker.records.metrics import Metrics
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
 from worker.runtime.early import deferring_signals
+from worker.runtime.health import push, serving
 from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource
@@ -45,6 +47,7 @@ from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy
 from worker.sending.shared_rate import rate_gate
 from worker.settings import DECLARATIONS, Settings
+from worker.settings.catalogue import CONSUME, DEFAULT_METRICS_PORT
 
 Work = Coroutine[Any, Any, None]
 log = structlog.get_logger("audience_purge.runtime")
@@ -91,6 +94,14 @@ class Runtime:
         self._finished = False
         # What a run that ends in an exception can still say in its run_finished.
         self.failure_fields: Callable[[], dict[str, Any]] = dict
+        self.metrics: Metrics | None = None
+        # What else /readyz needs (a reachable Redis, say): None when fine, else why not.
+        self.readiness_checks: list[Callable[[], str | None]] = []
+        structlog.contextvars.bind_contextvars(
+            run_id=self.run_id,
+            command=command,
+            **({"shard": settings.shard_index} if settings.shard_count is not None else {}),
+        )
 
     @property
     def recorder(self) -> Recorder:
@@ -122,6 +133,7 @@ class Runtime:
             self._stack.callback(audit.close)
             self._recorder = Recorder(audit, failed_pairs=failed_pairs)
             self._attach_outputs(state_dir)
+            await self._attach_metrics()
             try:
                 yield self._recorder
             except BaseException as exc:
@@ -162,6 +174,41 @@ class Runtime:
             # thing a run does, even when it ends in an error.
             self._stack.callback(report.write)
             recorder.subscribe(report)
+
+    async def _attach_metrics(self) -> None:
+        """The metrics observer, its endpoints and the final push, as the settings ask."""
+        settings = self.settings
+        if not self._offers("metrics_port"):
+            return
+        port = settings.metrics_port
+        if port is None and self.command == CONSUME:
+            port = DEFAULT_METRICS_PORT
+        if not port and settings.pushgateway is None:
+            return
+        metrics = self.metrics = Metrics(self.command, rate_per_second=settings.rate.per_second)
+        self.recorder.subscribe(metrics)
+        if port:
+            await self._stack.enter_async_context(serving(metrics, self.readiness, port=port))
+        if settings.pushgateway is not None:
+            shard = "all" if settings.shard_count is None else str(settings.shard_index)
+            self._stack.push_async_callback(
+                push,
+                metrics,
+                settings.pushgateway,
+                job=settings.metrics_job,
+                grouping={"shard": shard},
+            )
+
+    def readiness(self) -> str | None:
+        """None when the run is ready for work (``/readyz``), else why it is not."""
+        if not self._under_way:
+            return "starting"
+        if self._finished or (self._stopper is not None and self._stopper.stopping):
+            return "stopping"
+        for check in self.readiness_checks:
+            if (reason := check()) is not None:
+                return reason
+        return None
 
     def _offers(self, setting: str) -> bool:
         return self.command in DECLARATIONS[setting].commands

@@ -58,6 +58,11 @@ class Stopper:
         self.signals = 0
         self.error: Exception | None = None
 
+    @property
+    def stopping(self) -> bool:
+        """Whether a signal or an error has begun to stop the work."""
+        return self._stopping
+
     def watch(self, task: asyncio.Task[None]) -> None:
         self._task = task
 

@@ -130,13 +130,15 @@ class Dispatcher:
             nonlocal attempts, last
             # Checked after the rate limit's wait too (which a stop cuts short): once the
             # run stops, no request starts.
+            loop = asyncio.get_running_loop()
+            waiting = loop.time()
             await unless_stopped(self._gate.acquire(), self._stop)
             if number == 1:
                 # Write-ahead: the intent is on disk before the request can reach the API.
                 self._recorder.sending(batch)
             attempts = number
-            self._recorder.request_made(retry=number > 1)
-            last = await self._client.delete_audience(batch.campaign_id, batch.audience_ids)
+            self._recorder.request_made(retry=number > 1, waited_s=loop.time() - waiting)
+            last = await self._request(batch)
             if last.verdict.kind is not Kind.DELETED:
                 raise last.verdict.error()
             return last
@@ -166,6 +168,20 @@ class Dispatcher:
             return _Outcome.UNSETTLED
         self._recorder.deleted(batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms)
         return _Outcome.SETTLED
+
+    async def _request(self, batch: Batch) -> Reply:
+        """One request; its end (an answer, an error, a cancellation) is always told."""
+        reply: Reply | None = None
+        try:
+            reply = await self._client.delete_audience(batch.campaign_id, batch.audience_ids)
+            return reply
+        finally:
+            verdict = reply.verdict if reply is not None else None
+            self._recorder.answered(
+                verdict.status if verdict else None,
+                verdict.kind.value if verdict else None,
+                reply.latency_ms / 1000 if reply is not None else None,
+            )
 
     async def _split(self, batch: Batch) -> bool:
         size = len(batch.audience_ids)

@@ -27,6 +27,7 @@ from worker.settings.declare import (
 
 DEFAULT_BASE_URL = "https://www.tryunleashx.com/api/v1/global"
 DEFAULT_RATE = RateSpec(100, 60.0)  # the vendor's free plan
+DEFAULT_METRICS_PORT = 9102
 
 # The subcommands whose flags are settings.
 RUN, ENQUEUE, CONSUME, DELETE_ALL = "run", "enqueue", "consume", "delete-all"
@@ -300,6 +301,39 @@ class Settings:
         "operational logs on stderr: debug, info, warning or error",
         flag="--log-level LEVEL",
         commands=_API,
+    )
+    log_format: str = setting(
+        "auto",
+        one_of("auto", "json", "console"),
+        "operational logs on stderr: json (one object per line), console, or auto (console "
+        "on a terminal, json otherwise)",
+        flag="--log-format FORMAT",
+        commands=SETTING_COMMANDS,
+    )
+    metrics_port: int | None = setting(
+        None,
+        integer(0, 65535),
+        "serve /metrics, /healthz and /readyz on this port; consume serves them on "
+        f"{DEFAULT_METRICS_PORT} unless told otherwise, run only when asked; 0 turns them off",
+        flag="--metrics-port N",
+        commands=_SENDING,
+        env="AUDIENCE_PURGE_METRICS_PORT",
+        shown=f"off (consume: {DEFAULT_METRICS_PORT})",
+    )
+    pushgateway: str | None = setting(
+        None,
+        text,
+        "push the final metrics to this Prometheus Pushgateway URL when the run ends (for "
+        "one-shot Jobs, which end before a scrape)",
+        flag="--pushgateway URL",
+        commands=_SENDING,
+    )
+    metrics_job: str = setting(
+        "audience-purge",
+        text,
+        "the job name the metrics are pushed under (the Kubernetes Job's name, say)",
+        flag="--metrics-job NAME",
+        commands=_SENDING,
     )
 
     def public(self) -> dict[str, Any]:
