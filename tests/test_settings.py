@@ -89,6 +89,10 @@ def test_public_settings_of_the_defaults() -> None:
         "progress": "auto",
         "progress_interval": 5.0,
         "log_level": "info",
+        "log_format": "auto",
+        "metrics_port": None,
+        "pushgateway": None,
+        "metrics_job": "audience-purge",
     }
 
 
@@ -343,6 +347,102 @@ def test_bad_flag_value_is_named(flags: dict[str, object], key: str) -> None:
     assert str(info.value).startswith(f"{key}: option: ")
 
 
+# -- numbers are ASCII ----------------------------------------------------------------------------
+
+ARABIC_42 = "\u0664\u0662"  # Arabic-Indic 42: int() and str.isdigit() take it for 42
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("campaign_id", ARABIC_42),
+        ("campaign_id", "\uff14\uff12"),  # fullwidth 42
+        ("campaign_id", "4\u00b2"),  # 4², a digit to isdigit() that int() refuses
+        ("batch_size", "\u0665"),  # Arabic-Indic 5
+        ("timeout", "\u0663\u0660"),  # Arabic-Indic 30: float() reads 30.0
+        ("timeout", "1_0"),
+        ("timeout", "inf"),
+        ("rate", "\u0665/s"),
+        ("rate", "\u0665/minute"),
+    ],
+)
+def test_a_flag_value_in_other_digits_than_0_to_9_is_refused_naming_the_key(
+    key: str, value: str
+) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({key: value}, {})
+
+    assert info.value.key == key
+    assert str(info.value).startswith(f"{key}: option: ")
+    assert "(digits 0-9)" in str(info.value)
+
+
+def test_an_environment_value_in_other_digits_is_refused_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"shard_index": 0}, {"AUDIENCE_PURGE_SHARD_COUNT": "\u0663"})
+
+    assert info.value.key == "shard_count"
+    assert str(info.value).startswith("shard_count: environment: expected an integer")
+
+
+@pytest.mark.parametrize(
+    ("key", "toml_value"), [("campaign_id", f'"{ARABIC_42}"'), ("grace", '"\u0665"')]
+)
+def test_a_config_string_in_other_digits_is_refused_naming_the_key(
+    write_config: WriteConfig, key: str, toml_value: str
+) -> None:
+    path = write_config(f"{key} = {toml_value}\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({}, {}, path)
+
+    assert info.value.key == key
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        ({"campaign_id": "0000000000000000000021"}, ("campaign_id", 21)),
+        ({"batch_size": "0007"}, ("batch_size", 7)),
+        ({"timeout": "002.50"}, ("timeout", 2.5)),
+        ({"rate": "007/s"}, ("rate", RateSpec(7, 1.0))),
+    ],
+)
+def test_leading_zeros_are_accepted_when_the_value_is_in_range(
+    flags: dict[str, str], expected: tuple[str, object]
+) -> None:
+    key, value = expected
+
+    assert getattr(load_settings(flags, {}), key) == value
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("0000000000000000000000", "got 0"),
+        ("-00000000000000000000042", "got -42"),
+        ("00009223372036854775808", "got 9223372036854775808"),
+        ("000099999999999999999999", "got a number of 20 digits"),
+        ("9" * 5000, "got a number of 5000 digits"),
+        ("-" + "9" * 5000, "got a negative number of 5000 digits"),
+    ],
+)
+def test_an_integer_out_of_range_is_refused_with_its_true_reason(value: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"campaign_id": value}, {})
+
+    assert str(info.value) == (
+        f"campaign_id: option: must be between 1 and 9223372036854775807, {message}"
+    )
+
+
+def test_a_rate_too_large_for_a_float_is_refused() -> None:
+    with pytest.raises(ConfigError, match="the number of requests is too large") as info:
+        load_settings({"rate": "9" * 400 + "/s"}, {})
+
+    assert info.value.key == "rate"
+
+
 def test_backoff_max_below_backoff_initial_is_refused() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"backoff_initial": 5, "backoff_max": 1}, {})
@@ -484,6 +584,107 @@ def test_non_http_url_is_refused(url: str, insecure_http: bool) -> None:
         check_base_url(url, insecure_http=insecure_http)
 
     assert info.value.key == "base_url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://evil.com\\@127.0.0.1:8080/",  # urllib: host 127.0.0.1; yarl: refused
+        "http://127.0.0.1:8080\\@evil.com/",
+        "http://127.0.0.1\t:8080/",  # urllib drops tabs and line breaks silently
+        "http://127.0.0.1:8080/api\tv1",
+        "http://127.0.0.1:8080/api\n",
+        "http://127.0.0.1:8080/api\r",
+        "http://127.0.0.1:8080/api v1",
+        "http://127.0.0.1:8080/api\x00",
+        "http://127.0.0.1:8080/api\u00a0",
+    ],
+)
+@pytest.mark.parametrize("insecure_http", [False, True])
+def test_a_base_url_with_a_control_character_a_space_or_a_backslash_is_refused(
+    url: str, insecure_http: bool
+) -> None:
+    with pytest.raises(ConfigError, match=r"a space, a control character or a backslash") as info:
+        check_base_url(url, insecure_http=insecure_http)
+
+    assert info.value.key == "base_url"
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("https://example.com:\u0668\u0660/api", "not a valid URL"),  # yarl reads port 80
+        ("https://example.com:+443/api", "not a valid URL"),
+        ("https://example.com:99999/api", "not a valid URL"),
+        ("http://[::1/api", "not a valid URL"),
+        ("https://example.com/api/../v1", "would read its path differently"),
+        ("https://example.com/api/./v1", "would read its path differently"),
+        ("https://example.com/api?v=1", "no query or fragment"),
+        ("https://example.com/api#v1", "no query or fragment"),
+        ("https://example.com?", "no query or fragment"),
+        ("http://\uff11\uff12\uff17.0.0.1:8080/", "write the host in ASCII"),  # fullwidth 127
+        ("https://b\u00fccher.example/api", "write the host in ASCII"),
+    ],
+)
+@pytest.mark.parametrize("insecure_http", [False, True])
+def test_a_base_url_the_http_client_would_read_otherwise_is_refused(
+    url: str, reason: str, insecure_http: bool
+) -> None:
+    with pytest.raises(ConfigError, match=reason) as info:
+        check_base_url(url, insecure_http=insecure_http)
+
+    assert info.value.key == "base_url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://127.0.0.1:80@evil.com/", "http://127.0.0.1%2F@evil.com/", "http://localhost./"],
+)
+def test_a_base_url_that_only_looks_like_loopback_is_plain_http_elsewhere(url: str) -> None:
+    with pytest.raises(ConfigError, match=r"plain http to .* is refused") as info:
+        check_base_url(url, insecure_http=False)
+
+    assert info.value.key == "base_url"
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://[::1]:8080/api",
+        "http://[0:0::1]:8080/api",
+        "http://127.0.0.1:8080/api/v1/global/",
+        "http://127.0.0.1:/api",
+        "http://localhost:8080",
+        "http://ops:pass@127.0.0.1:8080/api",
+        "http://ops:pa%40ss@localhost:8080/api",
+        "https://xn--bcher-kva.example/api",
+        "https://example.com/api%20v1/",
+        "https://example.com/users/@me",
+    ],
+)
+def test_a_base_url_read_alike_by_both_parsers_passes(url: str) -> None:
+    assert check_base_url(url, insecure_http=False) == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://ops:hunter2@exa mple.com/api",
+        "https://ops:hunter2@example.com:\u0668\u0660/api",
+        "https://ops:hunter2@example.com/api?x=1",
+        "https://ops:hunt/er2@example.com/api",  # a "/" ends the authority: port "hunt"
+        "https://ops:hunt#er2@example.com/api",
+        "https://ops:hunt?er2@example.com/api",
+        "http://[::1]:hunt/er2@example.com/api",
+        "ftp://ops:hunter2@example.com/",
+    ],
+)
+def test_a_refused_base_url_is_shown_without_its_password(url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        check_base_url(url, insecure_http=False)
+
+    assert "hun" not in str(info.value)
+    assert "er2" not in str(info.value)
 
 
 def test_load_settings_refuses_plain_http_base_url_from_env() -> None:

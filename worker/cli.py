@@ -146,15 +146,18 @@ def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
     )
 
 
+_SHARD = re.compile(r"([0-9]{1,6})\s*/\s*([0-9]{1,6})")  # ASCII digits, as everywhere
+
+
 def settings_from(args: argparse.Namespace, env: dict[str, str]) -> Settings:
     """The Settings of a parsed command line: its setting flags, ``--shard``, ``--config``."""
     flags = {name: getattr(args, name, None) for name, d in DECLARATIONS.items() if d.flag}
     shard = getattr(args, "shard", None)
     if shard is not None:
-        index, _, count = shard.partition("/")
-        if not (index.strip().isdigit() and count.strip().isdigit()):
+        found = _SHARD.fullmatch(shard.strip())
+        if found is None:
             raise ConfigError(f"expected INDEX/COUNT such as 0/3, got {shard!r}", key="shard")
-        flags.update(shard_index=int(index), shard_count=int(count))
+        flags.update(shard_index=int(found[1]), shard_count=int(found[2]))
     return load_settings(flags, env, args.config)
 
 

@@ -360,15 +360,18 @@ SURFACE = {
     RUN: "--input --shard --config --base-url --token-file --rate --concurrency --batch-size "
     "--timeout --max-attempts --campaign-id --audit-log --audit-key-file --report --failed-out "
     "--state-dir --fresh --no-retry-failed --grace --shard-count --redis --redis-backoff-initial "
-    "--redis-backoff-max --rate-scope --rate-key --insecure-http --dry-run --progress --log-level",
+    "--redis-backoff-max --rate-scope --rate-key --insecure-http --dry-run --progress --log-level "
+    "--log-format --metrics-port --pushgateway --metrics-job",
     ENQUEUE: "--input --config --batch-size --campaign-id --audit-log --redis "
-    "--redis-backoff-initial --redis-backoff-max --stream --ref",
+    "--redis-backoff-initial --redis-backoff-max --stream --ref --log-format",
     CONSUME: "--config --base-url --token-file --rate --concurrency --batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
     "--redis-backoff-max --stream --group --consumer --dead-stream --until-empty "
-    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --log-level",
+    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --log-level "
+    "--log-format --metrics-port --pushgateway --metrics-job",
     DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
-    "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level",
+    "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level "
+    "--log-format",
 }
 
 

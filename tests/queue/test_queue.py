@@ -228,6 +228,20 @@ def test_parse_entry_refuses_a_malformed_message_with_the_reason(
     assert reason in str(refused.value)
 
 
+@pytest.mark.parametrize("field", ["campaign_id", "audience_ids", "ref"])
+def test_parse_entry_refuses_a_repeated_field_whatever_its_values(field: str) -> None:
+    pairs = (("campaign_id", "42"), ("audience_ids", "1"), ("ref", "r"), (field, "42"))
+
+    with pytest.raises(Malformed, match=f"^field {field} is repeated$"):
+        parse_entry("1-0", pairs)
+
+
+def test_parse_entry_reads_fields_as_pairs_like_fields_by_name() -> None:
+    pairs = (("campaign_id", "42"), ("audience_ids", "1,2"), ("ref", "r"))
+
+    assert parse_entry("1-0", pairs) == parse_entry("1-0", dict(pairs))
+
+
 # -- enqueue ------------------------------------------------------------------------------------
 
 
@@ -539,6 +553,66 @@ async def test_a_malformed_entry_is_dead_lettered_and_acked_and_the_others_proce
         }
     ]
     assert sorted(r["entry_id"] for r in of(records, "acknowledged")) == [good, also_good]
+
+
+async def raw_entries(redis_url: str, stream: str) -> list[list[Any]]:
+    """XRANGE of ``stream`` as Redis answers it: each entry's fields a flat list, a repeated
+    field repeated (redis-py's xrange would fold them into a dict)."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    client.set_response_callback("XRANGE", lambda response, **options: response)
+    try:
+        entries: list[list[Any]] = await client.execute_command("XRANGE", stream, "-", "+")
+        return entries
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("field", ["audience_ids", "campaign_id"])
+@pytest.mark.parametrize("arrival", ["new", "claimed"])
+async def test_an_entry_with_a_repeated_field_is_dead_lettered_whole_and_none_of_it_is_sent(
+    sandbox: SandboxHandle,
+    make_settings: MakeSettings,
+    redis_url: str,
+    rdb: Any,
+    field: str,
+    arrival: str,
+) -> None:
+    good = await rdb.xadd(STREAM, {"campaign_id": "42", "audience_ids": "1,2"})
+    again = {"audience_ids": "5,6", "campaign_id": "43"}[field]
+    flat = ["campaign_id", "42", "audience_ids", "3,4", field, again]
+    twice = await rdb.execute_command("XADD", STREAM, "*", *flat)
+    if arrival == "claimed":  # read by a consumer that then died: taken over by XAUTOCLAIM
+        await rdb.xgroup_create(STREAM, GROUP, id="0")
+        await rdb.xreadgroup(GROUP, "ghost", {STREAM: ">"})
+    settings = queue_settings(make_settings, redis_url, claim_idle=1.0)
+
+    result = await consume_here(settings)
+
+    reason = f"malformed: field {field} is repeated"
+    dead = await raw_entries(redis_url, DEAD)
+    assert dead == [
+        [
+            dead[0][0],
+            [*flat, "dead_reason", reason, "dead_entry_id", twice, "dead_consumer", "c1"],
+        ]
+    ]
+    assert sandbox.state.receipts[42].received_ids() == [1, 2]
+    assert set(sandbox.state.receipts) == {42}
+    assert await pending_count(rdb) == 0
+    assert (result.exit_code, result.tally.dead_lettered) == (0, 1)
+    assert settings.audit_log is not None
+    records = read_audit(settings.audit_log)
+    assert of(records, "dead_lettered") == [
+        {
+            "ts": of(records, "dead_lettered")[0]["ts"],
+            "event": "dead_lettered",
+            "run_id": result.run_id,
+            "entry_id": twice,
+            "reason": reason,
+            "fields": {"campaign_id": "42", "audience_ids": "3,4", field: again},
+        }
+    ]
+    assert [r["entry_id"] for r in of(records, "acknowledged")] == [good]
 
 
 async def test_an_entry_delivered_more_than_max_deliveries_to_its_consumer_is_dead_lettered(

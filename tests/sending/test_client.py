@@ -1,7 +1,8 @@
 """Specification of worker.sending.client: the request it sends and how answers become verdicts.
 
-The HTTP exchanges are faked with aioresponses (the only module that does so); two tests
-use real sockets on loopback for a refused connection and a server that never answers.
+The HTTP exchanges are faked with aioresponses (the only module that does so); the tests of a
+refused connection, a server that never answers and answers too large to read use real
+sockets on loopback.
 """
 
 from __future__ import annotations
@@ -9,19 +10,22 @@ from __future__ import annotations
 import asyncio
 import inspect
 import socket
-from collections.abc import AsyncIterator, Iterator
+import tracemalloc
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import orjson
 import pytest
+from aiohttp import web
 from aioresponses import aioresponses
 from yarl import URL
 
 from worker.errors import Kind
 from worker.sending.classify import Verdict
-from worker.sending.client import USER_AGENT, UnleashXClient, http_session
+from worker.sending.client import MAX_BODY, USER_AGENT, UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
 
 BASE = "http://127.0.0.1:8931/api/v1/global"
@@ -416,3 +420,107 @@ async def test_http_session_is_closed_on_exit() -> None:
         pass
 
     assert session.closed is True
+
+
+# -- the size of an answer ------------------------------------------------------------------------
+
+CHUNK = b"x" * 65_536
+SUCCESS_BYTES = orjson.dumps(SUCCESS)
+
+
+@asynccontextmanager
+async def answering(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[UnleashXClient]:
+    """A client of a real aiohttp server on loopback whose delete-audience is ``handler``."""
+    app = web.Application()
+    app.router.add_post("/api/delete-audience", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        async with http_session(10.0, 1) as session:
+            yield UnleashXClient(
+                session, f"http://127.0.0.1:{port}/api", TokenSource(Secret(TOKEN), None)
+            )
+    finally:
+        await runner.cleanup()
+
+
+def padded_success(size: int) -> bytes:
+    """A documented success answer of exactly ``size`` bytes."""
+    body = SUCCESS_BYTES[:-1] + b', "pad": "' + b"p" * (size - len(SUCCESS_BYTES) - 11) + b'"}'
+    assert len(body) == size
+    return body
+
+
+async def test_a_huge_chunked_body_is_given_up_after_the_cap_without_holding_it() -> None:
+    size = 64 * 2**20
+    written = 0
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        nonlocal written
+        response = web.StreamResponse()  # no Content-Length: chunked
+        await response.prepare(request)
+        try:
+            while written < size:
+                await response.write(CHUNK)
+                written += len(CHUNK)
+        except ConnectionError:
+            pass
+        return response
+
+    tracemalloc.start()
+    try:
+        async with answering(stream) as client:
+            reply = await client.delete_audience(42, [101])
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert reply.verdict == Verdict(Kind.RETRYABLE, None, "transport error: BodyTooLarge")
+    assert peak < 8 * MAX_BODY, f"peak {peak} bytes while reading"
+    assert written < size / 2, f"the server could write {written} bytes"
+
+
+async def test_a_declared_oversized_body_is_refused_before_it_arrives() -> None:
+    never = asyncio.Event()
+
+    async def promise_a_lot(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        response.content_length = 600 * 2**20
+        await response.prepare(request)
+        await response.write(b"{")
+        await never.wait()  # the rest never comes: only the header can stop the read
+        return response
+
+    async with answering(promise_a_lot) as client:
+        try:
+            reply = await asyncio.wait_for(client.delete_audience(42, [101]), timeout=5)
+        finally:
+            never.set()
+
+    assert reply.verdict == Verdict(Kind.RETRYABLE, None, "transport error: BodyTooLarge")
+
+
+@pytest.mark.parametrize("chunked", [True, False], ids=["chunked", "content-length"])
+async def test_a_body_of_exactly_the_cap_is_read_and_one_byte_more_is_not(chunked: bool) -> None:
+    async def answer(request: web.Request) -> web.StreamResponse:
+        body = padded_success(MAX_BODY + int(request.query.get("over", "0")))
+        response = web.StreamResponse()
+        if not chunked:
+            response.content_length = len(body)
+        await response.prepare(request)
+        for start in range(0, len(body), len(CHUNK)):
+            await response.write(body[start : start + len(CHUNK)])
+        return response
+
+    async with answering(answer) as client:
+        at_cap = await client.delete_audience(42, [101])
+        client._url += "?over=1"
+        over = await client.delete_audience(42, [101])
+
+    assert at_cap.verdict.kind is Kind.DELETED
+    assert over.verdict == Verdict(Kind.RETRYABLE, None, "transport error: BodyTooLarge")

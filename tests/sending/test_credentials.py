@@ -15,7 +15,7 @@ from worker.cli import main
 from worker.commands.run import run_purge
 from worker.errors import ConfigError
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.credentials import Secret, TokenSource
+from worker.sending.credentials import Secret, TokenSource, without_userinfo
 from worker.settings import Settings
 
 SECRET_PART = "s3cr3t-part"
@@ -153,3 +153,26 @@ def test_a_base_url_with_credentials_is_masked_in_the_effective_settings() -> No
     settings = Settings(base_url="https://ops:hunter2@api.example.com/api/v1/global")
 
     assert settings.public()["base_url"] == "https://ops:***@api.example.com/api/v1/global"
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        (
+            "https://ops:hunter2@api.example.com/users/@me",
+            "https://ops:***@api.example.com/users/@me",
+        ),
+        ("https://hunter2@api.example.com/a@b", "https://***@api.example.com/a@b"),
+        ("https://ops:hun@ter2@api.example.com/api", "https://ops:***@api.example.com/api"),
+        ("https://api.example.com/users/@me", "https://api.example.com/users/@me"),
+    ],
+)
+def test_a_base_url_is_masked_in_its_userinfo_only_so_the_host_stays_shown(
+    url: str, shown: str
+) -> None:
+    assert without_userinfo(url) == shown
+
+
+def test_a_base_url_whose_authority_parsers_disagree_on_is_masked_whole() -> None:
+    # urllib drops the tab, so the authority it reports is not the text's: mask to the last @.
+    assert without_userinfo("https://ops:hun\tter2@api.example.com/a@b") == "https://ops:***@b"

@@ -40,7 +40,10 @@ def test_parse_rate_accepts(text: str, expected: RateSpec) -> None:
 
 @pytest.mark.parametrize(
     "text",
-    ["abc", "0/s", "0.0/minute", "-1/s", "10/fortnight", "10", "", "/s", "10/", "1e3/s", "ten/s"],
+    [
+        *("abc", "0/s", "0.0/minute", "-1/s", "10/fortnight", "10", "", "/s", "10/", "1e3/s"),
+        *("ten/s", "\u0665/s", "1\u0660/minute"),  # the last two: digits other than 0-9
+    ],
 )
 def test_parse_rate_refuses(text: str) -> None:
     with pytest.raises(ValueError, match="invalid rate"):

@@ -12,6 +12,7 @@ from typing import TextIO
 
 from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
+from worker.input.validate import MAX_ID
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned, unless_stopped
@@ -20,13 +21,15 @@ from worker.sending.credentials import without_userinfo
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
 from worker.settings import Settings
+from worker.settings.declare import integer
 
 
 def delete_all_command(settings: Settings, campaign_id: str, confirm: str | None) -> int:
     """``audience-purge delete-all``: refused unless ``--confirm`` repeats the campaign id."""
+    as_id = integer(1, MAX_ID)
     try:
-        campaign = int(campaign_id)
-        repeated = int(confirm) if confirm is not None else None
+        campaign = as_id(campaign_id)
+        repeated = as_id(confirm) if confirm is not None else None
     except ValueError:
         raise UsageError("--campaign-id and --confirm take a campaign id (an integer)") from None
     return asyncio.run(delete_all(settings, check_confirmation(campaign, repeated)))

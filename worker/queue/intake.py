@@ -19,6 +19,7 @@ from worker.queue.acks import Acks
 from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
 from worker.queue.streams import (
     Malformed,
+    Pairs,
     QueueUnavailable,
     StreamQueue,
     open_redis,
@@ -118,7 +119,7 @@ class Intake:
         except QueueUnavailable:
             return False
 
-    async def _admit(self, entry_id: str, fields: dict[str, str], deliveries: int) -> list[Batch]:
+    async def _admit(self, entry_id: str, fields: Pairs, deliveries: int) -> list[Batch]:
         if entry_id in self._acks.parts:
             return []  # re-read after an outage while still in flight here
         limit = self._settings.max_deliveries
@@ -140,8 +141,10 @@ class Intake:
         self._acks.expect(entry, len(batches))
         return batches
 
-    async def _dead_letter(self, entry_id: str, fields: dict[str, str], reason: str) -> list[Batch]:
-        self._recorder.dead_lettered(entry_id, reason, fields)
+    async def _dead_letter(self, entry_id: str, fields: Pairs, reason: str) -> list[Batch]:
+        """Audit, then copy the entry whole to the dead-letter stream; the audit shows a
+        repeated field once (the reason names it), the dead-letter copy keeps every value."""
+        self._recorder.dead_lettered(entry_id, reason, dict(fields))
         await retry_queue(
             lambda: self._queue.dead_letter(entry_id, fields, reason), self._backoff, entry_id
         )

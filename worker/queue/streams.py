@@ -8,9 +8,10 @@ Message format (one stream entry per batch; any producer may write it):
     ref           optional: a producer's reference (at most 200 characters), copied into the
                   audit records of the entry's ids
 
-An entry with anything else in those fields is malformed: it goes, whole, to the
-dead-letter stream with the reason, and is acknowledged. Nothing of it is sent: an entry
-is either trusted entirely or not at all.
+An entry with anything else in those fields, or with one of them twice (XADD accepts
+``audience_ids 1 audience_ids 2``), is malformed: it goes, whole, to the dead-letter stream
+with the reason, and is acknowledged. Nothing of it is sent: an entry is either trusted
+entirely or not at all.
 
 Consumers read with XREADGROUP in one group; an entry is acknowledged (XACK) only after
 its outcome is in the audit log. Entries left pending by a dead consumer are taken over
@@ -22,8 +23,9 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -37,6 +39,10 @@ from worker.sending.credentials import redact_url
 MAX_IDS = 10_000
 MAX_REF = 200
 _SPLIT = re.compile(r"\s*,\s*")
+_DEAD_FIELDS = ("dead_reason", "dead_entry_id", "dead_consumer")
+
+# An entry's fields as Redis holds them: in order, a repeated field repeated.
+Pairs = tuple[tuple[str, str], ...]
 
 
 class QueueUnavailable(ServiceUnavailable):
@@ -62,12 +68,13 @@ class Entry:
     ref: str | None
 
 
-def parse_entry(entry_id: str, fields: Mapping[str, str]) -> Entry:
-    """Validate one entry's fields.
+def parse_entry(entry_id: str, fields: Mapping[str, str] | Pairs) -> Entry:
+    """Validate one entry's fields (as read from the stream, or by name).
 
     Raises:
         Malformed: with the reason, for anything that is not a valid message.
     """
+    fields = by_name(fields)
     campaign = parse_id(fields.get("campaign_id", ""))
     if isinstance(campaign, str):
         raise Malformed(f"campaign_id {campaign}")
@@ -76,6 +83,22 @@ def parse_entry(entry_id: str, fields: Mapping[str, str]) -> Entry:
     if ref is not None and len(ref) > MAX_REF:
         raise Malformed(f"ref is longer than {MAX_REF} characters")
     return Entry(entry_id, campaign, ids, ref)
+
+
+def by_name(fields: Mapping[str, str] | Pairs) -> Mapping[str, str]:
+    """The fields by name.
+
+    Raises:
+        Malformed: a field is repeated; which of its values the producer meant is unknown.
+    """
+    if isinstance(fields, Mapping):
+        return fields
+    named: dict[str, str] = {}
+    for name, value in fields:
+        if name in named:
+            raise Malformed(f"field {name} is repeated")
+        named[name] = value
+    return named
 
 
 def _ids(text: str) -> tuple[int, ...]:
@@ -110,6 +133,30 @@ def encode(campaign_id: int, audience_ids: Sequence[int], ref: str | None) -> di
     if ref:
         fields["ref"] = ref
     return fields
+
+
+def _entries(raw: Iterable[Any] | None) -> list[tuple[str, Pairs]]:
+    """Stream entries as Redis sends them, ``[id, [name, value, ...]]``; a pending entry
+    deleted from the stream since has no fields."""
+    out = []
+    for entry_id, flat in raw or ():
+        items = list(flat or ())
+        out.append((str(entry_id), tuple(zip(items[::2], items[1::2], strict=False))))
+    return out
+
+
+def _read_reply(response: Any, **options: Any) -> list[tuple[str, Pairs]]:
+    """XREADGROUP's entries, of RESP2's ``[[stream, entries]]`` or RESP3's
+    ``{stream: entries}``."""
+    if not response:
+        return []
+    streams = response.values() if isinstance(response, dict) else (e for _, e in response)
+    return [entry for entries in streams for entry in _entries(entries)]
+
+
+def _claim_reply(response: Any, **options: Any) -> tuple[str, list[tuple[str, Pairs]]]:
+    """XAUTOCLAIM's next cursor and claimed entries."""
+    return str(response[0]), _entries(response[1])
 
 
 def raise_if_cancelled() -> None:
@@ -150,6 +197,12 @@ class StreamQueue:
     _own_cursor: str | None = "0"  # None once this consumer's own pending list was walked
     _claim_cursor: str = "0-0"
 
+    def __post_init__(self) -> None:
+        # redis-py hands each entry's fields over as a dict, which keeps the last value of a
+        # repeated field and hides the repeat: read them as the pairs Redis sends.
+        self.redis.set_response_callback("XREADGROUP", _read_reply)
+        self.redis.set_response_callback("XAUTOCLAIM", _claim_reply)
+
     def rescan_own_pending(self) -> None:
         """Walk this consumer's pending list again (after an outage lost a reply)."""
         self._own_cursor = "0"
@@ -175,7 +228,7 @@ class StreamQueue:
             pipe.xadd(self.stream, dict(fields))
         return [str(i) for i in await self._call("XADD", pipe.execute())]
 
-    async def read(self, count: int, block_ms: int) -> list[tuple[str, dict[str, str], int]]:
+    async def read(self, count: int, block_ms: int) -> list[tuple[str, Pairs, int]]:
         """(id, fields, deliveries): own pending entries first, then idle ones of dead
         consumers, then new ones (blocking up to ``block_ms``)."""
         if self._own_cursor is not None:
@@ -192,19 +245,17 @@ class StreamQueue:
 
     async def _read_group(
         self, start: str, count: int, block_ms: int | None
-    ) -> list[tuple[str, dict[str, str]]]:
-        reply = await self._call(
+    ) -> list[tuple[str, Pairs]]:
+        entries: list[tuple[str, Pairs]] = await self._call(
             "XREADGROUP",
             self.redis.xreadgroup(
                 self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
             ),
         )
-        if not reply:
-            return []
-        return [(str(i), dict(f or {})) for i, f in reply[0][1]]
+        return entries
 
-    async def _claim(self, count: int) -> list[tuple[str, dict[str, str]]]:
-        reply = await self._call(
+    async def _claim(self, count: int) -> list[tuple[str, Pairs]]:
+        reply: tuple[str, list[tuple[str, Pairs]]] = await self._call(
             "XAUTOCLAIM",
             self.redis.xautoclaim(
                 self.stream,
@@ -215,12 +266,10 @@ class StreamQueue:
                 count=count,
             ),
         )
-        self._claim_cursor = str(reply[0])
-        return [(str(i), dict(f or {})) for i, f in reply[1]]
+        self._claim_cursor, claimed = reply
+        return claimed
 
-    async def _with_deliveries(
-        self, got: list[tuple[str, dict[str, str]]]
-    ) -> list[tuple[str, dict[str, str], int]]:
+    async def _with_deliveries(self, got: list[tuple[str, Pairs]]) -> list[tuple[str, Pairs, int]]:
         """Each entry's delivery count, looked up exactly in this consumer's pending list;
         an entry no longer there (acknowledged meanwhile) is dropped."""
         pipe = self.redis.pipeline(transaction=False)
@@ -243,15 +292,18 @@ class StreamQueue:
     async def ack(self, entry_id: str) -> None:
         await self._call("XACK", self.redis.xack(self.stream, self.group, entry_id))
 
-    async def dead_letter(self, entry_id: str, fields: Mapping[str, str], reason: str) -> None:
-        """Copy an entry to the dead-letter stream with the reason, then acknowledge it."""
-        record = {
-            **fields,
-            "dead_reason": reason,
-            "dead_entry_id": entry_id,
-            "dead_consumer": self.consumer,
-        }
-        await self._call("XADD", self.redis.xadd(self.dead_stream, record))
+    async def dead_letter(
+        self, entry_id: str, fields: Mapping[str, str] | Pairs, reason: str
+    ) -> None:
+        """Copy an entry to the dead-letter stream with the reason, then acknowledge it.
+
+        The copy keeps every field as read, a repeated one included (hence a plain XADD of
+        pairs: redis-py's ``xadd`` takes a dict)."""
+        pairs = fields.items() if isinstance(fields, Mapping) else fields
+        record = [(name, value) for name, value in pairs if name not in _DEAD_FIELDS]
+        record += zip(_DEAD_FIELDS, (reason, entry_id, self.consumer), strict=True)
+        flat = chain.from_iterable(record)
+        await self._call("XADD", self.redis.execute_command("XADD", self.dead_stream, "*", *flat))
         await self.ack(entry_id)
 
     async def drained(self) -> bool:

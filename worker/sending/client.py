@@ -3,6 +3,10 @@
 It sends one delete-audience request and returns the :class:`Verdict` of
 :mod:`worker.sending.classify`; transport errors (timeouts, resets, refused connections) become
 retryable verdicts here, so nothing above this module sees an aiohttp exception.
+
+An answer's body is read up to :data:`MAX_BODY` bytes: a longer one (a proxy's error page
+gone wrong, a misrouted download) is a retryable transport error, and its connection is
+dropped rather than drained.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from worker.sending.classify import Verdict, classify, transport_failure
 from worker.sending.credentials import Secret, TokenSource
 
 USER_AGENT = f"audience-purge/{__version__}"
+# The API answers with a few dozen bytes of JSON; 1 MiB is generous, and bounds the memory
+# of `concurrency` answers in flight whatever a server sends.
+MAX_BODY = 1 << 20
+
+
+class BodyTooLarge(aiohttp.ClientPayloadError):
+    """An answer longer than :data:`MAX_BODY`: not the API's, and not read to its end."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,13 +79,32 @@ class UnleashXClient:
             async with self._session.post(
                 self._url, data=orjson.dumps(payload), headers=headers, allow_redirects=False
             ) as response:
-                body = await response.read()
+                body = await _read_capped(response)
                 verdict = classify(response.status, body, response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             verdict = transport_failure(exc)
         if verdict.message is not None:
             verdict = replace(verdict, message=self._tokens.redact(verdict.message))
         return Reply(verdict, round((time.perf_counter() - started) * 1000, 1))
+
+
+async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+    """The body, read in pieces up to MAX_BODY + 1 bytes: Content-Length is checked first but
+    not trusted (a chunked answer has none).
+
+    Raises:
+        BodyTooLarge: the body is longer than MAX_BODY; the connection is closed.
+    """
+    body = bytearray()
+    if (response.content_length or 0) <= MAX_BODY:
+        while piece := await response.content.read(MAX_BODY + 1 - len(body)):
+            body += piece
+            if len(body) > MAX_BODY:
+                break
+        else:
+            return bytes(body)
+    response.close()
+    raise BodyTooLarge(f"response body over {MAX_BODY} bytes")
 
 
 @asynccontextmanager

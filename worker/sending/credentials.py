@@ -114,9 +114,20 @@ class TokenSource:
 
 
 def without_userinfo(url: str) -> str:
-    """An http(s) URL with any user and password in it masked (for the audit log)."""
-    netloc = urlsplit(url).netloc
-    return redact_url(url) if "@" in netloc else url
+    """An http(s) URL with any user and password in it masked (for the audit log).
+
+    Only the authority is masked, at its last ``@`` (where urllib and yarl both end the
+    userinfo, once :func:`~worker.settings.check_base_url` has passed it), so an ``@`` in
+    the path leaves the host shown; a URL whose authority is not where expected is masked
+    whole, as :func:`redact_url` does.
+    """
+    scheme, sep, rest = url.partition("://")
+    authority = urlsplit(url).netloc
+    if "@" not in authority:
+        return url
+    if not sep or not rest.startswith(authority):
+        return redact_url(url)
+    return redact_url(f"{scheme}://{authority}") + rest[len(authority) :]
 
 
 def redact_url(url: str) -> str:

@@ -31,7 +31,7 @@ _UNITS = {
     "hour": 3600.0,
     "hours": 3600.0,
 }
-_SPEC = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*/\s*([a-z]+)\s*$")
+_SPEC = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*([a-z]+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,16 @@
 """How a setting is declared: :func:`setting` on a :class:`~worker.settings.Settings` field,
 and the value parsers (with their bounds) that turn TOML, environment and flag values into
-the field's type, raising ValueError with the reason."""
+the field's type, raising ValueError with the reason.
+
+Numbers in text are ASCII only, as input ids are: ``int()``, ``float()`` and
+``str.isdigit()`` would also take other scripts' digits (``"٤٢"`` is 42 to them), which
+nobody types on purpose into a purge of real records.
+"""
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,8 @@ from worker.sending.ratelimit import RateSpec, parse_rate
 
 DECLARATION = "setting"
 _T = TypeVar("_T")
+_INTEGER = re.compile(r"-?[0-9]+")
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 
 
 @dataclass(frozen=True)
@@ -101,27 +110,45 @@ def setting(
 
 
 def integer(low: int, high: int) -> Callable[[Any], int]:
+    """A parser of whole numbers from ``low`` to ``high``: an int, or text of ASCII digits
+    with an optional ``-``. Leading zeros are accepted (``007`` is 7): the value decides, not
+    the length of the text."""
+
     def parse(value: Any) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, str) and value.strip().lstrip("-").isdigit():
-                value = int(value)
-            else:
-                raise ValueError(f"expected an integer, got {value!r}")
-        if not low <= value <= high:
-            raise ValueError(f"must be between {low} and {high}, got {value}")
-        return int(value)
+        number = _whole(value, low, high) if isinstance(value, str) else value
+        if isinstance(number, bool) or not isinstance(number, int):
+            raise ValueError(f"expected an integer, got {value!r}")
+        if not low <= number <= high:
+            raise ValueError(f"must be between {low} and {high}, got {number}")
+        return number
 
     return parse
 
 
+def _whole(text: str, low: int, high: int) -> int:
+    """The integer ``text`` spells; one too long for the bounds is refused before int(),
+    which would fail past 4300 digits with a message about Python, not about the value."""
+    value = text.strip()
+    if not _INTEGER.fullmatch(value):
+        raise ValueError(f"expected an integer (digits 0-9), got {text!r}")
+    sign, digits = ("-", value[1:]) if value.startswith("-") else ("", value)
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(max(abs(low), abs(high)))):
+        what = "a negative number" if sign else "a number"
+        raise ValueError(f"must be between {low} and {high}, got {what} of {len(digits)} digits")
+    return int(sign + digits)
+
+
 def number(low: float, high: float) -> Callable[[Any], float]:
+    """A parser of numbers from ``low`` to ``high``: an int or float, or decimal text of
+    ASCII digits (``2.5``, ``1e3``)."""
+
     def parse(value: Any) -> float:
-        if isinstance(value, bool):
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
             raise ValueError(f"expected a number, got {value!r}")
-        try:
-            number = float(value)
-        except (TypeError, ValueError):
-            raise ValueError(f"expected a number, got {value!r}") from None
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value.strip()):
+            raise ValueError(f"expected a number (digits 0-9), got {value!r}")
+        number = float(value)
         if not low <= number <= high:
             raise ValueError(f"must be between {low:g} and {high:g}, got {number:g}")
         return number
@@ -152,9 +179,19 @@ def path(value: Any) -> Path:
 
 
 def rate_spec(value: Any) -> RateSpec:
+    """A rate such as ``10/second``; its number in ASCII digits, and finite (400 nines
+    are infinity to float())."""
     if isinstance(value, RateSpec):
         return value
-    return parse_rate(text(value))
+    spec = text(value)
+    if not spec.isascii():
+        raise ValueError(
+            f"invalid rate {spec!r}: expected N/second, N/minute or N/hour (digits 0-9)"
+        )
+    rate = parse_rate(spec)
+    if not math.isfinite(rate.requests):
+        raise ValueError(f"invalid rate {spec!r}: the number of requests is too large")
+    return rate
 
 
 def one_of(*options: str) -> Callable[[Any], str]:

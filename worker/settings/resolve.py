@@ -8,11 +8,17 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
+
+from yarl import URL
 
 from worker.errors import ConfigError
+from worker.sending.credentials import redact_url
 from worker.settings.catalogue import DECLARATIONS, ORDERED, Settings
 from worker.settings.declare import secret
+
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+_COMPONENTS = ("scheme", "user", "password", "host", "port", "path")
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
@@ -48,20 +54,115 @@ def _validated(raw: Mapping[str, Any], origin: str) -> dict[str, Any]:
 
 
 def check_base_url(url: str, *, insecure_http: bool) -> str:
-    """Refuse plain http to anything but loopback, unless explicitly allowed."""
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError(f"{url!r} is not an http(s) URL", key="base_url")
-    if parts.scheme == "http" and not insecure_http and not is_loopback(parts.hostname):
+    """The base URL without a trailing slash, once it is safe to send the token to.
+
+    It must read the same to this check (urllib) and to the HTTP client (aiohttp reads URLs
+    with yarl): a URL the two parsers disagree on could pass as loopback here and go
+    elsewhere, or fail every request. Plain http is refused but to loopback, unless
+    ``insecure_http``.
+
+    Raises:
+        ConfigError: naming base_url; the message masks any user and password, and quotes
+            no parser's message (which could hold a piece of the password).
+    """
+    _check_characters(url)
+    shown = redact_url(url)
+    parts, port = _split(url, shown)
+    _check_same_in_client(url, shown, parts, port)
+    host = parts.hostname or ""
+    if parts.scheme == "http" and not insecure_http and not is_loopback(host):
         raise ConfigError(
-            f"plain http to {parts.hostname} is refused (the token would travel unencrypted); "
+            f"plain http to {host} is refused (the token would travel unencrypted); "
             "use https, or --insecure-http if you really mean it",
             key="base_url",
         )
     return url.rstrip("/")
 
 
+def _split(url: str, shown: str) -> tuple[SplitResult, int | None]:
+    """urllib's reading of ``url`` and its port: an http(s) URL with an ASCII host and
+    neither query nor fragment (``/delete-audience`` is appended to it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise ConfigError(
+            f"{shown!r} is not a valid URL (check the brackets of an IPv6 host)", key="base_url"
+        ) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(f"{shown!r} is not an http(s) URL", key="base_url")
+    if not parts.hostname.isascii():
+        raise ConfigError(
+            f"{shown!r}: write the host in ASCII (an international name in its xn-- form)",
+            key="base_url",
+        )
+    if "?" in url or "#" in url:
+        raise ConfigError(
+            f"{shown!r}: a base URL has no query or fragment (/delete-audience is appended)",
+            key="base_url",
+        )
+    try:
+        return parts, parts.port
+    except ValueError:
+        raise ConfigError(
+            f"{shown!r} is not a valid URL: the port is not a number from 0 to 65535",
+            key="base_url",
+        ) from None
+
+
+def _check_characters(url: str) -> None:
+    """Refuse what parsers drop or read differently: urllib silently removes tabs and line
+    breaks, and a backslash ends the host for browsers and yarl but not for urllib."""
+    for position, char in enumerate(url, start=1):
+        if char == "\\" or char.isspace() or not char.isprintable():
+            raise ConfigError(
+                f"the URL holds a space, a control character or a backslash (character {position})",
+                key="base_url",
+            )
+
+
+def _check_same_in_client(url: str, shown: str, parts: SplitResult, port: int | None) -> None:
+    """Refuse a URL that yarl (the HTTP client's parser) reads otherwise than urllib."""
+    try:
+        client = URL(url)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{shown!r} is not a valid URL to the HTTP client", key="base_url"
+        ) from None
+    ours = (
+        parts.scheme,
+        unquote(parts.username or "") or None,
+        unquote(parts.password or "") or None,
+        _host_key(parts.hostname or ""),
+        port or _DEFAULT_PORTS.get(parts.scheme),
+        unquote(parts.path) or "/",
+    )
+    theirs = (
+        client.scheme,
+        client.user or None,
+        client.password or None,
+        _host_key(client.raw_host or ""),
+        client.port,
+        client.path or "/",
+    )
+    for name, mine, client_reads in zip(_COMPONENTS, ours, theirs, strict=True):
+        if mine != client_reads:
+            raise ConfigError(
+                f"{shown!r} is ambiguous: the HTTP client would read its {name} differently",
+                key="base_url",
+            )
+
+
+def _host_key(host: str) -> object:
+    """A host as compared: IP addresses by value (yarl compresses IPv6), names lower-cased."""
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        return host.lower()
+
+
 def is_loopback(host: str) -> bool:
+    """Whether plain http to ``host`` stays on this machine: ``localhost`` or a loopback
+    address (``localhost.``, a name DNS may answer for, is not)."""
     if host.lower() == "localhost":
         return True
     try:
