@@ -4,6 +4,7 @@ secrecy."""
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from worker.settings import (
     check_base_url,
     load_settings,
 )
+from worker.settings.resolve import as_given, resolve_settings
 
 TOKEN = "tok-Zx9-s3cr3t-VALUE-4711"
 
@@ -93,6 +95,12 @@ def test_public_settings_of_the_defaults() -> None:
         "metrics_port": None,
         "pushgateway": None,
         "metrics_job": "audience-purge",
+        "max_deletes": None,
+        "expect_count": None,
+        "halt_on_failure_rate": None,
+        "deadline": None,
+        "dead_letter_max": 100000,
+        "force": False,
     }
 
 
@@ -245,7 +253,7 @@ def test_unknown_key_in_file_is_named(write_config: WriteConfig) -> None:
         load_settings({}, {}, path)
 
     assert info.value.key == "batchsize"
-    assert str(info.value) == f"batchsize: {path}: unknown key"
+    assert str(info.value) == f"batchsize in {path}: unknown key"
 
 
 def test_unknown_flag_is_named() -> None:
@@ -283,7 +291,10 @@ def test_wrong_type_is_named(write_config: WriteConfig, key: str, toml_value: st
         load_settings({}, {}, path)
 
     assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: {path}: ")
+    assert (
+        str(info.value)
+        == f"{key} in {path}: {parse_error(key, tomllib.loads(f'v = {toml_value}')['v'])}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -339,12 +350,92 @@ def test_range_bounds_are_inclusive(key: str, value: int) -> None:
         ({"timeout": "-1"}, "timeout"),
     ],
 )
-def test_bad_flag_value_is_named(flags: dict[str, object], key: str) -> None:
+def test_bad_flag_value_is_named_by_its_key_for_an_embedding_program(
+    flags: dict[str, object], key: str
+) -> None:
     with pytest.raises(ConfigError) as info:
         load_settings(flags, {})
 
     assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: option: ")
+    assert str(info.value) == f"{key}: {parse_error(key, flags[key])}"
+
+
+@pytest.mark.parametrize("key", [key for key, declared in DECLARATIONS.items() if declared.flag])
+def test_bad_flag_value_is_named_by_the_flag_typed(key: str) -> None:
+    flag = DECLARATIONS[key].flag
+    assert flag is not None
+    # A value each parser refuses: an empty string is no number, rate, path or choice.
+    with pytest.raises(ConfigError) as info:
+        load_settings({key: " "}, {}, flag_names={key: flag})
+
+    assert info.value.key == key
+    assert str(info.value) == f"{flag}: {parse_error(key, ' ')}"
+
+
+def test_a_value_is_named_by_the_source_it_came_from(write_config: WriteConfig) -> None:
+    path = write_config("batch_size = 0\n")
+    env = {"AUDIENCE_PURGE_SHARD_COUNT": "x"}
+    named = {"batch_size": "--batch-size"}
+
+    with pytest.raises(ConfigError) as in_file:
+        load_settings({}, {}, path, flag_names=named)
+    with pytest.raises(ConfigError) as in_env:
+        load_settings({}, env, flag_names=named)
+    with pytest.raises(ConfigError) as on_the_line:
+        load_settings({"batch_size": "1001"}, env={}, config_path=path, flag_names=named)
+
+    assert str(in_file.value) == f"batch_size in {path}: must be between 1 and 1000, got 0"
+    assert str(in_env.value) == (
+        "environment variable AUDIENCE_PURGE_SHARD_COUNT: expected an integer (digits 0-9), got 'x'"
+    )
+    # The file's value is refused first: the flag would not have hidden it.
+    assert str(on_the_line.value).startswith(f"batch_size in {path}: ")
+
+
+def test_a_flag_over_a_bad_environment_value_is_still_refused_by_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"shard_count": "3"}, {"AUDIENCE_PURGE_SHARD_COUNT": "x"})
+
+    assert str(info.value).startswith("environment variable AUDIENCE_PURGE_SHARD_COUNT: ")
+
+
+def test_resolving_tells_how_each_given_setting_was_given(write_config: WriteConfig) -> None:
+    path = write_config("timeout = 5\nbatch_size = 10\n")
+    env = {"UNLEASHX_BASE_URL": "https://api.example", "AUDIENCE_PURGE_SHARD_COUNT": "2"}
+
+    _, given_as = resolve_settings(
+        {"batch_size": "20", "shard_index": 1},
+        env,
+        path,
+        flag_names={"batch_size": "--batch-size", "shard_index": "--shard"},
+    )
+
+    assert given_as == {
+        "timeout": f"timeout in {path}",
+        "batch_size": "--batch-size",
+        "base_url": "environment variable UNLEASHX_BASE_URL",
+        "shard_count": "environment variable AUDIENCE_PURGE_SHARD_COUNT",
+        "shard_index": "--shard",
+    }
+
+
+def test_a_later_error_is_renamed_by_how_its_setting_was_given() -> None:
+    later = ConfigError("cannot read token file x: gone", key="token_file")
+    given_as = {"token_file": "--token-file"}
+
+    assert str(as_given(later, given_as)) == "--token-file: cannot read token file x: gone"
+    assert as_given(later, given_as).key == "token_file"
+    assert as_given(later, {}) is later  # not given: its key is all there is to say
+    named = as_given(later, given_as)
+    assert as_given(named, given_as) is named  # already named: not named twice
+
+
+def parse_error(key: str, value: object) -> str:
+    """What the declared parser of ``key`` says of ``value``: the reason every message
+    carries after the name."""
+    with pytest.raises(ValueError, match=r".+") as refused:
+        DECLARATIONS[key].parse(value)
+    return str(refused.value)
 
 
 # -- numbers are ASCII ----------------------------------------------------------------------------
@@ -373,7 +464,7 @@ def test_a_flag_value_in_other_digits_than_0_to_9_is_refused_naming_the_key(
         load_settings({key: value}, {})
 
     assert info.value.key == key
-    assert str(info.value).startswith(f"{key}: option: ")
+    assert str(info.value) == f"{key}: {parse_error(key, value)}"
     assert "(digits 0-9)" in str(info.value)
 
 
@@ -382,7 +473,9 @@ def test_an_environment_value_in_other_digits_is_refused_naming_the_key() -> Non
         load_settings({"shard_index": 0}, {"AUDIENCE_PURGE_SHARD_COUNT": "\u0663"})
 
     assert info.value.key == "shard_count"
-    assert str(info.value).startswith("shard_count: environment: expected an integer")
+    assert str(info.value).startswith(
+        "environment variable AUDIENCE_PURGE_SHARD_COUNT: expected an integer"
+    )
 
 
 @pytest.mark.parametrize(
@@ -431,9 +524,7 @@ def test_an_integer_out_of_range_is_refused_with_its_true_reason(value: str, mes
     with pytest.raises(ConfigError) as info:
         load_settings({"campaign_id": value}, {})
 
-    assert str(info.value) == (
-        f"campaign_id: option: must be between 1 and 9223372036854775807, {message}"
-    )
+    assert str(info.value) == (f"campaign_id: must be between 1 and 9223372036854775807, {message}")
 
 
 def test_a_rate_too_large_for_a_float_is_refused() -> None:
@@ -448,6 +539,16 @@ def test_backoff_max_below_backoff_initial_is_refused() -> None:
         load_settings({"backoff_initial": 5, "backoff_max": 1}, {})
 
     assert info.value.key == "backoff_max"
+    assert str(info.value) == "backoff_max: must not be smaller than backoff_initial (5)"
+
+
+def test_backoff_max_below_backoff_initial_names_both_as_typed(write_config: WriteConfig) -> None:
+    path = write_config("backoff_initial = 5\n")
+
+    with pytest.raises(ConfigError) as info:
+        load_settings({"backoff_max": 1}, {}, path, flag_names={"backoff_max": "--max"})
+
+    assert str(info.value) == f"--max: must not be smaller than backoff_initial in {path} (5)"
 
 
 def test_redis_backoff_comes_from_the_config_file(write_config: WriteConfig) -> None:
@@ -466,12 +567,24 @@ def test_redis_backoff_is_its_own_and_not_backoff_initial(write_config: WriteCon
     assert (settings.redis_backoff_initial, settings.redis_backoff_max) == (0.5, 5.0)
 
 
-def test_redis_backoff_max_below_redis_backoff_initial_is_refused() -> None:
+def test_redis_backoff_initial_above_the_default_max_is_refused_naming_the_one_given() -> None:
     with pytest.raises(ConfigError) as info:
         load_settings({"redis_backoff_initial": "6"}, {})
 
+    assert info.value.key == "redis_backoff_initial"
+    assert str(info.value) == (
+        "redis_backoff_initial: must not be larger than redis_backoff_max (5, its default)"
+    )
+
+
+def test_redis_backoff_max_below_the_default_initial_is_refused_naming_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings({"redis_backoff_max": "0.1"}, {}, flag_names={"redis_backoff_max": "--m"})
+
     assert info.value.key == "redis_backoff_max"
-    assert str(info.value) == "redis_backoff_max: must not be smaller than redis_backoff_initial"
+    assert str(info.value) == (
+        "--m: must not be smaller than redis_backoff_initial (0.5, its default)"
+    )
 
 
 def test_invalid_toml_names_the_file(write_config: WriteConfig) -> None:

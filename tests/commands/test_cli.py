@@ -6,13 +6,17 @@ The sandbox runs in the test's event loop; the child is started with
 
 from __future__ import annotations
 
+import json
 import re
 import signal
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from conftest import read_audit, write_csv
-from processes import Completed, eventually, finish, start
+from processes import Completed, child_env, closed_port, eventually, finish, start
 
 from worker.cli import build_parser, main, settings_from
 from worker.sandbox import FaultConfig
@@ -357,18 +361,20 @@ REFUSED = [
 # The command line is part of the interface: a flag that moves or disappears is a change to
 # call out, not a side effect of editing a declaration.
 SURFACE = {
-    RUN: "--input --shard --config --base-url --token-file --rate --concurrency --batch-size "
-    "--timeout --max-attempts --campaign-id --audit-log --audit-key-file --report --failed-out "
-    "--state-dir --fresh --no-retry-failed --grace --shard-count --redis --redis-backoff-initial "
-    "--redis-backoff-max --rate-scope --rate-key --insecure-http --dry-run --progress --log-level "
-    "--log-format --metrics-port --pushgateway --metrics-job",
+    RUN: "--input --shard --json --config --base-url --token-file --rate --concurrency "
+    "--batch-size --timeout --max-attempts --campaign-id --audit-log --audit-key-file --report "
+    "--failed-out --state-dir --fresh --no-retry-failed --grace --shard-count --redis "
+    "--redis-backoff-initial --redis-backoff-max --rate-scope --rate-key --insecure-http "
+    "--dry-run --max-deletes --expect-count --halt-on-failure-rate --deadline --progress "
+    "--log-level --log-format --metrics-port --pushgateway --metrics-job",
     ENQUEUE: "--input --config --batch-size --campaign-id --audit-log --redis "
-    "--redis-backoff-initial --redis-backoff-max --stream --ref --log-format",
+    "--redis-backoff-initial --redis-backoff-max --stream --ref --force --log-format",
     CONSUME: "--config --base-url --token-file --rate --concurrency --batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
-    "--redis-backoff-max --stream --group --consumer --dead-stream --until-empty "
-    "--max-deliveries --claim-idle --rate-scope --rate-key --insecure-http --log-level "
-    "--log-format --metrics-port --pushgateway --metrics-job",
+    "--redis-backoff-max --stream --group --consumer --dead-stream --dead-letter-max "
+    "--until-empty --max-deliveries --claim-idle --rate-scope --rate-key --insecure-http "
+    "--halt-on-failure-rate --deadline --log-level --log-format --metrics-port --pushgateway "
+    "--metrics-job",
     DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
     "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level "
     "--log-format",
@@ -479,8 +485,8 @@ def test_redis_backoff_max_below_initial_exits_2_naming_it(
 
     assert code == 2
     assert capsys.readouterr().err == (
-        "audience-purge: error: configuration error: redis_backoff_max: "
-        "must not be smaller than redis_backoff_initial\n"
+        "audience-purge: error: --redis-backoff-max: "
+        "must not be smaller than redis_backoff_initial (0.5, its default)\n"
     )
 
 
@@ -488,3 +494,272 @@ def test_no_retry_failed_turns_retry_failed_off() -> None:
     args = build_parser().parse_args([RUN, *MINIMAL[RUN], "--no-retry-failed"])
 
     assert settings_from(args, {}).retry_failed is False
+
+
+# -- errors name the value the way it was given -------------------------------------------------
+
+
+def cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> Completed:
+    """``python -m worker ARGS`` with ``env`` added to a clean environment (start() would
+    drop the worker's own variables, which these tests set on purpose)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        cwd=cwd,
+        env={**child_env(None), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return Completed(done.returncode, done.stdout, done.stderr)
+
+
+def test_a_bad_flag_value_exits_2_naming_the_flag_as_typed(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+
+    done = cli("run", "--input", str(path), "--dry-run", "--batch-size", "0", cwd=tmp_path)
+
+    assert done.code == 2
+    assert done.out == ""
+    assert done.err == "audience-purge: error: --batch-size: must be between 1 and 1000, got 0\n"
+
+
+def test_a_bad_environment_value_exits_2_naming_the_variable(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+
+    done = cli(
+        "run", "--input", str(path), "--dry-run", cwd=tmp_path, env={"UNLEASHX_BASE_URL": "x"}
+    )
+
+    assert done.code == 2
+    assert done.err == (
+        "audience-purge: error: environment variable UNLEASHX_BASE_URL: 'x' is not an http(s) URL\n"
+    )
+
+
+def test_a_bad_config_value_exits_2_naming_the_key_and_the_file(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+    config = tmp_path / "purge.toml"
+    config.write_text("batch_size = 1001\n", encoding="utf-8")
+
+    done = cli("run", "--input", str(path), "--dry-run", "--config", str(config), cwd=tmp_path)
+
+    assert done.code == 2
+    assert done.err == (
+        f"audience-purge: error: batch_size in {config}: must be between 1 and 1000, got 1001\n"
+    )
+
+
+@pytest.mark.parametrize("how", ["flag", "environment"])
+def test_a_setting_refused_once_the_run_starts_is_named_as_it_was_given(
+    tmp_path: Path, how: str
+) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+    url = f"http://127.0.0.1:{closed_port()}/api/v1/global"
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))  # where the metrics endpoint listens
+        busy.listen()
+        port = str(busy.getsockname()[1])
+        given = ["--metrics-port", port] if how == "flag" else []
+        env = {"UNLEASHX_TOKEN": "t"} | ({} if given else {"AUDIENCE_PURGE_METRICS_PORT": port})
+        done = cli(
+            "run", "--input", str(path), "--campaign-id", "42", "--base-url", url, *given,
+            cwd=tmp_path, env=env,
+        )  # fmt: skip
+
+    named = "--metrics-port" if given else "environment variable AUDIENCE_PURGE_METRICS_PORT"
+    assert done.code == 2
+    assert done.err.startswith(
+        f"audience-purge: error: {named}: cannot serve metrics on port {port}: "
+    )
+    assert len(done.err.splitlines()) == 1
+
+
+def test_shard_errors_name_the_flag_or_the_sources(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+    argv = ("run", "--input", str(path), "--campaign-id", "42", "--dry-run")
+
+    one_flag = cli(*argv, "--shard", "3/3", cwd=tmp_path)
+    two_sources = cli(*argv, "--shard-count", "3", cwd=tmp_path, env={"JOB_COMPLETION_INDEX": "5"})
+
+    assert one_flag.err == "audience-purge: error: --shard: index 3 is not below the count 3\n"
+    assert two_sources.err == (
+        "audience-purge: error: shard: index 5 is not below the count 3 (the index from "
+        "environment variable JOB_COMPLETION_INDEX, the count from --shard-count)\n"
+    )
+    assert (one_flag.code, two_sources.code) == (2, 2)
+
+
+# -- output for scripts: --report -, --json -------------------------------------------------------
+
+
+async def test_report_dash_writes_the_report_to_stdout_and_the_summary_to_stderr(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    path = ids_file(tmp_path, range(1, 6))
+
+    done = await purge(
+        *run_args(sandbox, tmp_path, "--input", str(path), "--campaign-id", "42", "--report", "-"),
+        cwd=tmp_path,
+        token=token,
+    )
+
+    assert done.code == 0, done.err
+    report = json.loads(done.out)  # the whole of stdout is the report
+    assert (report["deleted"], report["exit_code"]) == (5, 0)
+    assert report["run_id"] == read_audit(tmp_path / "audit.jsonl")[-1]["run_id"]
+    assert "done (exit 0)" in done.err
+    assert "  report      stdout" in done.err.splitlines()
+    assert not (tmp_path / "-").exists()
+
+
+async def test_run_json_prints_one_json_object_and_nothing_else_on_stdout(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "42,1", "42,2", "999,3"])
+
+    done = await purge(
+        *run_args(sandbox, tmp_path, "--input", str(path), "--json"), cwd=tmp_path, token=token
+    )
+
+    assert done.code == 1, done.err
+    [line] = done.out.splitlines()
+    summary = json.loads(line)
+    assert (summary["deleted"], summary["failed"], summary["exit_code"]) == (2, 1, 1)
+    assert summary["campaigns"] == {
+        "42": {"deleted": 2, "failed": 0},
+        "999": {"deleted": 0, "failed": 1},
+    }
+    assert summary["audit_log"] == str(tmp_path / "audit.jsonl")
+    assert "finished with failures (exit 1)" in done.err
+
+
+async def test_run_json_of_a_dry_run_puts_the_plan_on_stderr(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+
+    done = await purge(
+        "run", "--input", str(path), "--campaign-id", "42", "--dry-run", "--json",
+        cwd=tmp_path, token=None,
+    )  # fmt: skip
+
+    assert done.code == 0, done.err
+    assert json.loads(done.out)["dry_run"] is True
+    assert "dry run: nothing was sent" in done.err
+
+
+async def test_run_json_and_report_dash_together_exit_2(tmp_path: Path) -> None:
+    path = ids_file(tmp_path, range(1, 4))
+
+    done = await purge(
+        "run", "--input", str(path), "--campaign-id", "42", "--dry-run", "--json",
+        "--report", "-", cwd=tmp_path, token=None,
+    )  # fmt: skip
+
+    assert done.code == 2
+    assert done.out == ""
+    assert done.err == (
+        "audience-purge: error: --json and --report - both write to stdout: choose one\n"
+    )
+
+
+async def test_audit_verify_json_gives_the_verdict_as_one_object(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    path = ids_file(tmp_path, range(1, 6))
+    audit = tmp_path / "audit.jsonl"
+    ran = await purge(
+        *run_args(sandbox, tmp_path, "--input", str(path), "--campaign-id", "42"),
+        cwd=tmp_path,
+        token=token,
+    )
+    assert ran.code == 0, ran.err
+    records = read_audit(audit, chain=True)
+
+    intact = await purge("audit", "verify", "--json", str(audit), cwd=tmp_path, token=None)
+    lines = audit.read_text(encoding="utf-8").splitlines(keepends=True)
+    at = next(n for n, line in enumerate(lines) if '"event":"deleted"' in line)
+    lines[at] = lines[at].replace("Audience deleted", "Audience DELETED")
+    audit.write_text("".join(lines), encoding="utf-8")
+    tampered = await purge("audit", "verify", "--json", str(audit), cwd=tmp_path, token=None)
+
+    assert intact.code == 0, intact.err
+    verdict = json.loads(intact.out)
+    assert verdict["ok"] is True
+    assert (verdict["warnings"], verdict["errors"]) == ([], [])
+    assert verdict["files"] == [{"path": str(audit), "records": len(records), "signed_heads": 0}]
+    assert verdict["head"] == {
+        "hash": records[-1]["hash"],
+        "file": str(audit),
+        "line": len(records),
+        "seq": records[-1]["seq"],
+        "run_id": records[-1]["run_id"],
+        "ts": records[-1]["ts"],
+    }
+    assert verdict["signed_heads_checked"] is False
+    assert tampered.code == 1
+    broken = json.loads(tampered.out)
+    assert broken["ok"] is False
+    assert [(e["file"], e["line"]) for e in broken["errors"]] == [(str(audit), at + 1)]
+
+
+# -- one line instead of a traceback; JSON instead of a Python dict --------------------------------
+
+
+def test_sandbox_on_a_busy_port_exits_2_with_one_line(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        done = cli("sandbox", "--port", str(port), cwd=tmp_path)
+
+    assert done.code == 2
+    assert done.out == ""
+    assert done.err == (
+        f"audience-purge: error: --port {port}: cannot listen on 127.0.0.1:{port}: "
+        "Address already in use\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("flags", "line"),
+    [
+        (["--error-ratio", "2"], "--error-ratio: must be between 0 and 1, got 2.0"),
+        (["--max-batch", "0"], "--max-batch: must be >= 1 or null, got 0"),
+        (["--campaign", "x"], "--campaign: campaign spec 'x' must look like ID:STATUS:FIRST-LAST"),
+    ],
+)
+def test_sandbox_fault_and_campaign_errors_name_the_flag(
+    tmp_path: Path, flags: list[str], line: str
+) -> None:
+    done = cli("sandbox", "--port", "0", *flags, cwd=tmp_path)
+
+    assert done.code == 2
+    assert done.err == f"audience-purge: error: {line}\n"
+
+
+def test_delete_all_dry_run_prints_the_json_body_it_would_send(tmp_path: Path) -> None:
+    done = cli("delete-all", "--campaign-id", "42", "--confirm", "42", "--dry-run", cwd=tmp_path)
+
+    assert done.code == 0, done.err
+    body = done.out.partition(" with the body ")[2].partition("; nothing was sent")[0]
+    assert body == '{"campaign_id":42,"delete_all":true}'  # the bytes the client sends
+    assert json.loads(body) == {"campaign_id": 42, "delete_all": True}
+
+
+# -- counts and durations for a person -----------------------------------------------------------
+
+
+async def test_the_summary_says_1_id_and_a_duration_with_its_unit(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "999,1", "42,3"])
+
+    done = await purge(
+        *run_args(sandbox, tmp_path, "--input", str(path)), cwd=tmp_path, token=token
+    )
+
+    assert done.code == 1, done.err
+    failed = [line for line in done.out.splitlines() if line.startswith("  failed: ")]
+    assert len(failed) == 1
+    assert failed[0].startswith("  failed: 1 id, ")
+    assert re.search(r"    time [0-9]+\.[0-9] s$", done.out, re.MULTILINE)

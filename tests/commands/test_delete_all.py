@@ -169,7 +169,7 @@ async def test_delete_all_dry_run_sends_nothing(
     assert sandbox.state.requests_total == 0
     assert sandbox.state.campaigns[42].deleted_count == 0
     assert "nothing was sent" in out.getvalue()
-    assert "'delete_all': True" in out.getvalue()
+    assert 'with the body {"campaign_id":42,"delete_all":true};' in out.getvalue()
 
 
 def signal_self_after(seconds: float) -> None:

@@ -43,7 +43,7 @@ async def test_a_flag_in_other_digits_than_0_to_9_exits_2_with_one_line_naming_i
     assert done.code == 2
     assert done.out == ""
     assert len(done.err.splitlines()) == 1
-    assert done.err.startswith(f"audience-purge: error: configuration error: {key}: option: ")
+    assert done.err.startswith(f"audience-purge: error: {flag}: ")
     assert "(digits 0-9)" in done.err
 
 
@@ -51,7 +51,7 @@ async def test_a_campaign_id_with_leading_zeros_in_range_is_that_campaign(tmp_pa
     done = await dry_run(tmp_path, "--campaign-id", "0000000000000000000021")
 
     assert done.code == 0
-    assert "campaign 21: 3 ids in 1 requests" in done.out
+    assert "campaign 21: 3 ids in 1 request" in done.out
 
 
 async def test_a_campaign_id_of_5000_digits_exits_2_with_the_range_not_a_python_limit(
@@ -61,7 +61,7 @@ async def test_a_campaign_id_of_5000_digits_exits_2_with_the_range_not_a_python_
 
     assert done.code == 2
     assert done.err == (
-        "audience-purge: error: configuration error: campaign_id: option: must be between 1 "
+        "audience-purge: error: --campaign-id: must be between 1 "
         "and 9223372036854775807, got a number of 5000 digits\n"
     )
 
@@ -92,7 +92,7 @@ async def test_a_base_url_that_urllib_and_the_http_client_read_apart_exits_2_and
 
     assert done.code == 2
     assert done.err.splitlines() == [
-        "audience-purge: error: configuration error: base_url: the URL holds a space, a "
+        "audience-purge: error: --base-url: the URL holds a space, a "
         f"control character or a backslash (character {hostile.index(chr(92)) + 1})"
     ]
     assert sandbox.state.requests_total == 0
@@ -106,7 +106,7 @@ async def test_a_shard_in_other_digits_or_shapes_exits_2_naming_it(
     done = await dry_run(tmp_path, "--campaign-id", "42", "--shard", shard)
 
     assert done.code == 2
-    assert done.err.startswith("audience-purge: error: configuration error: shard: expected ")
+    assert done.err.startswith("audience-purge: error: --shard: expected INDEX/COUNT ")
 
 
 async def test_delete_all_refuses_a_campaign_id_in_other_digits(tmp_path: Path) -> None:

@@ -602,9 +602,9 @@ async def test_dry_run_sends_nothing_and_prints_the_plan(
     plan = out.getvalue()
     assert "nothing was sent" in plan
     assert "campaign 42: 25 ids in 3 requests" in plan
-    assert "campaign 77: 5 ids in 1 requests" in plan
+    assert "campaign 77: 5 ids in 1 request" in plan
     assert "30 ids in 2 campaigns, 4 requests" in plan
-    assert "about 2.0s" in plan
+    assert "about 2.0 s at the configured rate" in plan
     records = audit_of(settings)
     assert_well_formed(records, result)
     assert records[0]["dry_run"] is True

@@ -225,6 +225,4 @@ def test_run_with_a_shard_index_not_below_the_count_exits_2(
 
     assert code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [
-        "audience-purge: error: configuration error: shard: index 3 is not below the count 3"
-    ]
+    assert err == ["audience-purge: error: --shard: index 3 is not below the count 3"]

@@ -231,3 +231,19 @@ async def test_a_signal_during_the_work_stops_it_and_marks_the_run_interrupted()
         await stopped.wait()
 
     assert await asyncio.wait_for(runtime.supervise(work(), stopped.set), timeout=2) is True
+
+
+async def test_a_run_whose_work_raised_leaves_no_cancel_request_on_the_callers_task() -> None:
+    runtime = Runtime(Settings(), "run", needs_token=False)
+
+    async def work() -> None:
+        await asyncio.sleep(0.01)
+        raise ValueError("boom")
+
+    with pytest.raises(ValueError, match="boom"):
+        await runtime.supervise(work(), lambda: None)
+
+    task = asyncio.current_task()
+    assert task is not None
+    assert task.cancelling() == 0
+    await asyncio.sleep(0)  # an embedder's next await is not cancelled

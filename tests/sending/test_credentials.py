@@ -105,7 +105,7 @@ def test_run_with_a_two_line_token_file_exits_2_with_one_line_and_sends_nothing(
     err = capsys.readouterr().err
     assert code == 2
     assert err.splitlines() == [
-        f"audience-purge: error: configuration error: token: token file {token}: the token "
+        f"audience-purge: error: token: token file {token}: the token "
         "holds a line break, a space or a character that is not printable ASCII "
         "(character 2); a token is one word on one line"
     ]

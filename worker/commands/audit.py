@@ -3,7 +3,7 @@
 Exit codes: 0 intact, or intact with warnings (verify: what a crash leaves, printed as
 ``WARNING:`` lines before ``OK with warnings``; see :mod:`worker.records.audit_query`) / found;
 1 tampering found (verify: ``TAMPERED:`` lines), or the id appears in no record (find); 2 a
-file cannot be read.
+file cannot be read. ``verify --json`` prints the same verdict as one JSON object instead.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import orjson
 
 from worker.errors import UsageError
 from worker.records.audit import read_key_file
-from worker.records.audit_query import Verdict, check, find, summarize
+from worker.records.audit_query import Problem, Verdict, check, find, summarize
 
 
 def _readable(paths: list[Path]) -> list[Path]:
@@ -32,6 +32,10 @@ def verify_command(args: argparse.Namespace) -> int:
     """Warnings (what a crash leaves) first, then errors, or one line naming the head."""
     key = read_key_file(args.audit_key_file)
     verdict = check(_readable(args.paths), key)
+    if args.json:
+        document = verdict_document(verdict, key)
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return 1 if verdict.errors else 0
     for warning in verdict.warnings:
         print(f"WARNING: {warning}")
     for error in verdict.errors:
@@ -42,6 +46,36 @@ def verify_command(args: argparse.Namespace) -> int:
         print("files in chain order: " + ", ".join(str(end.path) for end in verdict.files))
     print(_verified(verdict, key))
     return 0
+
+
+def verdict_document(verdict: Verdict, key: bytes | None) -> dict[str, Any]:
+    """``verify --json``: ok, the warnings and errors (file, line, reason), the head, and
+    the files (in chain order when the chain holds), for a script to read."""
+    head = verdict.head
+    return {
+        "ok": not verdict.errors,
+        "warnings": [_problem(warning) for warning in verdict.warnings],
+        "errors": [_problem(error) for error in verdict.errors],
+        "head": None
+        if head is None
+        else {
+            "hash": head.hash,
+            "file": str(verdict.head_path),
+            "line": head.line,
+            "seq": head.seq,
+            "run_id": head.run_id,
+            "ts": head.ts,
+        },
+        "files": [
+            {"path": str(end.path), "records": end.records, "signed_heads": end.signed}
+            for end in verdict.files
+        ],
+        "signed_heads_checked": key is not None,
+    }
+
+
+def _problem(problem: Problem) -> dict[str, Any]:
+    return {"file": str(problem.path), "line": problem.line, "reason": problem.reason}
 
 
 def _verified(verdict: Verdict, key: bytes | None) -> str:
@@ -136,7 +170,12 @@ def find_command(args: argparse.Namespace) -> int:
 def add_audit_parser(commands: Any) -> None:
     """The ``audit`` command and its actions, on the CLI's subcommand parser."""
     audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
-    audit_commands = audit.add_subparsers(dest="audit_command", required=True, metavar="ACTION")
+    audit_commands = audit.add_subparsers(
+        dest="audit_command",
+        required=True,
+        metavar="ACTION",
+        help="audience-purge audit ACTION --help says more",
+    )
     verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
     verify.add_argument(
         "paths",
@@ -146,15 +185,25 @@ def add_audit_parser(commands: Any) -> None:
         help="audit files, in any order (they are put in chain order by their links)",
     )
     verify.add_argument(
-        "--audit-key-file", type=Path, help="HMAC key file: also check the signed chain heads"
+        "--audit-key-file",
+        type=Path,
+        metavar="PATH",
+        help="HMAC key file: also check the signed chain heads",
+    )
+    verify.add_argument(
+        "--json",
+        action="store_true",
+        help="print the verdict as one JSON object: ok, warnings, errors, head, files",
     )
     summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
-    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH")
+    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
     find = audit_commands.add_parser("find", help="every record that mentions an audience id")
-    find.add_argument("audience_id", type=int, metavar="AUDIENCE_ID")
-    find.add_argument("paths", nargs="+", type=Path, metavar="PATH")
-    find.add_argument("--campaign-id", type=int, help="only records of this campaign")
+    find.add_argument(
+        "audience_id", type=int, metavar="AUDIENCE_ID", help="the audience id to look for"
+    )
+    find.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
+    find.add_argument("--campaign-id", type=int, metavar="N", help="only records of this campaign")
     find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
 
 

@@ -1,9 +1,12 @@
 """``audience-purge consume``: send the ids of Redis Stream entries through the normal
 dispatcher (rate limit, retries, audit), inside the one runtime.
 
-An entry is acknowledged only after the outcome of every one of its ids is in the audit log.
-Ids that failed are copied to the dead-letter stream (with the reason) before the entry is
-acknowledged, so nothing leaves the queue without a trace or a way back in.
+An entry is acknowledged only after the outcome of every one of its ids is in the audit log,
+and deleted from the stream with its acknowledgement (one transaction): the stream holds only
+the work left. Ids that failed are copied to the dead-letter stream (with the reason, bounded
+by ``dead_letter_max``) before the entry is acknowledged, so nothing leaves the queue without
+a trace or a way back in (``redrive``). A consumer holds no more entries than it can send soon
+(:func:`~worker.queue.intake.prefetch_limit`).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import asyncio
 import sys
 from typing import TextIO
 
+import orjson
+
 from worker.errors import ApiError, Kind, UsageError
 from worker.exit_codes import ExitCode
 from worker.input.validate import MAX_ID
@@ -51,11 +53,12 @@ async def delete_all(
     settings: Settings, campaign_id: int, *, out: TextIO = sys.stdout, err: TextIO = sys.stderr
 ) -> int:
     """Send one delete_all request (after retries) and return the exit code."""
-    payload = {"campaign_id": campaign_id, "delete_all": True}
     if settings.dry_run:
+        # The body exactly as the client serializes it, not a Python dict.
+        body = orjson.dumps({"campaign_id": campaign_id, "delete_all": True}).decode()
         print(
             f"dry run: would POST {without_userinfo(settings.base_url)}/delete-audience "
-            f"{payload}; nothing was sent",
+            f"with the body {body}; nothing was sent",
             file=out,
         )
         return ExitCode.OK

@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import csv
 import secrets
+import shlex
+import shutil
 import sys
 from pathlib import Path
 from typing import TextIO
@@ -102,10 +104,25 @@ async def run_demo(directory: Path, *, out: TextIO = sys.stdout) -> int:
         f"ids sent that were not in the input {outside}",
         file=out,
     )
+    me, log = command_prefix(), shlex.quote(str(result.audit_log))
     print(
-        f"next:    audience-purge audit verify {result.audit_log}\n"
-        f"         audience-purge audit find 97 --campaign-id 42 {result.audit_log}\n"
-        "         then rehearse your own purge: audience-purge sandbox --help",
+        f"next:    {me} audit verify {log}\n"
+        f"         {me} audit find 97 --campaign-id 42 {log}\n"
+        f"         then rehearse your own purge: {me} sandbox --help",
         file=out,
     )
     return result.exit_code
+
+
+def command_prefix() -> str:
+    """How to run this same installation again, as it can be typed here: ``audience-purge``
+    when that is on PATH and is this one; else the full path of the one beside this Python
+    (a virtual environment that is not activated, as after the README's install); else
+    ``python -m worker`` with this Python."""
+    here = Path(sys.executable).parent / "audience-purge"
+    found = shutil.which("audience-purge")
+    if found is not None and here.is_file() and Path(found).samefile(here):
+        return "audience-purge"
+    if here.is_file():
+        return shlex.quote(str(here.absolute()))
+    return f"{shlex.quote(sys.executable)} -m worker"

@@ -21,7 +21,7 @@ from worker.input.batching import Batch
 from worker.input.planning import Plan, plan_batches
 from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
-from worker.records.report import RunResult, print_summary
+from worker.records.report import RunResult, print_plan, print_summary
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
@@ -107,6 +107,7 @@ async def _purge(
         # The input is bound to the state by its verified prefix (checked as it is read),
         # not by the whole file: rows appended to a finished input are picked up.
         input_sha256, input_lines = await source.survey()
+        runtime.input_lines = input_lines
         if runtime.metrics is not None and input_lines is not None:
             runtime.metrics.input_rows.set(input_lines)
         batches = plan_batches(plan, source, digest, recorder, settings)
@@ -211,17 +212,4 @@ async def _dry_run(batches: AsyncIterator[Batch], settings: Settings, out: TextI
     async for batch in batches:
         ids[batch.campaign_id] += len(batch.audience_ids)
         requests[batch.campaign_id] += 1
-    total = sum(requests.values())
-    print(
-        f"dry run: nothing was sent. Plan at {settings.rate} (batch size {settings.batch_size}):",
-        file=out,
-    )
-    for campaign in sorted(ids):
-        print(
-            f"  campaign {campaign}: {ids[campaign]} ids in {requests[campaign]} requests", file=out
-        )
-    print(
-        f"  total: {sum(ids.values())} ids in {len(ids)} campaigns, {total} requests, "
-        f"about {total / settings.rate.per_second:.1f}s at the configured rate",
-        file=out,
-    )
+    print_plan(ids, requests, settings.rate, settings.batch_size, out)

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 import structlog
 
 from worker.input.batching import Batch
+from worker.queue.message import Entry, encode
 from worker.queue.retrying import RedisBackoff, retry_queue
-from worker.queue.streams import Entry, StreamQueue, encode
+from worker.queue.streams import StreamQueue
 from worker.records.recorder import Recorder
 
 log = structlog.get_logger("audience_purge.acks")
@@ -35,6 +36,7 @@ class Acks:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     incomplete: bool = False  # acknowledgements were still pending when the run ended
     _group: asyncio.TaskGroup | None = None
+    _freed: asyncio.Event = field(default_factory=asyncio.Event)
 
     @asynccontextmanager
     async def running(self, grace: float) -> AsyncIterator[None]:
@@ -61,6 +63,22 @@ class Acks:
     def idle(self) -> bool:
         return not self.parts and not self.tasks
 
+    def held(self) -> int:
+        """Entries taken from the stream and not acknowledged yet (or being acknowledged)."""
+        return len(self.parts) + len(self.tasks)
+
+    async def room(self, limit: int) -> int:
+        """How many more entries may be taken to hold at most ``limit``: waits until one
+        is acknowledged if none may."""
+        while (free := limit - self.held()) <= 0:
+            self._freed.clear()
+            await self._freed.wait()
+        return free
+
+    def _release(self, task: asyncio.Task[None]) -> None:
+        self.tasks.discard(task)
+        self._freed.set()
+
     def settled(self, batch: Batch) -> None:
         entry_id = batch.entry_id
         if entry_id is None or entry_id not in self.parts:
@@ -81,7 +99,7 @@ class Acks:
                 finish.close()
                 return
             self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            task.add_done_callback(self._release)
 
     async def _finish(self, entry: Entry) -> None:
         try:

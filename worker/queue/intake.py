@@ -5,31 +5,55 @@ Own pending entries first, then idle ones of dead consumers, then new ones (see
 ``max_deliveries`` times, is dead-lettered whole and nothing of it is sent; a valid one is
 cut into batches and handed to :class:`~worker.queue.acks.Acks`, which acknowledges it once
 all of them are settled.
+
+A consumer takes no more entries than it can send soon (:func:`prefetch_limit`): what it
+holds is pending for it alone, and another consumer could be sending it meanwhile. With
+``until_empty``, a consumer waiting for entries another consumer holds says which, and
+when it will take them over.
 """
 
 from __future__ import annotations
 
+import asyncio
+import math
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from functools import partial
+
+import structlog
 
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.input.batching import Batch
 from worker.queue.acks import Acks
+from worker.queue.admin import PendingEntry, pending_entries
+from worker.queue.message import Malformed, Pairs, parse_entry
 from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
-from worker.queue.streams import (
-    Malformed,
-    Pairs,
-    QueueUnavailable,
-    StreamQueue,
-    open_redis,
-    parse_entry,
-)
+from worker.queue.streams import QueueUnavailable, StreamQueue, open_redis
 from worker.records.recorder import Recorder
 from worker.sending.credentials import redact_url
 from worker.settings import Settings
 
+log = structlog.get_logger("audience_purge.intake")
+
 CONNECT_ATTEMPTS = 6
+PREFETCH_S = 2.0  # seconds of sending at the configured rate a consumer reads ahead at most
+WAITING_SHOWN = 10  # entries a waiting consumer names
+WAITING_REPEAT_S = 30.0  # seconds between two "waiting" lines when nothing changed
+
+
+def prefetch_limit(settings: Settings) -> int:
+    """Entries a consumer holds at most (read, not yet acknowledged).
+
+    Every sender busy, plus up to one more entry per sender or ``PREFETCH_S`` seconds at
+    the configured rate, whichever is fewer; and never more than it can send in half of
+    ``claim_idle``, so that an entry waiting for the rate limit is not taken over as if its
+    consumer were dead. Counted in entries of one request each, as ``enqueue`` writes them.
+    """
+    rate, concurrency = settings.rate.per_second, settings.concurrency
+    ahead = min(concurrency, math.ceil(rate * PREFETCH_S))
+    return max(1, min(concurrency + ahead, math.floor(rate * settings.claim_idle / 2)))
 
 
 def make_queue(settings: Settings, redis: object) -> StreamQueue:
@@ -43,6 +67,7 @@ def make_queue(settings: Settings, redis: object) -> StreamQueue:
         settings.dead_stream or f"{settings.stream}:dead",
         settings.max_deliveries,
         round(settings.claim_idle * 1000),
+        settings.dead_letter_max,
     )
 
 
@@ -53,11 +78,13 @@ async def open_queue(settings: Settings) -> AsyncIterator[StreamQueue]:
 
     Raises:
         ConfigError: no or a malformed Redis URL, or no stream name.
-        ServiceUnavailable: Redis did not answer.
+        ServiceUnavailable: Redis did not answer, or refused the credentials (at once:
+            the same password cannot succeed later).
     """
     if not settings.redis_url:
         raise ConfigError("queue mode needs --redis URL", key="redis")
     queue = make_queue(settings, open_redis(settings.redis_url))
+    where = redact_url(settings.redis_url)
     try:
         try:
             await with_redis_retries(
@@ -67,9 +94,15 @@ async def open_queue(settings: Settings) -> AsyncIterator[StreamQueue]:
                 attempts=CONNECT_ATTEMPTS,
             )
         except QueueUnavailable as exc:
+            if exc.auth:
+                raise ServiceUnavailable(
+                    f"Redis authentication failed at {where}: {exc} (check the user and "
+                    "password in the Redis URL)"
+                ) from None
+            if exc.permanent:  # a user without the permission: retrying cannot help
+                raise ServiceUnavailable(f"Redis at {where} refused: {exc}") from None
             raise ServiceUnavailable(
-                f"cannot reach Redis at {redact_url(settings.redis_url)} after "
-                f"{CONNECT_ATTEMPTS} attempts: {exc}"
+                f"cannot reach Redis at {where} after {CONNECT_ATTEMPTS} attempts: {exc}"
             ) from None
         yield queue
     finally:
@@ -92,22 +125,27 @@ class Intake:
         self._recorder = recorder
         self._acks = acks
         self._backoff = backoff
+        self._limit = prefetch_limit(settings)
+        self._waiting = _Waiting(queue)
 
     async def batches(self) -> AsyncIterator[Batch]:
         """Batches until the group is drained (``until_empty``), or for ever: the dispatcher
-        abandons the read in progress when the run stops."""
+        abandons the read in progress (or the wait for room) when the run stops."""
         block_ms = 200 if self._settings.until_empty else 2000
         while True:
+            room = await self._acks.room(self._limit)
             got = await with_redis_retries(
-                lambda: self._queue.read(self._settings.concurrency, block_ms),
+                partial(self._queue.read, room, block_ms),
                 self._backoff,
                 what="reading entries",
                 # A lost reply may have left entries pending here.
                 on_retry=self._queue.rescan_own_pending,
             )
             if not got:
-                if self._settings.until_empty and self._acks.idle() and await self._drained():
-                    return
+                if self._settings.until_empty and self._acks.idle():
+                    if await self._drained():
+                        return
+                    await self._waiting.tell()
                 continue
             for entry_id, fields, deliveries in got:
                 for batch in await self._admit(entry_id, fields, deliveries):
@@ -149,3 +187,50 @@ class Intake:
             lambda: self._queue.dead_letter(entry_id, fields, reason), self._backoff, entry_id
         )
         return []
+
+
+class _Waiting:
+    """Says what a consumer that has nothing to do but cannot finish waits for: entries
+    pending at other consumers, their owners and idle times, and when it will take them
+    over (once idle ``claim_idle``). Said when the entries change, else every
+    ``WAITING_REPEAT_S`` seconds."""
+
+    def __init__(self, queue: StreamQueue) -> None:
+        self._queue = queue
+        self._said: tuple[str, ...] = ()
+        self._at = -math.inf
+
+    async def tell(self) -> None:
+        try:
+            held = await pending_entries(self._queue, count=100, exclude=self._queue.consumer)
+        except QueueUnavailable:
+            return
+        now = asyncio.get_running_loop().time()
+        ids = tuple(e.entry_id for e in held)
+        if not held or (ids == self._said and now - self._at < WAITING_REPEAT_S):
+            return
+        self._said, self._at = ids, now
+        claim_ms = self._queue.claim_idle_ms
+        first_ms = max(0, claim_ms - max(e.idle_ms for e in held))
+        log.info(
+            "waiting for entries pending at other consumers: they are taken over once idle "
+            f"{claim_ms / 1000:g} s",
+            pending=len(held) if len(held) < 100 else "100 or more",
+            entries=[_shown(e, claim_ms) for e in held[:WAITING_SHOWN]],
+            first_takeover_in_s=round(first_ms / 1000, 1),
+            first_takeover_at=_at(first_ms),
+        )
+
+
+def _shown(entry: PendingEntry, claim_ms: int) -> dict[str, object]:
+    return {
+        "entry_id": entry.entry_id,
+        "consumer": entry.consumer,
+        "idle_ms": entry.idle_ms,
+        "takeover_in_s": round(max(0, claim_ms - entry.idle_ms) / 1000, 1),
+    }
+
+
+def _at(in_ms: int) -> str:
+    moment = datetime.now(UTC).timestamp() + in_ms / 1000
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")

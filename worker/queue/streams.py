@@ -1,141 +1,94 @@
 """The Redis Streams boundary: the only place that reads or writes the work queue.
 
-Message format (one stream entry per batch; any producer may write it):
-
-    campaign_id   decimal string, a positive 64-bit integer
-    audience_ids  the ids, as decimal strings separated by commas ("101,102,103") or as a
-                  JSON array ("[101, 102, 103]"); at least one, at most MAX_IDS
-    ref           optional: a producer's reference (at most 200 characters), copied into the
-                  audit records of the entry's ids
-
-An entry with anything else in those fields, or with one of them twice (XADD accepts
-``audience_ids 1 audience_ids 2``), is malformed: it goes, whole, to the dead-letter stream
-with the reason, and is acknowledged. Nothing of it is sent: an entry is either trusted
-entirely or not at all.
-
-Consumers read with XREADGROUP in one group; an entry is acknowledged (XACK) only after
-its outcome is in the audit log. Entries left pending by a dead consumer are taken over
-with XAUTOCLAIM once idle longer than ``claim_idle``; an entry delivered more than
-``max_deliveries`` times is dead-lettered. Redis errors become :class:`QueueUnavailable`.
+The message format is :mod:`worker.queue.message`. Consumers read with XREADGROUP in one
+group; an entry is acknowledged (XACK) only after its outcome is in the audit log, and
+deleted (XDEL) in the same transaction, so the stream holds only the work still to do
+(unless other groups read the stream too: their entries are kept). Entries left pending by
+a dead consumer are taken over with XAUTOCLAIM once idle longer than ``claim_idle``; an
+entry delivered more than ``max_deliveries`` times is dead-lettered. The dead-letter stream
+keeps the newest ``dead_letter_max`` entries. Redis errors become
+:class:`QueueUnavailable`; refused credentials are a permanent one.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
 from typing import Any
 
-import orjson
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError, ResponseError
+import structlog
+from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
 
 from worker.errors import ConfigError, ServiceUnavailable
-from worker.input.validate import parse_id
+from worker.queue.message import (
+    MAX_IDS,
+    MAX_REF,
+    Entry,
+    Malformed,
+    Pairs,
+    by_name,
+    encode,
+    parse_entry,
+)
 from worker.sending.credentials import redact_url
 
-MAX_IDS = 10_000
-MAX_REF = 200
-_SPLIT = re.compile(r"\s*,\s*")
-_DEAD_FIELDS = ("dead_reason", "dead_entry_id", "dead_consumer")
+# The message format's names, for the modules and tests that import them from here.
+__all__ = [
+    "DEAD_FIELDS",
+    "MAX_IDS",
+    "MAX_REF",
+    "Entry",
+    "Malformed",
+    "Pairs",
+    "QueueUnavailable",
+    "StreamQueue",
+    "by_name",
+    "encode",
+    "entry_pairs",
+    "open_redis",
+    "parse_entry",
+    "raise_if_cancelled",
+    "refused_credentials",
+    "unavailable",
+]
+log = structlog.get_logger("audience_purge.queue")
 
-# An entry's fields as Redis holds them: in order, a repeated field repeated.
-Pairs = tuple[tuple[str, str], ...]
+# What dead_letter adds to an entry's own fields (redrive takes them off again).
+DEAD_FIELDS = ("dead_reason", "dead_entry_id", "dead_consumer")
 
 
 class QueueUnavailable(ServiceUnavailable):
     """Redis could not be reached or refused a command. ``permanent`` when retrying cannot
-    help (a key of the wrong type, a missing permission): the caller stops retrying."""
+    help (a key of the wrong type, a missing permission, a refused password): the caller
+    stops retrying. ``auth``: Redis refused the credentials (or asked for some)."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, auth: bool = False) -> None:
         super().__init__(message)
-        self.permanent = permanent
+        self.permanent = permanent or auth
+        self.auth = auth
 
 
-class Malformed(ValueError):
-    """A stream entry that is not a valid message (see the module docstring)."""
+def refused_credentials(exc: RedisError) -> bool:
+    """Redis refused the password or user (WRONGPASS), or wants one (NOAUTH): retrying the
+    same credentials cannot help."""
+    if isinstance(exc, AuthenticationError):
+        return True
+    text = str(exc)
+    return isinstance(exc, ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
 
 
-@dataclass(frozen=True, slots=True)
-class Entry:
-    """A valid message: what to delete, and where it came from."""
-
-    entry_id: str
-    campaign_id: int
-    audience_ids: tuple[int, ...]
-    ref: str | None
+def unavailable(what: str, exc: RedisError) -> QueueUnavailable:
+    """The QueueUnavailable of a failed Redis call: permanent when retrying cannot help."""
+    message = f"Redis {what} failed: {type(exc).__name__}: {exc}"
+    if refused_credentials(exc):
+        return QueueUnavailable(message, auth=True)
+    return QueueUnavailable(message, permanent=isinstance(exc, NoPermissionError))
 
 
-def parse_entry(entry_id: str, fields: Mapping[str, str] | Pairs) -> Entry:
-    """Validate one entry's fields (as read from the stream, or by name).
-
-    Raises:
-        Malformed: with the reason, for anything that is not a valid message.
-    """
-    fields = by_name(fields)
-    campaign = parse_id(fields.get("campaign_id", ""))
-    if isinstance(campaign, str):
-        raise Malformed(f"campaign_id {campaign}")
-    ids = _ids(fields.get("audience_ids", ""))
-    ref = fields.get("ref")
-    if ref is not None and len(ref) > MAX_REF:
-        raise Malformed(f"ref is longer than {MAX_REF} characters")
-    return Entry(entry_id, campaign, ids, ref)
-
-
-def by_name(fields: Mapping[str, str] | Pairs) -> Mapping[str, str]:
-    """The fields by name.
-
-    Raises:
-        Malformed: a field is repeated; which of its values the producer meant is unknown.
-    """
-    if isinstance(fields, Mapping):
-        return fields
-    named: dict[str, str] = {}
-    for name, value in fields:
-        if name in named:
-            raise Malformed(f"field {name} is repeated")
-        named[name] = value
-    return named
-
-
-def _ids(text: str) -> tuple[int, ...]:
-    text = text.strip()
-    if text.startswith("["):
-        try:
-            raw = orjson.loads(text)
-        except orjson.JSONDecodeError:
-            raise Malformed("audience_ids is not a valid JSON array") from None
-        if not isinstance(raw, list) or not all(
-            isinstance(v, int) and not isinstance(v, bool) for v in raw
-        ):
-            raise Malformed("audience_ids must be an array of integers")
-        cells = [str(v) for v in raw]
-    else:
-        cells = _SPLIT.split(text) if text else []
-    if not cells:
-        raise Malformed("audience_ids is empty")
-    if len(cells) > MAX_IDS:
-        raise Malformed(f"more than {MAX_IDS} audience_ids")
-    out: list[int] = []
-    for cell in cells:
-        value = parse_id(cell)
-        if isinstance(value, str):
-            raise Malformed(f"audience_id {cell!r}: {value}")
-        out.append(value)
-    return tuple(dict.fromkeys(out))
-
-
-def encode(campaign_id: int, audience_ids: Sequence[int], ref: str | None) -> dict[str, str]:
-    fields = {"campaign_id": str(campaign_id), "audience_ids": ",".join(map(str, audience_ids))}
-    if ref:
-        fields["ref"] = ref
-    return fields
-
-
-def _entries(raw: Iterable[Any] | None) -> list[tuple[str, Pairs]]:
+def entry_pairs(raw: Iterable[Any] | None) -> list[tuple[str, Pairs]]:
     """Stream entries as Redis sends them, ``[id, [name, value, ...]]``; a pending entry
     deleted from the stream since has no fields."""
     out = []
@@ -151,12 +104,16 @@ def _read_reply(response: Any, **options: Any) -> list[tuple[str, Pairs]]:
     if not response:
         return []
     streams = response.values() if isinstance(response, dict) else (e for _, e in response)
-    return [entry for entries in streams for entry in _entries(entries)]
+    return [entry for entries in streams for entry in entry_pairs(entries)]
+
+
+def _range_reply(response: Any, **options: Any) -> list[tuple[str, Pairs]]:
+    return entry_pairs(response)
 
 
 def _claim_reply(response: Any, **options: Any) -> tuple[str, list[tuple[str, Pairs]]]:
     """XAUTOCLAIM's next cursor and claimed entries."""
-    return str(response[0]), _entries(response[1])
+    return str(response[0]), entry_pairs(response[1])
 
 
 def raise_if_cancelled() -> None:
@@ -194,6 +151,9 @@ class StreamQueue:
     dead_stream: str
     max_deliveries: int
     claim_idle_ms: int
+    dead_letter_max: int = 0  # 0: no bound
+    # Acknowledged entries are deleted, unless other groups read the stream too.
+    delete_acked: bool = True
     _own_cursor: str | None = "0"  # None once this consumer's own pending list was walked
     _claim_cursor: str = "0-0"
 
@@ -202,6 +162,8 @@ class StreamQueue:
         # repeated field and hides the repeat: read them as the pairs Redis sends.
         self.redis.set_response_callback("XREADGROUP", _read_reply)
         self.redis.set_response_callback("XAUTOCLAIM", _claim_reply)
+        for command in ("XRANGE", "XREVRANGE"):
+            self.redis.set_response_callback(command, _range_reply)
 
     def rescan_own_pending(self) -> None:
         """Walk this consumer's pending list again (after an outage lost a reply)."""
@@ -211,15 +173,28 @@ class StreamQueue:
         await self._call("PING", self.redis.ping())
 
     async def ensure_group(self) -> None:
-        """Create the group (reading from the stream's start) if it does not exist."""
+        """Create the group (reading from the stream's start) if it does not exist, and
+        keep acknowledged entries if another group reads the stream too (deleting them
+        would take them from that group)."""
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
         except ResponseError as exc:
+            if refused_credentials(exc):
+                raise unavailable("XGROUP CREATE", exc) from None
             if "BUSYGROUP" not in str(exc):
                 raise QueueUnavailable(f"XGROUP CREATE failed: {exc}", permanent=True) from None
         except RedisError as exc:
             raise_if_cancelled()
-            raise QueueUnavailable(f"XGROUP CREATE failed: {type(exc).__name__}") from None
+            raise unavailable("XGROUP CREATE", exc) from None
+        groups = await self._call("XINFO GROUPS", self.redis.xinfo_groups(self.stream))
+        others = sorted(str(g["name"]) for g in groups if g.get("name") != self.group)
+        self.delete_acked = not others
+        if others:
+            log.warning(
+                "other consumer groups read this stream: acknowledged entries are kept",
+                stream=self.stream,
+                groups=others,
+            )
 
     async def add(self, entries: Sequence[Mapping[str, str]]) -> list[str]:
         """XADD many entries in one round trip; returns their ids."""
@@ -290,7 +265,14 @@ class StreamQueue:
         return out
 
     async def ack(self, entry_id: str) -> None:
-        await self._call("XACK", self.redis.xack(self.stream, self.group, entry_id))
+        """XACK, and XDEL in the same transaction: a done entry leaves the stream."""
+        if not self.delete_acked:
+            await self._call("XACK", self.redis.xack(self.stream, self.group, entry_id))
+            return
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.xack(self.stream, self.group, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        await self._call("XACK", pipe.execute())
 
     async def dead_letter(
         self, entry_id: str, fields: Mapping[str, str] | Pairs, reason: str
@@ -298,21 +280,45 @@ class StreamQueue:
         """Copy an entry to the dead-letter stream with the reason, then acknowledge it.
 
         The copy keeps every field as read, a repeated one included (hence a plain XADD of
-        pairs: redis-py's ``xadd`` takes a dict)."""
+        pairs: redis-py's ``xadd`` takes a dict). Two steps, not one transaction: a copy
+        that fails (a key of the wrong type) must leave the entry pending, and a MULTI runs
+        its other commands whatever one of them answers. Beyond ``dead_letter_max``
+        entries, the oldest dead letter is trimmed (exactly: dead-lettering is rare).
+        """
         pairs = fields.items() if isinstance(fields, Mapping) else fields
-        record = [(name, value) for name, value in pairs if name not in _DEAD_FIELDS]
-        record += zip(_DEAD_FIELDS, (reason, entry_id, self.consumer), strict=True)
+        record = [(name, value) for name, value in pairs if name not in DEAD_FIELDS]
+        record += zip(DEAD_FIELDS, (reason, entry_id, self.consumer), strict=True)
         flat = chain.from_iterable(record)
-        await self._call("XADD", self.redis.execute_command("XADD", self.dead_stream, "*", *flat))
+        bound = ("MAXLEN", str(self.dead_letter_max)) if self.dead_letter_max else ()
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.execute_command("XADD", self.dead_stream, *bound, "*", *flat)
+        pipe.xlen(self.dead_stream)
+        _, length = await self._call("XADD", pipe.execute())
+        if self.dead_letter_max and int(length) >= self.dead_letter_max:
+            log.warning(
+                "dead-letter stream at its bound: its oldest entries are trimmed "
+                "(their ids stay in the audit logs)",
+                dead_stream=self.dead_stream,
+                dead_letter_max=self.dead_letter_max,
+            )
         await self.ack(entry_id)
 
     async def drained(self) -> bool:
-        """Nothing new and nothing pending for the group: a Job may finish."""
+        """Nothing new and nothing pending for the group: a Job may finish.
+
+        Redis reports no lag when entries were deleted at or after the group's last
+        delivered one; then whether anything follows that entry is asked directly."""
         groups = await self._call("XINFO GROUPS", self.redis.xinfo_groups(self.stream))
         for info in groups:
             if info.get("name") == self.group:
+                if int(info.get("pending", 0)) != 0:
+                    return False
                 lag = info.get("lag")
-                return int(info.get("pending", 0)) == 0 and (lag is None or int(lag) == 0)
+                if lag is not None:
+                    return int(lag) == 0
+                after = f"({info['last-delivered-id']}"
+                newer = await self._call("XRANGE", self.redis.xrange(self.stream, after, "+", 1))
+                return not newer
         return True
 
     async def _call(self, what: str, awaitable: Any) -> Any:
@@ -320,7 +326,7 @@ class StreamQueue:
             result = await awaitable
         except RedisError as exc:
             raise_if_cancelled()
-            raise QueueUnavailable(f"Redis {what} failed: {type(exc).__name__}: {exc}") from None
+            raise unavailable(what, exc) from None
         raise_if_cancelled()
         return result
 

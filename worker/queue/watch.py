@@ -1,5 +1,8 @@
 """Watching the queue for the operator: the group's lag (a metric) and Redis's reachability
-(``/readyz``), polled beside the consumer while its endpoints are served."""
+(``/readyz``), polled beside the consumer while its endpoints are served. Redis reports no
+lag while the newest delivered entry is deleted and an older one is still pending (consumers
+delete the entries they acknowledge); the stream's length less the pending entries is used
+then."""
 
 from __future__ import annotations
 
@@ -41,5 +44,19 @@ class QueueWatch:
             return
         self._reason = None
         for info in groups:
-            if info.get("name") == queue.group and info.get("lag") is not None:
-                self._metrics.stream_lag.set(int(info["lag"]))
+            if info.get("name") == queue.group:
+                lag = info.get("lag")
+                if lag is None:  # entries deleted after the last delivered one: estimated
+                    lag = await self._estimated_lag(int(info.get("pending") or 0))
+                if lag is not None:
+                    self._metrics.stream_lag.set(int(lag))
+
+    async def _estimated_lag(self, pending: int) -> int | None:
+        """The stream's length less the group's pending entries: what is left when
+        acknowledged entries are deleted (as consumers do). None if Redis is away."""
+        try:
+            length = int(await self._queue.redis.xlen(self._queue.stream))
+        except RedisError:
+            raise_if_cancelled()
+            return None
+        return max(length - pending, 0)

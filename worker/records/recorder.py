@@ -139,6 +139,16 @@ class Recorder:
     def acknowledged(self, entry_id: str, dead_lettered_ids: int) -> None:
         self._record("acknowledged", entry_id=entry_id, dead_lettered_ids=dead_lettered_ids)
 
+    def redriven(self, entry_id: str, dead_letter_id: str, was: str | None, reason: str) -> None:
+        """A dead letter moved back to its stream (``redrive``) as entry ``entry_id``."""
+        self._record(
+            "redriven",
+            entry_id=entry_id,
+            dead_letter_id=dead_letter_id,
+            original_entry_id=was,
+            reason=reason,
+        )
+
     # -- requests and their outcomes -----------------------------------------------------
 
     def sending(self, batch: Batch) -> None:

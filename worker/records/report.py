@@ -1,7 +1,9 @@
-"""Report stage: the JSON summary file and the one-screen human summary."""
+"""Report stage: the JSON summary file (or stdout), the one-screen human summary, and the
+dry-run plan; counts and durations worded for a person ("1 request", "about 2 h 24 min")."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +15,11 @@ from worker.errors import OutputError
 from worker.exit_codes import ExitCode
 from worker.files import make_dirs, write_atomic
 from worker.records.tally import Tally
+from worker.sending.ratelimit import RateSpec
+
+# ``--report -`` writes the report to stdout (Path("./-") is Path("-") too: a file named -
+# is reached through its absolute path).
+STDOUT = Path("-")
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,16 +114,27 @@ class ReportFile:
 
 
 def write_report(path: Path, data: dict[str, Any]) -> None:
-    """Write the report atomically, so a reader never sees half of it.
+    """Write the report atomically, so a reader never sees half of it; :data:`STDOUT` writes
+    it to stdout instead, for a pipe.
 
     Raises:
         OutputError: it could not be written.
     """
+    body = orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n"
     try:
+        if path == STDOUT:
+            sys.stdout.write(body.decode())
+            sys.stdout.flush()
+            return
         make_dirs(path.parent)
-        write_atomic(path, orjson.dumps(data, option=orjson.OPT_INDENT_2) + b"\n", durable=False)
+        write_atomic(path, body, durable=False)
     except OSError as exc:
-        raise OutputError("the report", path, exc) from None
+        raise OutputError("the report", "to stdout" if path == STDOUT else path, exc) from None
+
+
+def print_json(result: RunResult, out: TextIO) -> None:
+    """The summary as one JSON object on one line (``run --json``), for scripts."""
+    print(orjson.dumps(result.summary()).decode(), file=out, flush=True)
 
 
 _VERDICTS: dict[int, str] = {
@@ -142,22 +160,73 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
         f"  deleted     {t.deleted:>10}    failed     {t.failed:>10}",
         f"  rejected    {t.rejected:>10}    duplicates {t.duplicates:>10}",
         f"  requests    {t.requests:>10}    retries    {t.retries:>10}    "
-        f"time {result.duration_s:.1f}s",
+        f"time {duration(result.duration_s)}",
     ]
     if t.already_done or t.unconfirmed:
         lines.append(f"  done before {t.already_done:>10}    unconfirmed {t.unconfirmed:>9}")
     lines += [
-        f"  failed: {count} ids, {reason}" for reason, count in t.failure_reasons.most_common(5)
+        f"  failed: {plural(count, 'id')}, {reason}"
+        for reason, count in t.failure_reasons.most_common(5)
     ]
     if result.failed_left > t.failed:
-        lines.append(f"  failed in earlier runs, not retried: {result.failed_left - t.failed}")
+        earlier = plural(result.failed_left - t.failed, "id")
+        lines.append(f"  failed in earlier runs, not retried: {earlier}")
     if result.exit_code in (ExitCode.FATAL, ExitCode.INTERRUPTED):
         lines.append("  to continue: fix the cause if any, then re-run the same command")
     lines.append(f"  audit log   {result.audit_log}")
     if result.report:
-        lines.append(f"  report      {result.report}")
+        lines.append(f"  report      {'stdout' if result.report == STDOUT else result.report}")
     if result.failed_out:
         lines.append(f"  failed ids  {result.failed_out}")
     if result.state_dir:
         lines.append(f"  state       {result.state_dir}")
     print("\n".join(lines), file=out)
+
+
+def print_plan(
+    ids: Mapping[int, int],
+    requests: Mapping[int, int],
+    rate: RateSpec,
+    batch_size: int,
+    out: TextIO,
+) -> None:
+    """The dry run's plan: ids and requests per campaign, and how long they would take at
+    ``rate``."""
+    total = sum(requests.values())
+    print(f"dry run: nothing was sent. Plan at {rate} (batch size {batch_size}):", file=out)
+    for campaign in sorted(ids):
+        print(
+            f"  campaign {campaign}: {plural(ids[campaign], 'id')} in "
+            f"{plural(requests[campaign], 'request')}",
+            file=out,
+        )
+    print(
+        f"  total: {plural(sum(ids.values()), 'id')} in {plural(len(ids), 'campaign')}, "
+        f"{plural(total, 'request')}, about {duration(total / rate.per_second)} at the "
+        "configured rate",
+        file=out,
+    )
+
+
+def plural(count: int, noun: str, nouns: str | None = None) -> str:
+    """``1 request``, ``2 requests``: what a person reads, not ``1 requests``."""
+    return f"{count} {noun if count == 1 else nouns or noun + 's'}"
+
+
+def duration(seconds: float) -> str:
+    """A duration for a person, in its two largest units: ``0.6 s``, ``1 min 30 s``,
+    ``2 h 24 min``, ``3 d 4 h`` (not ``8640.0s``)."""
+    if round(seconds, 1) < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return _units(minutes, "min", secs, "s")
+    hours, minutes = divmod(round(seconds / 60), 60)
+    if hours < 24:
+        return _units(hours, "h", minutes, "min")
+    days, hours = divmod(round(seconds / 3600), 24)
+    return _units(days, "d", hours, "h")
+
+
+def _units(high: int, high_unit: str, low: int, low_unit: str) -> str:
+    return f"{high} {high_unit}" + (f" {low} {low_unit}" if low else "")

@@ -38,6 +38,7 @@ from worker.records.metrics import Metrics
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
 from worker.runtime.early import deferring_signals
+from worker.runtime.guards import FailureRateGuard, watch_deadline
 from worker.runtime.health import push, serving
 from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
@@ -97,6 +98,9 @@ class Runtime:
         self.metrics: Metrics | None = None
         # What else /readyz needs (a reachable Redis, say): None when fine, else why not.
         self.readiness_checks: list[Callable[[], str | None]] = []
+        self.input_lines: int | None = None  # the input's size in lines, when known
+        self.halted: str | None = None  # why a guard stopped the run
+        self.stopped_by: str | None = None  # "deadline" when it passed
         structlog.contextvars.bind_contextvars(
             run_id=self.run_id,
             command=command,
@@ -237,7 +241,7 @@ class Runtime:
             exit_code=finished_code(
                 fatal=fatal is not None,
                 interrupted=interrupted,
-                failed=recorder.failed_left > 0,
+                failed=recorder.failed_left > 0 or self.halted is not None,
             ),
             tally=recorder.tally,
             duration_s=self.elapsed(),
@@ -252,7 +256,10 @@ class Runtime:
         )
 
     def finish_with(self, result: RunResult) -> RunResult:
-        self.finish(**result.audit_totals())
+        stops = {"halted": self.halted} if self.halted else {}
+        if self.stopped_by:
+            stops["stopped_by"] = self.stopped_by
+        self.finish(**result.audit_totals(), **stops)
         return result
 
     async def api(self, concurrency: int) -> tuple[UnleashXClient, RateGate]:
@@ -267,6 +274,7 @@ class Runtime:
     async def dispatcher(self, *, on_settled: Callable[[Batch], None]) -> Dispatcher:
         """The dispatcher of the run: concurrent senders recording through the recorder."""
         client, gate = await self.api(self.settings.concurrency)
+        self._guard(self.settings)
         return Dispatcher(
             client=client,
             gate=gate,
@@ -276,6 +284,24 @@ class Runtime:
             on_settled=on_settled,
             on_error=self.fail,
         )
+
+    def _guard(self, settings: Settings) -> None:
+        """The guards the settings ask for: a failure-rate halt, a deadline."""
+        if settings.halt_on_failure_rate is not None:
+            guard = FailureRateGuard(
+                settings.halt_on_failure_rate, self.halt, window=2 * settings.batch_size
+            )
+            self.recorder.subscribe(guard)
+        if settings.deadline is not None:
+            self.background(
+                watch_deadline(
+                    settings.deadline,
+                    self.recorder.tally,
+                    lambda: self.input_lines,
+                    self._deadline_passed,
+                    interval=settings.progress_interval,
+                )
+            )
 
     def background(self, helper: Work) -> None:
         """A helper that runs beside the next supervised work and is cancelled when it ends."""
@@ -294,6 +320,8 @@ class Runtime:
         """
         helpers, self._background = self._background, []
         stopper = self._stopper = Stopper(stop, self.settings.grace)
+        task = asyncio.current_task()
+        cancelling = task.cancelling() if task is not None else 0
         try:
             with signal_handlers(stopper):
                 async with asyncio.TaskGroup() as group:
@@ -302,12 +330,29 @@ class Runtime:
                     running = [group.create_task(self._guarded(h, stopper)) for h in helpers]
                     main.add_done_callback(lambda _: [task.cancel() for task in running])
         except BaseExceptionGroup as failed:
+            # Python 3.11's TaskGroup leaves a cancel request on this task when a child fails
+            # while the group is already closing: take back what the group asked, so that
+            # the caller's next await is not cancelled by a run that has ended.
+            while task is not None and task.cancelling() > cancelling:
+                task.uncancel()
             raise _first(failed) from None
         finally:
             self._stopper = None
         if stopper.error is not None:
             raise stopper.error
-        return stopper.signals > 0
+        return stopper.signals > 0 or stopper.deadline_passed
+
+    def halt(self, reason: str) -> None:
+        """A guard tripped: stop starting requests, let those in flight finish, end with 1."""
+        self.halted = reason
+        log.error("halting: no new requests", reason=reason)
+        if self._stopper is not None:
+            self._stopper.halt()
+
+    def _deadline_passed(self) -> None:
+        self.stopped_by = "deadline"
+        if self._stopper is not None:
+            self._stopper.deadline()
 
     def fail(self, error: Exception) -> None:
         """An unexpected error in the supervised work: stop it gracefully, then end with it."""

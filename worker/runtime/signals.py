@@ -56,6 +56,7 @@ class Stopper:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self.signals = 0
+        self.deadline_passed = False
         self.error: Exception | None = None
 
     @property
@@ -78,6 +79,15 @@ class Stopper:
             self._task.cancel()
         else:
             self._begin()
+
+    def deadline(self) -> None:
+        """The run's deadline passed: stop as for a first signal (exit 75, resumable)."""
+        self.deadline_passed = True
+        self._begin()
+
+    def halt(self) -> None:
+        """A guard tripped: stop gracefully; the run ends with its own exit code."""
+        self._begin()
 
     def fail(self, error: Exception) -> None:
         """An unexpected error: stop as for a signal, and keep the first error."""

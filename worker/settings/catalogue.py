@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from datetime import datetime
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
@@ -13,6 +14,7 @@ from worker.sending.credentials import Secret, redact_url, without_userinfo
 from worker.sending.ratelimit import RateSpec
 from worker.settings.declare import (
     DECLARATION,
+    RATE_HELP,
     Declaration,
     boolean,
     integer,
@@ -24,6 +26,8 @@ from worker.settings.declare import (
     setting,
     text,
 )
+from worker.settings.units import deadline as deadline_parser
+from worker.settings.units import percentage
 
 DEFAULT_BASE_URL = "https://www.tryunleashx.com/api/v1/global"
 DEFAULT_RATE = RateSpec(100, 60.0)  # the vendor's free plan
@@ -69,7 +73,7 @@ class Settings:
     rate: RateSpec = setting(
         DEFAULT_RATE,
         rate_spec,
-        "request rate: N/second, N/s, N/minute or N/hour",
+        RATE_HELP,
         flag="--rate SPEC",
         commands=_API,
     )
@@ -128,7 +132,11 @@ class Settings:
         commands=_API,
     )
     report: Path | None = setting(
-        None, path, "write a JSON summary here", flag="--report PATH", commands=(RUN,)
+        None,
+        path,
+        "write a JSON summary here; - writes it to stdout (and the human summary to stderr)",
+        flag="--report PATH",
+        commands=(RUN,),
     )
     failed_out: Path | None = setting(
         None,
@@ -227,6 +235,14 @@ class Settings:
         commands=(CONSUME,),
         shown="STREAM:dead",
     )
+    dead_letter_max: int = setting(
+        100_000,
+        integer(0, 1_000_000_000),
+        "dead letters kept at most: beyond it the oldest are trimmed (the audit log keeps "
+        "their ids); 0 keeps them all",
+        flag="--dead-letter-max N",
+        commands=(CONSUME,),
+    )
     until_empty: bool = setting(
         False,
         boolean,
@@ -270,6 +286,14 @@ class Settings:
         flag="--ref TEXT",
         commands=(ENQUEUE,),
     )
+    force: bool = setting(
+        False,
+        boolean,
+        "enqueue an input again that the stream already holds (or start an interrupted "
+        "enqueue over)",
+        flag="--force",
+        commands=(ENQUEUE,),
+    )
     insecure_http: bool = setting(
         False,
         boolean,
@@ -284,6 +308,39 @@ class Settings:
         "(consume and enqueue refuse it)",
         flag="--dry-run",
         commands=(RUN, DELETE_ALL),
+    )
+    max_deletes: int | None = setting(
+        None,
+        integer(1, 2**63 - 1),
+        "refuse to start (exit 2, nothing sent) when the input holds more valid ids than N "
+        "(counted in a pass over the input before anything is sent)",
+        flag="--max-deletes N",
+        commands=(RUN,),
+    )
+    expect_count: int | None = setting(
+        None,
+        integer(0, 2**63 - 1),
+        "refuse to start (exit 2, nothing sent) unless the input holds exactly N valid ids "
+        "(a truncated or wrong file)",
+        flag="--expect-count N",
+        commands=(RUN,),
+    )
+    halt_on_failure_rate: float | None = setting(
+        None,
+        percentage,
+        "stop starting requests when more than P of the last ids (at least 100) failed, "
+        "e.g. 5%: in-flight requests finish, the state is saved, exit 1, resumable",
+        flag="--halt-on-failure-rate P",
+        commands=_SENDING,
+    )
+    deadline: datetime | None = setting(
+        None,
+        deadline_parser,
+        "stop gracefully at this time (exit 75, resumable): a duration from the start such "
+        "as 2h or 1h30m, or an RFC 3339 time such as 2026-12-01T03:00:00Z; the ETA is "
+        "logged, and a warning comes once if the deadline is at risk",
+        flag="--deadline WHEN",
+        commands=_SENDING,
     )
     progress: str = setting(
         "auto",
