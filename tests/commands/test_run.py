@@ -153,6 +153,8 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "dry_run": False,
         "interrupted": False,
         "fatal_reason": None,
+        "halted": None,
+        "stopped_by": None,
         "rows": 25,
         "valid": 25,
         "deleted": 25,
@@ -765,3 +767,51 @@ async def test_an_input_with_one_valid_id_among_rejected_rows_exits_0(
     result = await run_purge(make_settings(campaign_id=42), str(ids))
 
     assert (result.exit_code, result.tally.rejected, result.tally.deleted) == (0, 2, 1)
+
+
+async def test_a_dry_run_shows_rejected_rows_with_reasons_and_the_duplicates(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    rows = ["audience_id", *map(str, range(1, 11)), "x1", "-2", "3", "4", "", "1.5", "0", "y", "z"]
+    settings = make_settings(campaign_id=42, dry_run=True, token=None)
+    out = io.StringIO()
+
+    await run_purge(settings, str(write_csv(tmp_path / "ids.csv", rows)), out=out)
+
+    plan = out.getvalue().splitlines()
+    start = plan.index("  rejected: 6 rows (a real run audits each):")
+    assert plan[start + 1 : start + 8] == [
+        "    line 12: audience_id not an integer: 'x1'",
+        "    line 13: audience_id not a positive integer: '-2'",
+        "    line 17: audience_id not an integer: '1.5'",
+        "    line 18: audience_id not a positive integer: '0'",
+        "    line 19: audience_id not an integer: 'y'",
+        "    ... and 1 more",
+        "  duplicates: 2 rows, sent once",
+    ]
+
+
+async def test_a_dry_run_on_saved_progress_plans_what_remains_and_writes_no_state(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 51)])
+    done = await run_purge(make_settings(campaign_id=42), str(path))
+    assert done.exit_code == 0
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write("".join(f"{i}\n" for i in range(51, 81)))
+    settings = make_settings(campaign_id=42)
+    state = sorted((p.name, p.stat().st_mtime_ns) for p in settings.state_dir.iterdir())
+    out = io.StringIO()
+
+    planned = await run_purge(
+        replace(settings, dry_run=True, token=None, audit_log=tmp_path / "dry.jsonl"),
+        str(path),
+        out=out,
+    )
+
+    assert planned.exit_code == 0
+    text = out.getvalue()
+    assert "  campaign 42: 30 ids in 3 requests\n" in text
+    assert "  saved progress: 50 ids deleted by earlier runs, 0 rows done out of order;" in text
+    assert sorted((p.name, p.stat().st_mtime_ns) for p in settings.state_dir.iterdir()) == state
+    assert "previous" not in read_audit(tmp_path / "dry.jsonl", chain=True)[0]

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from conftest import read_audit, write_csv
+from processes import finish, start
 
 from worker.commands.run import run_purge
+from worker.errors import UsageError
 from worker.runtime.guards import FailureRateGuard
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
@@ -58,7 +61,7 @@ async def test_failures_below_the_limit_do_not_halt(
 
     assert result.exit_code == 1  # some ids failed, and the run went to the end
     assert result.tally.deleted + result.tally.failed == 2000
-    assert "halted" not in read_audit(settings.audit_log)[-1]
+    assert read_audit(settings.audit_log)[-1]["halted"] is None
 
 
 @pytest.mark.slow
@@ -150,3 +153,80 @@ def test_deadlines_as_times() -> None:
 def test_deadlines_refused(text: str) -> None:
     with pytest.raises(ValueError, match=r"duration|offset|future"):
         deadline(text, now=NOW)
+
+
+def guarded_input(path: Path) -> Path:
+    """300 distinct valid ids, a rejected row and two repeats."""
+    return write_csv(path, [str(i) for i in range(1, 301)] + ["abc", "7", "8"])
+
+
+@pytest.mark.parametrize(
+    ("guard", "refused"),
+    [
+        ({"max_deletes": 299}, "holds 300 valid ids, more than --max-deletes 299"),
+        ({"expect_count": 301}, "holds 300 valid ids, not the 301 of --expect-count"),
+        ({"expect_count": 299}, "holds 300 valid ids, not the 299 of --expect-count"),
+    ],
+)
+async def test_a_count_guard_refuses_before_anything_is_sent_or_written(
+    sandbox: SandboxHandle,
+    make_settings: MakeSettings,
+    tmp_path: Path,
+    guard: dict[str, int],
+    refused: str,
+) -> None:
+    settings = make_settings(campaign_id=42, **guard)
+
+    with pytest.raises(UsageError, match=refused):
+        await run_purge(settings, str(guarded_input(tmp_path / "ids.csv")))
+
+    assert sandbox.state.requests_total == 0
+    assert not settings.audit_log.exists()
+    assert settings.state_dir is not None
+    assert not settings.state_dir.exists()
+
+
+@pytest.mark.parametrize("guard", [{"max_deletes": 300}, {"expect_count": 300}])
+async def test_a_count_guard_that_holds_lets_the_run_go(
+    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path, guard: dict[str, int]
+) -> None:
+    result = await run_purge(
+        make_settings(campaign_id=42, **guard), str(guarded_input(tmp_path / "ids.csv"))
+    )
+
+    assert (result.exit_code, result.tally.deleted) == (0, 300)
+
+
+async def test_a_count_guard_on_stdin_is_refused_with_what_to_do(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    proc = await start(
+        *("run", "--input", "-", "--campaign-id", "42", "--base-url", sandbox.url),
+        *("--max-deletes", "10"),
+        cwd=tmp_path,
+        token=token,
+        stdin=True,
+    )
+    assert proc.stdin is not None
+    proc.stdin.write(b"1\n2\n")
+    proc.stdin.close()
+    done = await finish(proc)
+
+    assert done.code == 2
+    assert "save it to a file first" in done.err
+    assert sandbox.state.requests_total == 0
+
+
+async def test_a_dry_run_says_what_the_guards_would_say(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    out = io.StringIO()
+    settings = make_settings(campaign_id=42, dry_run=True, token=None, max_deletes=100)
+
+    result = await run_purge(settings, str(guarded_input(tmp_path / "ids.csv")), out=out)
+
+    assert result.exit_code == 0
+    assert (
+        "  guards: would refuse: the input holds 300 valid ids, more than --max-deletes 100 "
+        "(300 valid ids in the whole input, counted in "
+    ) in out.getvalue()

@@ -298,6 +298,11 @@ async def test_rerun_of_a_completed_purge_sends_nothing_and_exits_0(
     assert (records[-1]["deleted"], records[-1]["requests"]) == (0, 0)
     code, report = audit_verify([first, second])
     assert code == 0, report
+    finisher = complete_records(first)[0]["run_id"]
+    said = f"audience-purge run: already complete: 500 ids deleted by run {finisher} at "
+    assert again.out.startswith(said), again.out
+    third = await purge.run()
+    assert third.out.startswith(said), third.out  # still the run that did the work
 
 
 # -- SIGTERM --------------------------------------------------------------------------------

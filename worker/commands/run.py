@@ -13,15 +13,20 @@ import sys
 from collections import Counter
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
 from typing import Any, TextIO
 
+import structlog
+
+from worker.commands.findings import Findings, print_findings
 from worker.errors import InputError, UsageError
 from worker.exit_codes import ExitCode
 from worker.input.batching import Batch
-from worker.input.planning import Plan, plan_batches
+from worker.input.planning import Count, Plan, count_input, plan_batches
 from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
-from worker.records.report import RunResult, print_plan, print_summary
+from worker.records.report import RunResult, plural, print_plan, print_summary
+from worker.runtime.guards import count_refusal
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
@@ -31,10 +36,13 @@ from worker.state.resume import (
     Checkpointer,
     make_plan,
     open_state,
+    peek_state,
     previous_link,
     run_target,
     state_directory,
 )
+
+log = structlog.get_logger("audience_purge.run")
 
 
 def run_command(settings: Settings, input_path: str) -> int:
@@ -53,16 +61,21 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             sent.
     """
     runtime = Runtime(settings, "run", needs_token=not settings.dry_run)
-    directory = None if settings.dry_run else state_directory(settings, input_path)
-    outputs = {"--audit-log": runtime.audit_path, "state": directory}
+    directory = state_directory(settings, input_path)
+    outputs: dict[str, Path | None] = {"--audit-log": runtime.audit_path}
     if not settings.dry_run:
-        outputs |= {"--report": settings.report, "--failed-out": settings.failed_out}
+        outputs |= {
+            "state": directory,
+            "--report": settings.report,
+            "--failed-out": settings.failed_out,
+        }
     check_distinct(input_path, outputs)
-    store, point = (
-        (None, None)
-        if directory is None
-        else open_state(directory, fresh=settings.fresh, target=run_target(settings))
-    )
+    counted = await _count_for_guards(settings, input_path)
+    store: StateStore | None = None
+    if settings.dry_run:
+        point = None if settings.fresh else peek_state(directory, run_target(settings))
+    else:
+        store, point = open_state(directory, fresh=settings.fresh, target=run_target(settings))
     try:
         replayed = replay(point) if point is not None else Replayed()
         if point is not None:
@@ -70,7 +83,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
         plan = make_plan(point, settings)
         source = await open_input(input_path)
         try:
-            return await _purge(runtime, plan, source, store, point, replayed, out)
+            return await _purge(runtime, plan, source, store, point, replayed, counted, out)
         except UsageError:
             if point is None and store is not None:
                 store.clear()  # nothing was sent: a corrected input must not look "changed"
@@ -89,6 +102,7 @@ async def _purge(
     store: StateStore | None,
     point: Checkpoint | None,
     replayed: Replayed,
+    counted: Count | None,
     out: TextIO,
 ) -> RunResult:
     settings = runtime.settings
@@ -98,7 +112,8 @@ async def _purge(
         return {"input_sha256": digest.sha256, "input_bytes": digest.bytes_read}
 
     runtime.failure_fields = read
-    link = previous_link(point)
+    # A dry run's audit file stands alone: linking it to the purge's chain would fork it.
+    link = previous_link(point) if store is not None else None
     async with runtime.recording(
         previous=link,
         failed_pairs=dict(point.failed) if point else None,
@@ -136,7 +151,10 @@ async def _purge(
             resumed=_resumed(point, replayed),
         )
         if store is None or checkpoints is None:
+            findings = Findings()
+            recorder.subscribe(findings)
             await _dry_run(batches, settings, out)
+            print_findings(findings, recorder.tally, point, settings, counted, out)
             return runtime.finish_with(runtime.result(interrupted=False, fatal=None, **read()))
         try:
             sent = await _send(runtime, plan, batches, checkpoints, input_lines)
@@ -144,7 +162,14 @@ async def _purge(
             checkpoints.last_words()
             raise
         _refuse_all_rejected(sent)
-        result = runtime.finish_with(replace(sent, state_dir=store.directory, **read()))
+        result = runtime.finish_with(
+            replace(
+                sent,
+                state_dir=store.directory,
+                already_complete=_already_complete(point, sent),
+                **read(),
+            )
+        )
         checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
         return result
 
@@ -170,6 +195,41 @@ async def _send(
     )
     interrupted = await runtime.supervise(dispatcher.run(batches), dispatcher.stop)
     return runtime.result(interrupted=interrupted, fatal=dispatcher.fatal)
+
+
+async def _count_for_guards(settings: Settings, input_path: str) -> Count | None:
+    """Count the input when a guard needs it; a real run refuses here, before anything.
+
+    Raises:
+        UsageError: a guard refuses the input (not in a dry run, which reports it).
+    """
+    if settings.max_deletes is None and settings.expect_count is None:
+        return None
+    counted = await count_input(input_path, settings)
+    log.info(
+        "input counted for the guards",
+        valid=counted.valid,
+        rejected=counted.rejected,
+        duplicates=counted.duplicates,
+        seconds=counted.seconds,
+    )
+    reason = count_refusal(settings, counted.valid)
+    if reason is not None and not settings.dry_run:
+        raise InputError(reason)
+    return counted
+
+
+def _already_complete(point: Checkpoint | None, sent: RunResult) -> str | None:
+    """For a rerun of a finished purge that found nothing new: who finished it, and when."""
+    t = sent.tally
+    if point is None or not point.complete or t.rows or t.requests or sent.exit_code:
+        return None
+    by = point.completed_by or {"run_id": point.run_ids[-1] if point.run_ids else "?"}
+    when = f" at {by['at']}" if by.get("at") else ""
+    return (
+        f"already complete: {plural(point.totals.get('deleted', 0), 'id')} deleted by run "
+        f"{by['run_id']}{when}; nothing to do (exit 0)"
+    )
 
 
 def _refuse_all_rejected(sent: RunResult) -> None:

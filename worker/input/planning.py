@@ -7,11 +7,20 @@ counted and skipped, and de-duplication starts from every pair met before the wa
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 
+from worker.errors import InputError
 from worker.input.batching import Batch, Batcher, Deduper, shard_of
-from worker.input.sources import ByteSource, InputDigest, ResumeFrom, read_rows, start_resume
+from worker.input.sources import (
+    ByteSource,
+    InputDigest,
+    ResumeFrom,
+    open_input,
+    read_rows,
+    start_resume,
+)
 from worker.input.validate import Rejected
 from worker.records.recorder import Recorder
 from worker.settings import Settings
@@ -90,3 +99,50 @@ async def plan_batches(
     for batch in plan.batcher.flush(digest.bytes_read):
         plan.ledger.dispatched(batch)
         yield batch
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    """What an input holds, as a run would see it: distinct valid ids (this shard's), rows
+    rejected, repeats; and how long counting took."""
+
+    valid: int
+    rejected: int
+    duplicates: int
+    seconds: float
+
+
+async def count_input(path: str, settings: Settings) -> Count:
+    """Read the whole input once, sending and recording nothing (for the blast-radius
+    guards, which must refuse before the first request).
+
+    Raises:
+        InputError: the input is not a file that can be read twice (stdin, a pipe), or is
+            unusable (see :func:`read_rows`).
+    """
+    started = time.monotonic()
+    source = await open_input(path)
+    try:
+        if source.size is None:
+            raise InputError(
+                f"--max-deletes and --expect-count count the input before sending, so it must "
+                f"be a file that can be read twice; {source.name} is a stream: save it to a "
+                "file first"
+            )
+        valid = rejected = duplicates = 0
+        dedupe = Deduper()
+        shard = (settings.shard_index, settings.shard_count)
+        rows = read_rows(source, InputDigest(), default_campaign=settings.campaign_id)
+        async for block in rows:
+            for item in block:
+                if isinstance(item, Rejected):
+                    rejected += 1
+                elif shard[1] is not None and shard_of(item.audience_id, shard[1]) != shard[0]:
+                    continue
+                elif dedupe.first_time(item.campaign_id, item.audience_id):
+                    valid += 1
+                else:
+                    duplicates += 1
+    finally:
+        source.close()
+    return Count(valid, rejected, duplicates, round(time.monotonic() - started, 3))

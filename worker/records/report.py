@@ -40,6 +40,9 @@ class RunResult:
     input_bytes: int = 0
     state_dir: Path | None = None
     failed_left: int = 0
+    halted: str | None = None  # why --halt-on-failure-rate stopped the run
+    stopped_by: str | None = None  # "deadline" when --deadline stopped it
+    already_complete: str | None = None  # a rerun of a finished purge: who finished it
 
     def summary(self) -> dict[str, Any]:
         """The report's content: totals first, then where to look."""
@@ -51,6 +54,8 @@ class RunResult:
             "dry_run": self.dry_run,
             "interrupted": self.interrupted,
             "fatal_reason": self.fatal_reason,
+            "halted": self.halted,
+            "stopped_by": self.stopped_by,
             "rows": t.rows,
             "valid": t.valid,
             "deleted": t.deleted,
@@ -152,10 +157,16 @@ _VERDICTS: dict[int, str] = {
 def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
     """A one-screen summary for a person."""
     t = result.tally
+    if result.already_complete is not None:
+        print(f"audience-purge {command}: {result.already_complete}", file=out)
+        return
     verdict = _VERDICTS.get(result.exit_code, "ended")
+    why = result.fatal_reason or (f"halted: {result.halted}" if result.halted else None)
+    if result.stopped_by == "deadline":
+        why = "the --deadline passed"
     lines = [
         f"audience-purge {command} {result.run_id}: {verdict} (exit {result.exit_code})"
-        + (f": {result.fatal_reason}" if result.fatal_reason else ""),
+        + (f": {why}" if why else ""),
         f"  rows read   {t.rows:>10}    valid      {t.valid:>10}",
         f"  deleted     {t.deleted:>10}    failed     {t.failed:>10}",
         f"  rejected    {t.rejected:>10}    duplicates {t.duplicates:>10}",
@@ -171,7 +182,7 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
     if result.failed_left > t.failed:
         earlier = plural(result.failed_left - t.failed, "id")
         lines.append(f"  failed in earlier runs, not retried: {earlier}")
-    if result.exit_code in (ExitCode.FATAL, ExitCode.INTERRUPTED):
+    if result.exit_code in (ExitCode.FATAL, ExitCode.INTERRUPTED) or result.halted:
         lines.append("  to continue: fix the cause if any, then re-run the same command")
     lines.append(f"  audit log   {result.audit_log}")
     if result.report:

@@ -4,6 +4,8 @@
   trips when the share of failed ids among the last ``window`` ids (at least 100) passes
   the limit: a wrong campaign, an expired plan, a server refusing everything. The run then
   stops starting requests, lets those in flight finish, saves its state and exits 1.
+- :func:`count_refusal` (``--max-deletes``, ``--expect-count``): refuses, before anything
+  is sent, an input that holds more ids than expected, or another number.
 - :func:`watch_deadline` (``--deadline``): logs the ETA from the measured rate, warns once
   when the deadline is at risk, and stops the run gracefully when it passes (exit 75):
   re-running the same command continues where it stopped.
@@ -21,6 +23,7 @@ from typing import Any
 import structlog
 
 from worker.records.tally import Tally
+from worker.settings import Settings
 
 log = structlog.get_logger("audience_purge.guards")
 
@@ -101,3 +104,19 @@ async def watch_deadline(
                     deadline=deadline.isoformat(),
                 )
         await asyncio.sleep(min(interval, left))
+
+
+def count_refusal(settings: Settings, valid: int) -> str | None:
+    """Why ``--max-deletes`` or ``--expect-count`` refuses an input of ``valid`` ids, if it
+    does: a wrong file, or the wrong scale of one, is stopped before the first request."""
+    if settings.max_deletes is not None and valid > settings.max_deletes:
+        return (
+            f"the input holds {valid} valid ids, more than --max-deletes {settings.max_deletes}: "
+            "nothing was sent"
+        )
+    if settings.expect_count is not None and valid != settings.expect_count:
+        return (
+            f"the input holds {valid} valid ids, not the {settings.expect_count} of "
+            "--expect-count (a truncated or wrong file?): nothing was sent"
+        )
+    return None

@@ -252,14 +252,13 @@ class Runtime:
             fatal_reason=fatal.reason if fatal else None,
             dry_run=self.settings.dry_run,
             failed_left=recorder.failed_left,
+            halted=self.halted,
+            stopped_by=self.stopped_by,
             **extra,
         )
 
     def finish_with(self, result: RunResult) -> RunResult:
-        stops = {"halted": self.halted} if self.halted else {}
-        if self.stopped_by:
-            stops["stopped_by"] = self.stopped_by
-        self.finish(**result.audit_totals(), **stops)
+        self.finish(**result.audit_totals())
         return result
 
     async def api(self, concurrency: int) -> tuple[UnleashXClient, RateGate]:

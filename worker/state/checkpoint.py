@@ -107,6 +107,7 @@ class Checkpoint:
     audit: dict[str, Any] = field(default_factory=dict)
     audit_pending: str | None = None
     target: dict[str, Any] = field(default_factory=dict)
+    completed_by: dict[str, Any] | None = None  # the run that finished the purge, and when
     totals: dict[str, int] = field(default_factory=dict)
     layout: tuple[int, int | None, bool] | None = None
     seen: Pairs = field(default_factory=dict)
@@ -246,6 +247,7 @@ class StateStore:
             "audit": point.audit,
             "audit_pending": point.audit_pending,
             "target": point.target,
+            "completed_by": point.completed_by,
             "totals": point.totals,
             "files": blobs,
         }
@@ -281,6 +283,7 @@ class StateStore:
                 audit=dict(doc["audit"]),
                 audit_pending=_optional_str(doc.get("audit_pending")),
                 target=dict(doc.get("target") or {}),
+                completed_by=doc.get("completed_by"),
                 totals={str(k): int(v) for k, v in doc["totals"].items()},
             )
             files = doc["files"]

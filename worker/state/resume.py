@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -111,6 +112,21 @@ def open_state(
         raise
 
 
+def peek_state(directory: Path, target: dict[str, Any]) -> Checkpoint | None:
+    """The saved progress a dry run plans from: read only, without the lock (a run may be
+    going on; its files are replaced atomically), and never written.
+
+    Raises:
+        StateError: the state is unusable, or belongs to another purge.
+    """
+    store = StateStore(directory)
+    if not store.exists():
+        return None
+    point = store.load()
+    check_target(point, target, directory)
+    return point
+
+
 def make_plan(point: Checkpoint | None, settings: Settings) -> Plan:
     """A fresh plan, or one that continues ``point``."""
     if point is None:
@@ -210,6 +226,7 @@ class Checkpointer:
             else self.link,
             audit_pending=str(self.recorder.audit.path),
             target=self.target,
+            completed_by=self._completed_by(complete),
             totals={
                 "deleted": prior_deleted + self.recorder.tally.deleted,
                 "failed_left": count(self.recorder.failed_pairs),
@@ -219,6 +236,15 @@ class Checkpointer:
             done_above=done,
             failed=self.recorder.failed_pairs,
         )
+
+    def _completed_by(self, complete: bool) -> dict[str, Any] | None:
+        """Who finished the purge: an earlier run, unless this one had work of its own."""
+        if not complete:
+            return None
+        tally, prior = self.recorder.tally, self.prior
+        if prior is not None and prior.completed_by and not (tally.rows or tally.requests):
+            return prior.completed_by
+        return {"run_id": self.recorder.audit.run_id, "at": datetime.now(UTC).isoformat()}
 
     def save(self, *, complete: bool = False) -> None:
         """Audit first, then state: the state never claims more than the audit proves."""
