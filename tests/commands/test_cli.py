@@ -362,14 +362,16 @@ REFUSED = [
 # call out, not a side effect of editing a declaration.
 SURFACE = {
     RUN: "--input --shard --json --config --base-url --token-file --rate --concurrency "
-    "--batch-size --timeout --max-attempts --campaign-id --audit-log --audit-key-file --report "
-    "--failed-out --state-dir --fresh --no-retry-failed --grace --shard-count --redis "
+    "--concurrency-mode --batch-size --timeout --max-attempts --campaign-id --audit-log "
+    "--audit-key-file --report --failed-out --state-dir --fresh --no-retry-failed --grace "
+    "--shard-count --redis "
     "--redis-backoff-initial --redis-backoff-max --rate-scope --rate-key --insecure-http "
     "--dry-run --max-deletes --expect-count --halt-on-failure-rate --deadline --progress "
     "--log-level --log-format --metrics-port --pushgateway --metrics-job",
     ENQUEUE: "--input --config --batch-size --campaign-id --audit-log --redis "
     "--redis-backoff-initial --redis-backoff-max --stream --ref --force --log-format",
-    CONSUME: "--config --base-url --token-file --rate --concurrency --batch-size --timeout "
+    CONSUME: "--config --base-url --token-file --rate --concurrency --concurrency-mode "
+    "--batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
     "--redis-backoff-max --stream --group --consumer --dead-stream --dead-letter-max "
     "--until-empty --max-deliveries --claim-idle --rate-scope --rate-key --insecure-http "

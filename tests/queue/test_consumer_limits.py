@@ -44,15 +44,16 @@ async def rdb(redis_url: str) -> AsyncIterator[Any]:
 @pytest.mark.parametrize(
     ("rate", "concurrency", "claim_idle", "limit"),
     [
-        (RateSpec(10, 1.0), 8, 600.0, 16),  # 8 senders + 8 more (2 s would be 20)
+        (RateSpec(10, 1.0), 8, 600.0, 16),  # 8 senders busy + 8 waiting (2 s would be 20)
+        (RateSpec(10, 1.0), 64, 600.0, 40),  # the default 64: 2 s at 10/s, twice
         (RateSpec(2, 1.0), 2, 600.0, 4),  # 2 senders + 2 more (2 s is 4)
-        (RateSpec(100, 60.0), 8, 600.0, 12),  # 8 senders + 2 s at 1.67/s
+        (RateSpec(100, 60.0), 64, 600.0, 8),  # 2 s at 1.67/s is 4, twice
         (RateSpec(1000, 1.0), 4, 600.0, 8),  # a fast rate: the senders bound it
-        (RateSpec(100, 3600.0), 8, 600.0, 8),  # what it sends in half of claim_idle
-        (RateSpec(1, 3600.0), 8, 600.0, 1),  # at least one
+        (RateSpec(100, 3600.0), 8, 600.0, 2),  # one request in 2 s, twice
+        (RateSpec(1, 3600.0), 8, 600.0, 1),  # what it sends in half of claim_idle, at least 1
     ],
 )
-def test_the_prefetch_limit_is_the_senders_plus_what_the_rate_sends_soon(
+def test_the_prefetch_limit_is_twice_what_can_usefully_be_in_flight(
     rate: RateSpec, concurrency: int, claim_idle: float, limit: int
 ) -> None:
     settings = Settings(rate=rate, concurrency=concurrency, claim_idle=claim_idle)

@@ -191,6 +191,7 @@ async def _send(
             input_lines,
             mode=settings.progress,
             interval=settings.progress_interval,
+            concurrency=lambda: dispatcher.limit.limit,
         )
     )
     interrupted = await runtime.supervise(dispatcher.run(batches), dispatcher.stop)

@@ -46,14 +46,16 @@ WAITING_REPEAT_S = 30.0  # seconds between two "waiting" lines when nothing chan
 def prefetch_limit(settings: Settings) -> int:
     """Entries a consumer holds at most (read, not yet acknowledged).
 
-    Every sender busy, plus up to one more entry per sender or ``PREFETCH_S`` seconds at
-    the configured rate, whichever is fewer; and never more than it can send in half of
-    ``claim_idle``, so that an entry waiting for the rate limit is not taken over as if its
-    consumer were dead. Counted in entries of one request each, as ``enqueue`` writes them.
+    What the senders can usefully have in flight (``--concurrency``, or ``PREFETCH_S``
+    seconds at the configured rate, whichever is fewer: the adaptive limit keeps no more
+    in flight than that for answers under ``PREFETCH_S``), and as many again waiting; never
+    more than it can send in half of ``claim_idle``, so that an entry waiting for the rate
+    limit is not taken over as if its consumer were dead. Counted in entries of one request
+    each, as ``enqueue`` writes them.
     """
     rate, concurrency = settings.rate.per_second, settings.concurrency
-    ahead = min(concurrency, math.ceil(rate * PREFETCH_S))
-    return max(1, min(concurrency + ahead, math.floor(rate * settings.claim_idle / 2)))
+    busy = min(concurrency, math.ceil(rate * PREFETCH_S))
+    return max(1, min(2 * busy, math.floor(rate * settings.claim_idle / 2)))
 
 
 def make_queue(settings: Settings, redis: object) -> StreamQueue:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -72,6 +72,11 @@ class Metrics:
         self.in_flight = Gauge(
             "audience_purge_requests_in_flight", "Requests sent and not answered yet", registry=r
         )
+        self.concurrency_limit = Gauge(
+            "audience_purge_concurrency_limit",
+            "Requests allowed in flight now (the adaptive limit, or the fixed --concurrency)",
+            registry=r,
+        )
         self.latency = Histogram(
             "audience_purge_request_duration_seconds",
             "Time from sending a request to its answer",
@@ -118,6 +123,10 @@ class Metrics:
         )
         self._campaigns: set[int] = set()
         self.command = command
+
+    def follow_concurrency(self, limit: Callable[[], float]) -> None:
+        """Read the concurrency limit at each scrape: it moves between events."""
+        self.concurrency_limit.set_function(limit)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event in _ROW_EVENTS:

@@ -42,6 +42,7 @@ from worker.runtime.guards import FailureRateGuard, watch_deadline
 from worker.runtime.health import push, serving
 from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
+from worker.sending.concurrency import concurrency_limit
 from worker.sending.credentials import TokenSource
 from worker.sending.dispatch import Dispatcher
 from worker.sending.ratelimit import RateGate
@@ -271,15 +272,28 @@ class Runtime:
         return UnleashXClient(session, settings.base_url, self.tokens), gate
 
     async def dispatcher(self, *, on_settled: Callable[[Batch], None]) -> Dispatcher:
-        """The dispatcher of the run: concurrent senders recording through the recorder."""
-        client, gate = await self.api(self.settings.concurrency)
-        self._guard(self.settings)
+        """The dispatcher of the run: ``concurrency`` senders recording through the recorder,
+        their requests in flight bounded by the limit ``concurrency_mode`` asks for (shown
+        by the metrics)."""
+        settings = self.settings
+        client, gate = await self.api(settings.concurrency)
+        self._guard(settings)
+        limit = concurrency_limit(
+            settings.concurrency_mode,
+            settings.concurrency,
+            rate_per_second=settings.rate.scaled(1 - settings.rate_margin).per_second,
+            burst=settings.burst,
+            clock=asyncio.get_running_loop().time,
+        )
+        if self.metrics is not None:
+            self.metrics.follow_concurrency(lambda: limit.limit)
         return Dispatcher(
             client=client,
             gate=gate,
-            policy=RetryPolicy.from_settings(self.settings),
+            policy=RetryPolicy.from_settings(settings),
             recorder=self.recorder,
-            concurrency=self.settings.concurrency,
+            concurrency=settings.concurrency,
+            limit=limit,
             on_settled=on_settled,
             on_error=self.fail,
         )

@@ -1,15 +1,22 @@
 """Dispatch stage: send batches concurrently under the rate gate, with retries and splits.
 
-At most ``concurrency`` batches are in flight; a bounded queue between the batcher and the
-senders keeps memory flat. A batch *settles* when its outcome (deleted or failed) is in the
-audit log; only then is ``on_settled`` told, which lets the checkpoint move past it.
+There are ``concurrency`` senders, each sending one batch at a time; a bounded queue
+between the batcher and the senders keeps memory flat. Each request takes a permit from the
+:class:`~worker.sending.concurrency.ConcurrencyLimit` *before* it waits at the rate gate and
+gives it back when it ended, so requests in flight never exceed ``concurrency``, nor the
+limit in force when their permits were taken (a lowered limit lets them finish). The rate
+gate alone decides when a request starts: the limit only holds senders back, it never lets
+one start sooner. A batch waiting for a retry's backoff holds no permit. A batch *settles*
+when its outcome (deleted or failed) is in the audit log; only then is ``on_settled`` told,
+which lets the checkpoint move past it.
 
 Stopping (a signal, or a fatal answer such as a 401) stops intake at once, and no request
-starts after it: the check follows the rate limit's wait, and a stop cuts that wait and any
-retry's backoff short. Requests in flight may finish. Batches that did not settle stay
-pending in the checkpoint and are sent again by the next run; one whose request was sent
-and cut off, or not retried, is audited as ``unconfirmed``. The ``sending`` record is
-written right before a batch's first request, so a batch that never left has none.
+starts after it: the check follows the rate limit's wait, and a stop cuts that wait, the
+wait for a permit and any retry's backoff short. Requests in flight may finish. Batches
+that did not settle stay pending in the checkpoint and are sent again by the next run; one
+whose request was sent and cut off, or not retried, is audited as ``unconfirmed``. The
+``sending`` record is written right before a batch's first request, so a batch that never
+left has none.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import enum
 from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import asynccontextmanager
 
 import structlog
 
@@ -25,6 +33,7 @@ from worker.input.batching import Batch
 from worker.records.recorder import Recorder
 from worker.runtime.stopping import Abandoned, unless_stopped, until_stopped
 from worker.sending.client import Reply, UnleashXClient
+from worker.sending.concurrency import ConcurrencyLimit
 from worker.sending.ratelimit import RateGate
 from worker.sending.retry import RetryPolicy, with_retries
 
@@ -42,14 +51,20 @@ class Dispatcher:
         policy: RetryPolicy,
         recorder: Recorder,
         concurrency: int,
+        limit: ConcurrencyLimit | None = None,
         on_settled: Callable[[Batch], None] = lambda _: None,
         on_error: Callable[[Exception], None] = lambda _: None,
     ) -> None:
+        """``concurrency`` senders; ``limit`` (fixed at ``concurrency`` when not given)
+        bounds their requests in flight, and may not allow more than there are senders."""
+        if limit is not None and limit.maximum > concurrency:
+            raise ValueError(f"a limit of {limit.maximum} needs as many senders, not {concurrency}")
         self._client = client
         self._gate = gate
         self._policy = policy
         self._recorder = recorder
         self._concurrency = concurrency
+        self.limit = limit if limit is not None else ConcurrencyLimit(concurrency)
         self._on_settled = on_settled
         self._on_error = on_error
         self.error: Exception | None = None
@@ -128,17 +143,18 @@ class Dispatcher:
 
         async def attempt(number: int) -> Reply:
             nonlocal attempts, last
-            # Checked after the rate limit's wait too (which a stop cuts short): once the
-            # run stops, no request starts.
             loop = asyncio.get_running_loop()
-            waiting = loop.time()
-            await unless_stopped(self._gate.acquire(), self._stop)
-            if number == 1:
-                # Write-ahead: the intent is on disk before the request can reach the API.
-                self._recorder.sending(batch)
-            attempts = number
-            self._recorder.request_made(retry=number > 1, waited_s=loop.time() - waiting)
-            last = await self._request(batch)
+            async with self._permit():
+                # Checked after the rate limit's wait too (which a stop cuts short): once
+                # the run stops, no request starts.
+                waiting = loop.time()
+                await unless_stopped(self._gate.acquire(), self._stop)
+                if number == 1:
+                    # Write-ahead: the intent is on disk before the request can reach the API.
+                    self._recorder.sending(batch)
+                attempts = number
+                self._recorder.request_made(retry=number > 1, waited_s=loop.time() - waiting)
+                last = await self._request(batch)
             if last.verdict.kind is not Kind.DELETED:
                 raise last.verdict.error()
             return last
@@ -169,13 +185,42 @@ class Dispatcher:
         self._recorder.deleted(batch, reply.verdict, attempts=attempts, latency_ms=reply.latency_ms)
         return _Outcome.SETTLED
 
+    @asynccontextmanager
+    async def _permit(self) -> AsyncIterator[None]:
+        """A place among the requests in flight, held from before the rate gate to the end
+        of the request. A stop abandons the wait for it (Abandoned)."""
+        if not self.limit.try_acquire():
+            await self._wait_for_permit()
+        try:
+            yield
+        finally:
+            self.limit.release()
+
+    async def _wait_for_permit(self) -> None:
+        """Wait for a permit to be given back (Abandoned on a stop, holding none)."""
+        taking = asyncio.ensure_future(self.limit.acquire())
+        try:
+            await unless_stopped(taking, self._stop)
+        except BaseException:
+            if not taking.done():
+                taking.cancel()  # a stop set before the wait began: it never starts
+            elif not taking.cancelled() and taking.exception() is None:
+                self.limit.release()  # the permit came just as the stop (or a cancel) did
+            raise
+
     async def _request(self, batch: Batch) -> Reply:
-        """One request; its end (an answer, an error, a cancellation) is always told."""
+        """One request; its end (an answer, an error, a cancellation) is always told, to
+        the recorder and to the concurrency limit (a transient failure is back-pressure)."""
         reply: Reply | None = None
+        self.limit.started()
         try:
             reply = await self._client.delete_audience(batch.campaign_id, batch.audience_ids)
             return reply
         finally:
+            if reply is None:
+                self.limit.ended()
+            else:
+                self.limit.ended(reply.latency_ms / 1000, pushed_back=reply.verdict.kind.transient)
             verdict = reply.verdict if reply is not None else None
             self._recorder.answered(
                 verdict.status if verdict else None,

@@ -82,7 +82,19 @@ class Settings:
         0.03, number(0.0, 0.5), "share of the rate kept unused against network jitter, 0..0.5"
     )
     concurrency: int = setting(
-        8, integer(1, 256), "requests in flight at most", flag="--concurrency N", commands=_SENDING
+        64,
+        integer(1, 256),
+        "requests in flight at most: the adaptive limit's ceiling, or the fixed limit",
+        flag="--concurrency N",
+        commands=_SENDING,
+    )
+    concurrency_mode: str = setting(
+        "adaptive",
+        one_of("adaptive", "fixed"),
+        "adaptive (the in-flight limit follows the server: rate x latency, lowered on 429, "
+        "5xx, timeouts or slower answers) or fixed (always --concurrency)",
+        flag="--concurrency-mode MODE",
+        commands=_SENDING,
     )
     batch_size: int = setting(
         100,
