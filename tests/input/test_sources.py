@@ -46,6 +46,14 @@ CAMPAIGN = 42
         ("-0", "not a positive integer"),
         ("9223372036854775808", "out of 64-bit range"),
         ("99999999999999999999999", "out of 64-bit range"),
+        ("0021", "has leading zeros"),
+        (" 007 ", "has leading zeros"),
+        ("0000000000000000000000021", "has leading zeros"),
+        ("09223372036854775808", "has leading zeros"),
+        ("00", "not a positive integer"),
+        ("-0021", "not a positive integer"),
+        ("-", "not an integer"),
+        ("²", "not an integer"),
         ("", "empty value"),
         ("   ", "empty value"),
     ],
@@ -229,11 +237,22 @@ async def test_bad_rows_are_rejected_with_their_reason(csv_file: CsvFile) -> Non
 
 
 async def test_bad_campaign_cell_is_rejected(csv_file: CsvFile) -> None:
-    items, _ = await read_all(csv_file("audience_id,campaign_id\n101,x\n102,-1\n"))
+    items, _ = await read_all(csv_file("audience_id,campaign_id\n101,x\n102,-1\n103,007\n"))
 
     assert items == [
         Rejected(2, "101,x", "campaign_id not an integer"),
         Rejected(3, "102,-1", "campaign_id not a positive integer"),
+        Rejected(4, "103,007", "campaign_id has leading zeros"),
+    ]
+
+
+async def test_ids_with_leading_zeros_are_rejected_not_guessed(csv_file: CsvFile) -> None:
+    items, _ = await read_all(csv_file("audience_id\n0021\n02095257564\n21\n"))
+
+    assert items == [
+        Rejected(2, "0021", "audience_id has leading zeros"),
+        Rejected(3, "02095257564", "audience_id has leading zeros"),
+        Row(4, CAMPAIGN, 21),
     ]
 
 
@@ -376,33 +395,29 @@ def test_any_ids_one_per_line_come_back_in_order_with_their_line_numbers(
     assert items == [Row(n + 1, CAMPAIGN, i) for n, i in enumerate(ids)]
 
 
-async def test_a_quoted_field_spanning_lines_is_rejected_whole_and_its_ids_never_read(
+async def test_a_quoted_field_spanning_lines_is_one_record_and_its_lines_are_not_ids(
     csv_file: CsvFile,
 ) -> None:
-    path = csv_file(
-        'audience_id,note\n101,"call back\n202,then\n303,close"\n404,"one ""line"""\n505,ok\n'
-    )
+    data = 'audience_id,note\n101,"call back\n202,then\n303,close"\n404,"one ""line"""\n505,ok\n'
+    path = csv_file(data)
 
     items, digest = await read_all(path)
 
-    assert [i.audience_id for i in items if isinstance(i, Row)] == [404, 505]
-    assert [(i.line, i.reason) for i in items if isinstance(i, Rejected)] == [
-        (2, "opens a quoted field that spans lines"),
-        (3, "inside a quoted field spanning lines from 2"),
-        (4, "inside a quoted field spanning lines from 2"),
+    assert items == [Row(2, CAMPAIGN, 101), Row(5, CAMPAIGN, 404), Row(6, CAMPAIGN, 505)]
+    assert [i.offset for i in items] == [data.index(f"{i}") for i in (101, 404, 505)]
+    assert digest.safe_offset() == digest.bytes_read == path.stat().st_size
+
+
+async def test_an_unclosed_quoted_field_at_the_end_rejects_its_record_and_every_line_after(
+    csv_file: CsvFile,
+) -> None:
+    path = csv_file('audience_id\n1\n2,"open\n3\n4\n')
+
+    items, digest = await read_all(path)
+
+    assert items == [
+        Row(2, CAMPAIGN, 1),
+        Rejected(3, '2,"open\n3\n4\n', "quoted field not closed before the end of the input"),
     ]
-    assert digest.quote_open is None
-
-
-async def test_reading_never_resumes_inside_an_unclosed_quoted_field(csv_file: CsvFile) -> None:
-    path = csv_file('audience_id\n1\n2,"open\n3\n')
-    source = await open_input(str(path))
-    digest = InputDigest()
-    try:
-        async for _ in read_rows(source, digest, default_campaign=CAMPAIGN):
-            pass
-    finally:
-        source.close()
-
-    assert digest.quote_open is not None
-    assert digest.safe_offset() == len(b"audience_id\n1\n")
+    assert items[1].offset == len(b"audience_id\n1\n")
+    assert (digest.lines, digest.safe_offset()) == (6, path.stat().st_size)

@@ -1,10 +1,40 @@
 """Input stage: stream a CSV of audience ids (file or stdin) into validated rows.
 
-The input is never loaded whole: bytes are read in blocks off the event loop and split into
-physical lines, so line numbers are the ones an editor shows and every row knows its byte
-offset. The digest hashes exactly the bytes consumed and keeps marks at block boundaries,
-from which a checkpoint takes a verifiable prefix; a resumed run re-reads that prefix,
-checks its hash, and drops the rows before the watermark.
+The input is never loaded whole: bytes are read in blocks off the event loop and cut into
+records, so line numbers are the ones an editor shows and every row knows the byte offset
+of its first line. The digest hashes exactly the bytes consumed and keeps marks at block
+boundaries, from which a checkpoint takes a verifiable prefix; a resumed run re-reads that
+prefix, checks its hash, and drops the rows before the watermark.
+
+What is read, and how:
+
+- A regular file, also stdin redirected from one (``--input - < ids.csv``), is read in a
+  worker thread, through the descriptor opened at the start, up to the size it had then: a
+  file that grows while the run reads it is read as it was when the run began (the rows
+  appended later are not read; run again for them). Its SHA-256 and line count
+  (:meth:`ByteSource.survey`) are read through the same descriptor, never by opening the
+  path again.
+- Anything else (stdin fed by a program, a FIFO, ``<(cmd)``, ``/dev/fd/N``, a character
+  device such as ``/dev/null``) is read exactly once, as it streams, and has no size and no
+  survey: through the event loop when the kernel can poll it (pipes, sockets, terminals),
+  so a stalled producer never pins a thread; in a worker thread when it cannot
+  (``/dev/null``: epoll refuses it).
+- A directory is refused (InputError).
+
+CSV is read as Python's csv module reads it with its default dialect (RFC 4180): a field
+that *starts* with a quote is quoted and may hold commas, doubled quotes and line breaks
+(CRLF too); a quote anywhere else, a space before a quote included, is literal text. A
+record is one line, or several when a quoted field spans lines; it keeps the number and
+byte offset of its first line, and reading only ever resumes at the start of a record, so
+an id inside a quoted field of another column is never read as an id.
+
+Records are bounded: one longer than :data:`MAX_RECORD` (1 MiB) is rejected (``line too
+long``, or ``record too long`` when it spans lines) with a short prefix of its text, and
+streamed past without being held; a quoted field still open at the end of the input makes
+its record rejected whole. The text is UTF-8 (a UTF-8 byte order mark is skipped): an input
+that starts with a UTF-16 or UTF-32 byte order mark, or has a NUL byte in its first block,
+is refused (InputError, before anything is sent); a later record with a NUL byte is
+rejected, since by then batches may have been sent and the run cannot be refused any more.
 """
 
 from __future__ import annotations
@@ -12,16 +42,18 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import re
+import selectors
 import stat
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import BinaryIO
 
 from worker.errors import InputError, StateError
 from worker.input.validate import (
+    MAX_RECORD,
     Layout,
     Rejected,
     Row,
@@ -33,6 +65,27 @@ from worker.input.validate import (
 BLOCK = 1 << 16
 BOM = b"\xef\xbb\xbf"
 KEEP_BYTES = 8 << 20
+RAW_HEAD = 200  # bytes of a rejected oversized record kept in its audit record
+SURVEY_BLOCK = 1 << 20
+
+LINE_TOO_LONG = "line too long"
+RECORD_TOO_LONG = "record too long"
+UNTERMINATED = "quoted field not closed before the end of the input"
+NUL_BYTE = "contains a NUL byte"
+
+_WIDE_BOMS = (
+    (b"\xff\xfe\x00\x00", "UTF-32"),
+    (b"\x00\x00\xfe\xff", "UTF-32"),
+    (b"\xff\xfe", "UTF-16"),
+    (b"\xfe\xff", "UTF-16"),
+)
+# One CSV field (quoted, maybe with text after the closing quote; unquoted; or empty) and a
+# whole record ending in a newline. Possessive, so a match is the csv module's one parse.
+_FIELD = rb'(?:"[^"]*+(?:""[^"]*+)*+"[^,\n]*+|[^,"\n][^,\n]*+)?+'
+_RECORD = re.compile(_FIELD + rb"(?:," + _FIELD + rb")*+\n")
+_QUOTED_BODY = re.compile(rb'[^"]*+(?:""[^"]*+)*+')
+_END_OR_QUOTE = re.compile(rb'\n|(?<=,)"')
+_QUOTE, _COMMA, _NEWLINE = ord('"'), ord(","), ord("\n")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +109,7 @@ class InputDigest:
     bytes_read: int = 0
     lines: int = 0
     layout: Layout | None = None
-    quote_open: tuple[int, int] | None = None  # (offset, line) of an unclosed quoted field
+    open_record: int | None = None  # offset of an oversized record being streamed past
     _hash: hashlib._Hash = field(default_factory=hashlib.sha256)
     _blocks: deque[tuple[int, int, hashlib._Hash, bytes]] = field(default_factory=deque)
     _kept: int = 0
@@ -66,8 +119,8 @@ class InputDigest:
         return self._hash.hexdigest()
 
     def safe_offset(self) -> int:
-        """Where reading may resume: never inside a quoted field that spans lines."""
-        return self.quote_open[0] if self.quote_open is not None else self.bytes_read
+        """Where reading may resume: the start of a record, never inside one."""
+        return self.open_record if self.open_record is not None else self.bytes_read
 
     def consume(self, data: bytes, lines: int) -> None:
         self._remember(data)
@@ -112,22 +165,33 @@ class ResumeFrom:
 
 
 class ByteSource:
-    """Reads an input in blocks without blocking the event loop.
+    """Reads an input once, in blocks, without blocking the event loop.
 
-    Regular files are read in a worker thread; pipes and terminals (stdin fed by another
-    program) through the event loop, so a stalled producer never pins a thread that would
-    keep the process from exiting.
+    ``size`` is known for a regular file only: it is read in a worker thread with pread
+    from ``start`` (stdin may arrive part-read) up to the size it had when it was opened.
+    Anything else is a stream read once: through the event loop when the kernel can poll
+    it, so a stalled producer never pins a thread that would keep the process from
+    exiting; in a worker thread when it cannot (epoll refuses /dev/null).
     """
 
-    def __init__(self, handle: BinaryIO, name: str, size: int | None) -> None:
+    def __init__(self, handle: BinaryIO, name: str, *, owned: bool) -> None:
+        info = os.fstat(handle.fileno())
+        if stat.S_ISDIR(info.st_mode):
+            raise InputError(f"input {name} is a directory, not a CSV file")
         self._handle = handle
+        self._owned = owned
         self._reader: asyncio.StreamReader | None = None
         self._pushback = b""
         self.name = name
-        self.size = size
+        self.size: int | None = None
+        self._start = self._pos = 0
+        if stat.S_ISREG(info.st_mode):
+            self._start = self._pos = os.lseek(handle.fileno(), 0, os.SEEK_CUR)
+            self.size = max(info.st_size - self._start, 0)
 
     async def start(self) -> None:
-        if self.size is None:
+        """Attach a pollable stream to the event loop (a regular file needs nothing)."""
+        if self.size is None and _pollable(self._handle.fileno()):
             loop = asyncio.get_running_loop()
             self._reader = asyncio.StreamReader(limit=BLOCK, loop=loop)
             protocol = asyncio.StreamReaderProtocol(self._reader, loop=loop)
@@ -140,51 +204,86 @@ class ByteSource:
             return data
         if self._reader is not None:
             return await self._reader.read(BLOCK)
-        return await asyncio.to_thread(self._handle.read1, BLOCK)  # type: ignore[attr-defined]
+        if self.size is None:
+            return await asyncio.to_thread(os.read, self._handle.fileno(), BLOCK)
+        return await self._read_file()
+
+    async def _read_file(self) -> bytes:
+        assert self.size is not None
+        want = min(BLOCK, self._start + self.size - self._pos)
+        if want <= 0:
+            return b""
+        data = await asyncio.to_thread(os.pread, self._handle.fileno(), want, self._pos)
+        self._pos += len(data)
+        return data
 
     def unread(self, data: bytes) -> None:
         self._pushback = data + self._pushback
 
     async def survey(self) -> tuple[str | None, int | None]:
-        """SHA-256 and line count of a file before it is read; (None, None) for stdin."""
-        if self._handle is sys.stdin.buffer:
+        """SHA-256 and line count of the bytes a regular file will give, through the open
+        descriptor (the path may be a FIFO or replaced since); (None, None) for a stream,
+        which can be read only once."""
+        if self.size is None:
             return None, None
-        return await asyncio.to_thread(_survey, Path(self.name))
+        return await asyncio.to_thread(
+            _survey, self._handle.fileno(), self._start, self._start + self.size
+        )
 
     def close(self) -> None:
-        if self._handle is not sys.stdin.buffer:
+        if self._owned:
             self._handle.close()
 
 
-def _survey(path: Path) -> tuple[str, int]:
+def _survey(fd: int, start: int, end: int) -> tuple[str, int]:
     digest, lines = hashlib.sha256(), 0
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-            lines += block.count(b"\n")
+    while start < end and (block := os.pread(fd, min(SURVEY_BLOCK, end - start), start)):
+        digest.update(block)
+        lines += block.count(b"\n")
+        start += len(block)
     return digest.hexdigest(), lines
+
+
+def _pollable(fd: int) -> bool:
+    """Whether the event loop can wait on ``fd``: epoll refuses regular files and some
+    devices with EPERM, which asyncio would only report later, from a callback."""
+    with selectors.DefaultSelector() as selector:
+        try:
+            selector.register(fd, selectors.EVENT_READ)
+        except (OSError, ValueError):
+            return False
+    return True
+
+
+def _open(path: str) -> BinaryIO:
+    """The file at ``path`` (a FIFO: once a writer has opened it too)."""
+    try:
+        return open(path, "rb")
+    except FileNotFoundError:
+        raise InputError(f"input file {path} does not exist") from None
+    except IsADirectoryError:
+        raise InputError(f"input {path} is a directory, not a CSV file") from None
+    except PermissionError:
+        raise InputError(f"input file {path} is not readable (permission denied)") from None
+    except OSError as exc:
+        raise InputError(f"cannot open input file {path}: {exc.strerror}") from None
 
 
 async def open_input(path: str) -> ByteSource:
     """Open a file path, or stdin for ``-``; errors are InputErrors naming the path."""
     if path == "-":
-        handle = sys.stdin.buffer
+        if sys.stdin is None:
+            raise InputError("input - (stdin) is closed")
+        handle, name, owned = sys.stdin.buffer, "<stdin>", False
     else:
-        target = Path(path)
-        if target.is_dir():
-            raise InputError(f"input {path} is a directory, not a CSV file")
-        try:
-            handle = target.open("rb")
-        except FileNotFoundError:
-            raise InputError(f"input file {path} does not exist") from None
-        except PermissionError:
-            raise InputError(f"input file {path} is not readable (permission denied)") from None
-        except OSError as exc:
-            raise InputError(f"cannot open input file {path}: {exc.strerror}") from None
-    info = os.fstat(handle.fileno())
-    size = info.st_size if stat.S_ISREG(info.st_mode) else None
-    source = ByteSource(handle, "<stdin>" if path == "-" else path, size)
-    await source.start()
+        handle, name, owned = _open(path), path, True
+    try:
+        source = ByteSource(handle, name, owned=owned)
+        await source.start()
+    except BaseException:
+        if owned:
+            handle.close()
+        raise
     return source
 
 
@@ -216,25 +315,315 @@ async def skip_prefix(source: ByteSource, digest: InputDigest, prefix: Prefix) -
     digest.restart(prefix, hashed)
 
 
-async def _blocks(
-    source: ByteSource, digest: InputDigest
-) -> AsyncIterator[tuple[int, int, list[bytes]]]:
-    """(offset, line number before it, complete raw lines) for each block read."""
-    rest = b""
-    while True:
-        block = await source.read()
-        data = rest + block
-        cut = data.rfind(b"\n") + 1 if block else len(data)
-        data, rest = data[:cut], data[cut:]
-        if data:
-            start, line0 = digest.bytes_read, digest.lines
-            lines = data.split(b"\n")
-            if block:
-                lines.pop()  # the empty string after the block's last newline
-            digest.consume(data, len(lines))
-            yield start, line0, lines
-        if not block:
-            return
+# -- cutting the bytes into records --------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _Lines:
+    """Physical lines without quotes (each a record) from byte ``start``, after line ``line0``."""
+
+    start: int
+    line0: int
+    lines: list[bytes]
+
+
+_Raw = tuple[int, int, bytes]  # offset, first line number, bytes without the last newline
+_Frame = _Lines | list[_Raw | Rejected]
+
+
+@dataclass(slots=True)
+class _Scan:
+    """Where an unfinished record, read in pieces, stands in the CSV grammar, so that the
+    next piece is scanned once (not the whole record again) to learn whether it ends."""
+
+    skip: int = 0  # bytes to pass over first: the UTF-8 BOM before the first record
+    quoted: bool = False  # inside a quoted field
+    quote_last: bool = False  # ... and the last piece ended on a quote (closing or doubled?)
+    field_start: bool = True
+
+    def feed(self, data: bytes) -> int:
+        """The index just past the newline that ends the record in ``data``, or -1."""
+        i, self.skip = self.skip, 0
+        if self.quote_last and i < len(data):
+            self.quote_last = False
+            if data[i] == _QUOTE:
+                i += 1
+            else:
+                self.quoted = self.field_start = False
+        while i < len(data):
+            if self.quoted:
+                i = self._quoted(data, i)
+            elif self.field_start and data[i] == _QUOTE:
+                self.quoted, i = True, i + 1
+            elif (found := _END_OR_QUOTE.search(data, i)) is None:
+                self.field_start = data[-1] == _COMMA
+                return -1
+            elif data[found.start()] == _NEWLINE:
+                return found.end()
+            else:
+                self.quoted, i = True, found.end()
+        return -1
+
+    def _quoted(self, data: bytes, i: int) -> int:
+        body = _QUOTED_BODY.match(data, i)  # always matches, maybe nothing
+        end = body.end() if body else i
+        if end >= len(data) - 1:
+            self.quote_last = end == len(data) - 1
+            return len(data)
+        self.quoted = self.field_start = False
+        return end + 1
+
+    def open_at_end(self) -> bool:
+        """At the end of the input: still inside a quoted field."""
+        return self.quoted and not self.quote_last
+
+
+@dataclass(slots=True)
+class _Oversized:
+    """A record longer than MAX_RECORD: where it began, its first bytes, how far it came."""
+
+    offset: int
+    line: int
+    head: bytes
+    scan: _Scan
+    newlines: int
+
+    def rejected(self, *, at_end: bool) -> Rejected:
+        if at_end and self.scan.open_at_end():
+            reason = UNTERMINATED
+        else:
+            reason = RECORD_TOO_LONG if self.newlines > (0 if at_end else 1) else LINE_TOO_LONG
+        return Rejected(self.line, _shown(self.head), reason, self.offset)
+
+
+def _shown(raw: bytes) -> str:
+    """The text of a rejected record, cut short so that its audit record stays small."""
+    text = raw[:RAW_HEAD].decode("utf-8", "replace")
+    return text + "…" if len(raw) > RAW_HEAD else text
+
+
+def _check_opening(data: bytes, name: str) -> None:
+    """Refuse an input that is not UTF-8 text, by its first block.
+
+    Raises:
+        InputError: a UTF-16 or UTF-32 byte order mark, or a NUL byte.
+    """
+    for bom, encoding in _WIDE_BOMS:
+        if data.startswith(bom):
+            raise InputError(
+                f"input {name} looks like {encoding} (it starts with a {encoding} byte order "
+                "mark): save it as UTF-8"
+            )
+    if b"\0" in data:
+        raise InputError(
+            f"input {name} contains NUL bytes: this looks like a binary file (or UTF-16 "
+            "without a byte order mark), not a CSV"
+        )
+
+
+class _Framer:
+    """Cuts the bytes read into records, consuming them into the digest as they are cut.
+
+    Data without a quote or a NUL byte is split at newlines (the fast path); other data is
+    cut record by record. The unfinished record at the end waits, in pieces, for the block
+    in which it ends; one already too long is streamed past instead.
+    """
+
+    def __init__(self, source: ByteSource, digest: InputDigest) -> None:
+        self._source = source
+        self._digest = digest
+        self._parts: list[bytes] = []  # the unfinished record
+        self._size = 0
+        self._scan = _Scan()  # ... and where it stands
+        self._oversized: _Oversized | None = None
+
+    async def frames(self) -> AsyncIterator[_Frame]:
+        opening = self._digest.bytes_read == 0
+        while True:
+            block = await self._source.read()
+            if opening:
+                block, opening = await self._first(block), False
+            at_end = not block
+            if self._oversized is not None:
+                done, block = self._pass(block, at_end=at_end)
+                if done is None:
+                    continue
+                yield [done]
+            if not at_end and self._scan.feed(block) < 0:
+                self._wait(block)
+                continue
+            frame = self._frame(b"".join([*self._parts, block]), at_end=at_end)
+            if frame:
+                yield frame
+            if at_end:
+                return
+
+    async def _first(self, block: bytes) -> bytes:
+        """The first block, read on to the length of the longest byte order mark, checked."""
+        while block and len(block) < len(_WIDE_BOMS[0][0]):
+            more = await self._source.read()
+            if not more:
+                break
+            block += more
+        _check_opening(block, self._source.name)
+        self._scan.skip = len(BOM) if block.startswith(BOM) else 0
+        return block
+
+    def _wait(self, block: bytes) -> None:
+        """Keep a piece of the unfinished record; stream past it once it is too long."""
+        self._parts.append(block)
+        self._size += len(block)
+        if self._size > MAX_RECORD:
+            self._stream_past()
+
+    def _hold(self, rest: bytes, skip: int) -> None:
+        """``rest``, the start of a record, waits for the block where it ends."""
+        self._parts, self._size, self._scan = [rest] if rest else [], len(rest), _Scan(skip)
+        self._scan.feed(rest)  # -1: no record ends in it
+
+    def _frame(self, data: bytes, *, at_end: bool) -> _Frame | None:
+        if len(data) <= MAX_RECORD and b'"' not in data and b"\0" not in data:
+            return self._lines(data, at_end=at_end)
+        return self._records(data, at_end=at_end)
+
+    def _lines(self, data: bytes, *, at_end: bool) -> _Lines | None:
+        cut = len(data) if at_end else data.rfind(b"\n") + 1
+        self._hold(data[cut:], self._bom(data) if not cut else 0)
+        data = data[:cut]
+        if not data:
+            return None
+        digest = self._digest
+        start, line0 = digest.bytes_read, digest.lines
+        lines = data.split(b"\n")
+        if not at_end:
+            lines.pop()  # the empty string after the last newline
+        digest.consume(data, len(lines))
+        return _Lines(start, line0, lines)
+
+    def _records(self, data: bytes, *, at_end: bool) -> list[_Raw | Rejected]:
+        digest = self._digest
+        offset, line = digest.bytes_read, digest.lines + 1
+        check = len(data) > MAX_RECORD or b"\0" in data
+        out: list[_Raw | Rejected] = []
+        pos, skip = 0, self._bom(data)
+        while (found := _RECORD.match(data, pos + skip)) is not None:
+            raw = data[pos : found.end() - 1]
+            out.append(_checked(offset + pos, line, raw) if check else (offset + pos, line, raw))
+            line += 1 + raw.count(b"\n")
+            pos, skip = found.end(), 0
+        if at_end and pos < len(data):
+            out.append(self._last(data[pos:], offset + pos, line, skip))
+            line += 1 + data.count(b"\n", pos)
+            pos = len(data)
+        if pos:
+            digest.consume(data[:pos], line - 1 - digest.lines)
+        self._hold(data[pos:], skip)
+        if self._size > MAX_RECORD:
+            self._stream_past()
+        return out
+
+    def _bom(self, data: bytes) -> int:
+        """Bytes of the UTF-8 BOM that ``data`` starts with, at the start of the input."""
+        return len(BOM) if self._digest.bytes_read == 0 and data.startswith(BOM) else 0
+
+    @staticmethod
+    def _last(raw: bytes, offset: int, line: int, skip: int) -> _Raw | Rejected:
+        """The last record, without a newline: whole, or cut off inside a quoted field."""
+        if _RECORD.fullmatch(raw + b"\n", skip) is None:
+            return Rejected(line, _shown(raw), UNTERMINATED, offset)
+        return _checked(offset, line, raw)
+
+    def _stream_past(self) -> None:
+        """Make the unfinished record, already too long, an oversized one read past."""
+        digest, parts = self._digest, self._parts
+        head = b"".join(parts)[:RAW_HEAD]
+        oversized = _Oversized(digest.bytes_read, digest.lines + 1, head, self._scan, 0)
+        digest.open_record = digest.bytes_read
+        for part in parts:
+            newlines = part.count(b"\n")
+            oversized.newlines += newlines
+            digest.consume(part, newlines)
+        self._parts, self._size, self._scan = [], 0, _Scan()
+        self._oversized = oversized
+
+    def _pass(self, block: bytes, *, at_end: bool) -> tuple[Rejected | None, bytes]:
+        """Stream ``block`` past the oversized record: its rejection once it has ended, and
+        what follows it in the block."""
+        oversized = self._oversized
+        assert oversized is not None
+        end = oversized.scan.feed(block)
+        part = block if end < 0 else block[:end]
+        if part:
+            newlines = part.count(b"\n")
+            oversized.newlines += newlines
+            self._digest.consume(part, newlines)
+        if end < 0 and not at_end:
+            return None, b""
+        self._oversized = self._digest.open_record = None
+        return oversized.rejected(at_end=end < 0), block[len(part) :]
+
+
+def _checked(offset: int, line: int, raw: bytes) -> _Raw | Rejected:
+    if len(raw) > MAX_RECORD:
+        reason = RECORD_TOO_LONG if b"\n" in raw else LINE_TOO_LONG
+        return Rejected(line, _shown(raw), reason, offset)
+    if b"\0" in raw:
+        return Rejected(line, _shown(raw), NUL_BYTE, offset)
+    return offset, line, raw
+
+
+# -- records into rows -----------------------------------------------------------------------
+
+
+class _Rows:
+    """Turns records into validated rows, dropping the ones before the watermark."""
+
+    def __init__(self, digest: InputDigest, default_campaign: int | None, watermark: int) -> None:
+        self._digest = digest
+        self._default = default_campaign
+        self._watermark = watermark
+
+    def of(self, frame: _Frame) -> list[Row | Rejected]:
+        return self._lines(frame) if isinstance(frame, _Lines) else self._records(frame)
+
+    def _lines(self, frame: _Lines) -> list[Row | Rejected]:
+        out: list[Row | Rejected] = []
+        offset, watermark = frame.start, self._watermark
+        for number, raw in enumerate(frame.lines, start=frame.line0 + 1):
+            here, offset = offset, offset + len(raw) + 1
+            if here < watermark:
+                continue
+            item = self._item(here, number, raw)
+            if item is not None:
+                out.append(item)
+        return out
+
+    def _records(self, records: list[_Raw | Rejected]) -> list[Row | Rejected]:
+        out: list[Row | Rejected] = []
+        watermark = self._watermark
+        for record in records:
+            if isinstance(record, Rejected):
+                if record.offset >= watermark:
+                    out.append(record)
+            elif record[0] >= watermark and (item := self._item(*record)) is not None:
+                out.append(item)
+        return out
+
+    def _item(self, offset: int, number: int, raw: bytes) -> Row | Rejected | None:
+        if offset == 0 and raw.startswith(BOM):
+            raw = raw[len(BOM) :]
+        line = raw.decode("utf-8", "replace")
+        cells = split_cells(line)
+        if cells is None:
+            return Rejected(number, line, "not valid CSV", offset)
+        if not any(map(str.strip, cells)):
+            return None
+        digest = self._digest
+        if digest.layout is None:
+            digest.layout = detect_layout(cells, default_campaign=self._default)
+            if digest.layout.has_header:
+                return None
+        return parse_line(cells, number, digest.layout, self._default, offset)
 
 
 async def read_rows(
@@ -244,30 +633,19 @@ async def read_rows(
     default_campaign: int | None,
     watermark: int = 0,
 ) -> AsyncIterator[list[Row | Rejected]]:
-    """Validated rows, one list per block read; a blank line is skipped, every other line
-    yields one item; lines before ``watermark`` (finished by an earlier run) are dropped.
-    After each list, :meth:`InputDigest.safe_offset` is where reading may resume.
-
-    A quoted field may not span lines: a line that opens one, and every line up to the one
-    that closes it, is rejected whole, so an id inside a quoted note is never sent.
+    """Validated rows, one list per block read; a blank record is skipped, every other
+    record (a line, or the lines of a quoted field that spans them) yields one item, with
+    the number and offset of its first line; records before ``watermark`` (finished by an
+    earlier run) are dropped. After each list, :meth:`InputDigest.safe_offset` is where
+    reading may resume.
 
     Raises:
-        InputError: the input is empty, or its first line does not tell where the ids
-            are (see detect_layout).
+        InputError: the input is empty, is not UTF-8 text, or its first line does not tell
+            where the ids are (see detect_layout).
     """
-    async for start, line0, lines in _blocks(source, digest):
-        out: list[Row | Rejected] = []
-        offset = start
-        for number, raw in enumerate(lines, start=line0 + 1):
-            here, offset = offset, offset + len(raw) + 1
-            if here < watermark:
-                continue
-            if here == 0 and raw.startswith(BOM):
-                raw = raw[len(BOM) :]
-            item = _item(raw, number, here, digest, default_campaign)
-            if item is not None:
-                out.append(item)
-        yield out
+    rows = _Rows(digest, default_campaign, watermark)
+    async for frame in _Framer(source, digest).frames():
+        yield rows.of(frame)
     if digest.layout is None:
         raise InputError("the input is empty: no header and no audience ids")
 
@@ -280,34 +658,3 @@ async def start_resume(source: ByteSource, digest: InputDigest, resume: ResumeFr
     """
     await skip_prefix(source, digest, resume.prefix)
     digest.layout = resume.layout
-
-
-def _item(
-    raw: bytes, number: int, offset: int, digest: InputDigest, default_campaign: int | None
-) -> Row | Rejected | None:
-    text = raw.decode("utf-8", "replace")
-    odd_quotes = raw.count(b'"') % 2 == 1
-    if digest.quote_open is not None:
-        opened = digest.quote_open[1]
-        if odd_quotes:
-            digest.quote_open = None
-        return Rejected(number, text, f"inside a quoted field spanning lines from {opened}", offset)
-    if odd_quotes:
-        digest.quote_open = (offset, number)
-        return Rejected(number, text, "opens a quoted field that spans lines", offset)
-    return _parse(text, number, offset, digest, default_campaign)
-
-
-def _parse(
-    line: str, number: int, offset: int, digest: InputDigest, default_campaign: int | None
-) -> Row | Rejected | None:
-    cells = split_cells(line)
-    if cells is None:
-        return Rejected(number, line, "not valid CSV", offset)
-    if all(not cell.strip() for cell in cells):
-        return None
-    if digest.layout is None:
-        digest.layout = detect_layout(cells, default_campaign=default_campaign)
-        if digest.layout.has_header:
-            return None
-    return parse_line(cells, number, digest.layout, default_campaign, offset)

@@ -1,7 +1,8 @@
-"""Validation stage: one CSV line → a :class:`Row` to send, or a :class:`Rejected` row.
+"""Validation stage: one CSV record → a :class:`Row` to send, or a :class:`Rejected` row.
 
-An id must be a positive integer within 64-bit range; anything else is rejected with the
-line number, the raw text and the reason, and never sent.
+An id must be a positive integer within 64-bit range, in ASCII digits without leading
+zeros; anything else is rejected with the line number, the raw text and the reason, and
+never sent.
 """
 
 from __future__ import annotations
@@ -14,15 +15,19 @@ from dataclasses import dataclass, field
 from worker.errors import InputError
 
 MAX_ID = 2**63 - 1
+MAX_RECORD = 1 << 20  # bytes of one record (its line or lines, without the last newline)
 ID_COLUMNS = ("audience_id", "id")
 CAMPAIGN_COLUMN = "campaign_id"
-_DIGITS = re.compile(r"[0-9]+")
 _NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_ .-]*")
+
+# The csv module refuses a field over 128 KiB by default; here one may fill a whole record.
+# The limit is process-wide: it is only ever raised.
+csv.field_size_limit(max(csv.field_size_limit(), MAX_RECORD))
 
 
 @dataclass(frozen=True, slots=True)
 class Row:
-    """A valid input row; ``offset`` is the byte offset of its line (for resuming)."""
+    """A valid input row; ``offset`` is the byte offset of its (first) line, for resuming."""
 
     line: int
     campaign_id: int
@@ -32,7 +37,7 @@ class Row:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A line that is not sent; ``audience_raw`` is its audience_id cell, when it has one."""
+    """A record that is not sent; ``audience_raw`` is its audience_id cell, when it has one."""
 
     line: int
     raw: str
@@ -42,18 +47,29 @@ class Rejected:
 
 
 def parse_id(text: str) -> int | str:
-    """The id in ``text``, or the reason it is not a positive 64-bit integer."""
+    """The id in ``text``, or the reason it is not a positive 64-bit integer.
+
+    Only ASCII digits, without a sign. Leading zeros are refused (``0021``), for campaign_id
+    cells as for audience_id ones: such a cell is more likely a phone number or a value a
+    spreadsheet padded than the id it would parse to, and an id is never guessed.
+    """
     value = text.strip()
-    if not value:
-        return "empty value"
-    if not _DIGITS.fullmatch(value):
-        if value.startswith("-") and _DIGITS.fullmatch(value[1:]):
-            return "not a positive integer"
-        return "not an integer"
+    if not (value.isascii() and value.isdigit()):
+        return _not_digits(value)
+    if value[0] == "0":
+        return "has leading zeros" if value.strip("0") else "not a positive integer"
     if len(value) > 19 or int(value) > MAX_ID:
         return "out of 64-bit range"
-    number = int(value)
-    return number if number > 0 else "not a positive integer"
+    return int(value)
+
+
+def _not_digits(value: str) -> str:
+    if not value:
+        return "empty value"
+    digits = value[1:]
+    if value[0] == "-" and digits.isascii() and digits.isdigit():
+        return "not a positive integer"
+    return "not an integer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,29 +119,35 @@ def parse_line(
     default_campaign: int | None,
     offset: int = 0,
 ) -> Row | Rejected:
-    raw = ",".join(cells)
+    """A record's cells as a Row, or Rejected with the reason (its raw text: the cells)."""
     if layout.id_col >= len(cells):
-        return Rejected(line, raw, offset=offset, reason="missing audience_id")
+        return Rejected(line, ",".join(cells), offset=offset, reason="missing audience_id")
     cell = cells[layout.id_col].strip()
     audience = parse_id(cell)
     if isinstance(audience, str):
-        return Rejected(line, raw, f"audience_id {audience}", offset, cell)
-    campaign: int | str | None = default_campaign
-    if (
-        layout.campaign_col is not None
-        and layout.campaign_col < len(cells)
-        and cells[layout.campaign_col].strip()
-    ):
-        campaign = parse_id(cells[layout.campaign_col])
-    if campaign is None:
-        return Rejected(line, raw, "campaign_id missing and no --campaign-id given", offset, cell)
-    if isinstance(campaign, str):
-        return Rejected(line, raw, f"campaign_id {campaign}", offset, cell)
-    return Row(line, campaign, audience, offset)
+        return Rejected(line, ",".join(cells), f"audience_id {audience}", offset, cell)
+    campaign = _campaign(cells, layout, default_campaign)
+    if isinstance(campaign, int):
+        return Row(line, campaign, audience, offset)
+    reason = (
+        "campaign_id missing and no --campaign-id given"
+        if campaign is None
+        else f"campaign_id {campaign}"
+    )
+    return Rejected(line, ",".join(cells), reason, offset, cell)
+
+
+def _campaign(cells: Sequence[str], layout: Layout, default: int | None) -> int | str | None:
+    """The row's campaign: its own cell when it has a non-blank one, else the default."""
+    column = layout.campaign_col
+    if column is not None and column < len(cells) and cells[column].strip():
+        return parse_id(cells[column])
+    return default
 
 
 def split_cells(line: str) -> list[str] | None:
-    """CSV cells of one physical line; None if the line is not valid CSV."""
+    """CSV cells of one record (a line, or lines joined by a quoted field that spans them);
+    None if it is not valid CSV."""
     line = line.removesuffix("\r")
     if '"' not in line and "\0" not in line:
         return line.split(",")
