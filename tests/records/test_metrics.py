@@ -265,3 +265,25 @@ def test_console_format_is_not_json() -> None:
         structlog.get_logger("x").warning("hello", n=1)
     assert not err.getvalue().lstrip().startswith("{")
     assert "hello" in err.getvalue()
+
+
+async def test_every_log_line_of_a_run_carries_its_run_command_and_campaign(
+    sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    ids = write_csv(tmp_path / "ids.csv", ["1", "2"])
+    err = io.StringIO()
+    with redirect_stderr(err):
+        configure_logging("info", log_format="json")
+        first = await run_purge(make_settings(campaign_id=42, progress="log"), str(ids))
+        rows = write_csv(tmp_path / "rows.csv", ["campaign_id,audience_id", "77,1"])
+        second = await run_purge(
+            make_settings(progress="log", audit_log=tmp_path / "2.jsonl", state_dir=tmp_path / "2"),
+            str(rows),
+        )
+    lines = [json.loads(line) for line in err.getvalue().splitlines()]
+    mine = [line for line in lines if line.get("run_id") == first.run_id]
+    theirs = [line for line in lines if line.get("run_id") == second.run_id]
+    assert mine
+    assert theirs
+    assert {(line["command"], line["campaign_id"]) for line in mine} == {("run", 42)}
+    assert all("campaign_id" not in line for line in theirs)  # not the first run's

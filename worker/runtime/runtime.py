@@ -102,10 +102,16 @@ class Runtime:
         self.input_lines: int | None = None  # the input's size in lines, when known
         self.halted: str | None = None  # why a guard stopped the run
         self.stopped_by: str | None = None  # "deadline" when it passed
+        # On every log line, the libraries' included (see worker.runtime.logs).
+        context = {
+            "run_id": self.run_id,
+            "command": command,
+            "shard": settings.shard_index if settings.shard_count is not None else None,
+            "campaign_id": settings.campaign_id,
+        }
+        structlog.contextvars.unbind_contextvars(*context)
         structlog.contextvars.bind_contextvars(
-            run_id=self.run_id,
-            command=command,
-            **({"shard": settings.shard_index} if settings.shard_count is not None else {}),
+            **{key: value for key, value in context.items() if value is not None}
         )
 
     @property
