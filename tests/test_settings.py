@@ -52,7 +52,7 @@ def test_public_settings_of_the_defaults() -> None:
         "token_file": None,
         "rate": "100/minute",
         "burst": 1,
-        "rate_margin": 0.03,
+        "rate_margin": 0.015,
         "concurrency": 64,
         "concurrency_mode": "adaptive",
         "batch_size": 100,
