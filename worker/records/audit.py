@@ -21,13 +21,14 @@ import secrets
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
 from structlog.typing import EventDict, WrappedLogger
 
 from worker.errors import ConfigError, OutputError
+from worker.files import make_dirs, open_private
 from worker.records.audit_query import ZERO_HASH, head_hmac, record_hash
 
 FIRST_KEYS = ("ts", "event", "run_id")
@@ -91,28 +92,6 @@ def _torn_tail(path: Path, size: int) -> int | None:
     return 0 if size else None
 
 
-def _private_dirs(directory: Path) -> None:
-    """Create the missing directories, each 0700 (``mkdir(parents=True)`` would not)."""
-    missing: list[Path] = []
-    while not directory.exists():
-        missing.append(directory)
-        directory = directory.parent
-    for each in reversed(missing):
-        each.mkdir(mode=0o700, exist_ok=True)
-
-
-def _open_private(path: Path) -> BinaryIO:
-    """Open for appending; a new file is created 0600 at most (a stricter umask still applies),
-    since it names every id the purge touched."""
-    _private_dirs(path.parent)
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-    try:
-        return os.fdopen(fd, "ab")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def read_key_file(path: Path | None) -> bytes | None:
     """The HMAC key for signing or checking chain heads; errors name the file only."""
     if path is None:
@@ -144,8 +123,11 @@ class _LazyFile:
     def write(self, data: bytes) -> int:
         with self._guard():
             if self._file is None:
-                self._file = _open_private(self.path)
-                data = self._past_torn_tail(self._file) + data
+                make_dirs(self.path.parent)
+                # It names every id the purge touched: 0600 (see worker.files).
+                handle = cast(BinaryIO, open_private(self.path, "ab"))
+                self._file = handle
+                data = self._past_torn_tail(handle) + data
             return self._file.write(data)
 
     def _past_torn_tail(self, handle: BinaryIO) -> bytes:
