@@ -21,7 +21,7 @@ from worker.input.sources import (
     read_rows,
     start_resume,
 )
-from worker.input.validate import Rejected
+from worker.input.validate import Rejected, Row
 from worker.records.recorder import Recorder
 from worker.settings import Settings
 from worker.state.checkpoint import Pairs
@@ -53,6 +53,12 @@ def retry_batches(retry: Pairs, batch_size: int) -> Iterator[Batch]:
             yield Batch(campaign, tuple(chunk))
 
 
+def _other_shard(row: Row, settings: Settings) -> bool:
+    """Whether the row is another worker's (``--shard INDEX/COUNT``)."""
+    count = settings.shard_count
+    return count is not None and shard_of(row.audience_id, count) != settings.shard_index
+
+
 def _already_done(skip: Pairs, campaign: int, audience: int) -> bool:
     ids = skip.get(campaign)
     return ids is not None and audience in ids
@@ -76,14 +82,13 @@ async def plan_batches(
         default_campaign=settings.campaign_id,
         watermark=plan.resume.watermark if plan.resume else 0,
     )
-    shard = (settings.shard_index, settings.shard_count)
     async for block in rows:
         for item in block:
             plan.ledger.read_pos = item.offset
             if isinstance(item, Rejected):
-                if shard[1] is None or shard[0] == 0:  # one shard reports bad rows
+                if settings.shard_count is None or settings.shard_index == 0:  # one shard reports
                     recorder.rejected(item)
-            elif shard[1] is not None and shard_of(item.audience_id, shard[1]) != shard[0]:
+            elif _other_shard(item, settings):
                 recorder.other_shard(item)
             elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
                 recorder.duplicate(item)
@@ -131,13 +136,12 @@ async def count_input(path: str, settings: Settings) -> Count:
             )
         valid = rejected = duplicates = 0
         dedupe = Deduper()
-        shard = (settings.shard_index, settings.shard_count)
         rows = read_rows(source, InputDigest(), default_campaign=settings.campaign_id)
         async for block in rows:
             for item in block:
                 if isinstance(item, Rejected):
                     rejected += 1
-                elif shard[1] is not None and shard_of(item.audience_id, shard[1]) != shard[0]:
+                elif _other_shard(item, settings):
                     continue
                 elif dedupe.first_time(item.campaign_id, item.audience_id):
                     valid += 1
