@@ -87,7 +87,7 @@ async def test_the_watch_reports_the_groups_lag_and_an_unreachable_redis(
     await rdb.delete(STREAM)
     await produce(rdb, tens(1, 70))  # seven entries, none delivered yet
     settings = make_settings(redis_url=redis_url, stream=STREAM, consumer="c1")
-    metrics = Metrics("consume", rate_per_second=1.0)
+    metrics = Metrics(rate_per_second=1.0)
     async with open_queue(settings) as queue:
         await queue.ensure_group()
         watch = QueueWatch(queue, metrics)

@@ -154,7 +154,7 @@ async def test_the_lag_metric_is_estimated_while_redis_reports_none(
     await rdb.xack(STREAM, GROUP, entries[3])  # acknowledged out of order, and deleted
     await rdb.xdel(STREAM, entries[3])
     assert (await rdb.xinfo_groups(STREAM))[0]["lag"] is None
-    metrics = Metrics("consume", rate_per_second=1.0)
+    metrics = Metrics(rate_per_second=1.0)
     queue = make_queue(
         Settings(redis_url=redis_url, stream=STREAM, consumer="c1"), open_redis(redis_url)
     )

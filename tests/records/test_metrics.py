@@ -217,7 +217,7 @@ async def test_a_metrics_port_in_use_is_refused_before_anything_is_sent(
 
 
 def test_campaign_labels_are_bounded() -> None:
-    metrics = Metrics("run", rate_per_second=1.0)
+    metrics = Metrics(rate_per_second=1.0)
     for campaign in range(MAX_CAMPAIGN_LABELS + 30):
         metrics.on_event("deleted", {"campaign_id": campaign, "audience_ids": [1, 2]})
     labels = {

@@ -28,7 +28,7 @@ GAUGE = "audience_purge_concurrency_limit"
 
 
 def test_the_gauge_reads_the_limit_at_each_scrape() -> None:
-    metrics = Metrics("run", rate_per_second=1.0)
+    metrics = Metrics(rate_per_second=1.0)
     limit = [27]
     metrics.follow_concurrency(lambda: limit[0])
     assert metrics.registry.get_sample_value(GAUGE) == 27

@@ -68,7 +68,7 @@ def _guards(settings: Settings, counted: Count | None) -> list[str]:
     if counted is None:
         return []
     reason = count_refusal(settings, counted.valid)
-    verdict = f"would refuse: {reason.split(': nothing')[0]}" if reason else "would pass"
+    verdict = f"would refuse: {reason}" if reason else "would pass"
     return [
         f"  guards: {verdict} ({plural(counted.valid, 'valid id')} in the whole input, "
         f"counted in {counted.seconds:g} s)"

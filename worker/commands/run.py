@@ -216,7 +216,7 @@ async def _count_for_guards(settings: Settings, input_path: str) -> Count | None
     )
     reason = count_refusal(settings, counted.valid)
     if reason is not None and not settings.dry_run:
-        raise InputError(reason)
+        raise InputError(f"{reason}: nothing was sent")
     return counted
 
 

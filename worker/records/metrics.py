@@ -36,7 +36,7 @@ _ID_EVENTS = {"deleted": "deleted", "failed": "failed", "unconfirmed": "unconfir
 class Metrics:
     """Observer: the run's counters and gauges, in a registry of its own."""
 
-    def __init__(self, command: str, *, rate_per_second: float) -> None:
+    def __init__(self, *, rate_per_second: float) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
         self.ids = Counter(
@@ -122,7 +122,6 @@ class Metrics:
             registry=r,
         )
         self._campaigns: set[int] = set()
-        self.command = command
 
     def follow_concurrency(self, limit: Callable[[], float]) -> None:
         """Read the concurrency limit at each scrape: it moves between events."""

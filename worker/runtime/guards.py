@@ -110,13 +110,10 @@ def count_refusal(settings: Settings, valid: int) -> str | None:
     """Why ``--max-deletes`` or ``--expect-count`` refuses an input of ``valid`` ids, if it
     does: a wrong file, or the wrong scale of one, is stopped before the first request."""
     if settings.max_deletes is not None and valid > settings.max_deletes:
-        return (
-            f"the input holds {valid} valid ids, more than --max-deletes {settings.max_deletes}: "
-            "nothing was sent"
-        )
+        return f"the input holds {valid} valid ids, more than --max-deletes {settings.max_deletes}"
     if settings.expect_count is not None and valid != settings.expect_count:
         return (
             f"the input holds {valid} valid ids, not the {settings.expect_count} of "
-            "--expect-count (a truncated or wrong file?): nothing was sent"
+            "--expect-count (a truncated or wrong file?)"
         )
     return None

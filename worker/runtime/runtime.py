@@ -196,7 +196,7 @@ class Runtime:
             port = DEFAULT_METRICS_PORT
         if not port and settings.pushgateway is None:
             return
-        metrics = self.metrics = Metrics(self.command, rate_per_second=settings.rate.per_second)
+        metrics = self.metrics = Metrics(rate_per_second=settings.rate.per_second)
         self.recorder.subscribe(metrics)
         if port:
             await self._stack.enter_async_context(serving(metrics, self.readiness, port=port))
