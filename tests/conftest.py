@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sandbox.runner import SandboxHandle
@@ -178,3 +179,11 @@ def assert_nothing_accepted_during_a_pause(refusals: Refusals, accepted: list[fl
     for refused_at, wait in refusals:
         early = [t for t in accepted if refused_at < t < refused_at + wait]
         assert early == [], (refused_at, wait, accepted)
+
+
+@pytest.fixture
+async def rdb(redis_url: str) -> AsyncIterator[Any]:
+    """A client of the test's redis-server, answering str."""
+    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
+    yield client
+    await client.aclose()

@@ -9,7 +9,7 @@ import logging
 import shutil
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -29,13 +29,6 @@ from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 # -- the prefetch bound ------------------------------------------------------------------------

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
-import pytest
-import redis.asyncio as aioredis
 from prometheus_client.parser import text_string_to_metric_families
 from queue_helpers import GROUP, STREAM, produce, tens
 
@@ -22,13 +20,6 @@ from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def free_port() -> int:

@@ -7,12 +7,11 @@ from __future__ import annotations
 import asyncio
 import io
 import math
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from conftest import read_audit, write_csv
 from queue_helpers import DEAD, GROUP, STREAM, of, pending_count, produce, tens
 
@@ -29,13 +28,6 @@ from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def consumer_settings(make_settings: MakeSettings, redis_url: str, **more: Any) -> Settings:

@@ -15,7 +15,7 @@ import random
 import shutil
 import signal
 import subprocess
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -56,13 +56,6 @@ from worker.sending.credentials import Secret
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def queue_settings(make_settings: MakeSettings, redis_url: str, **overrides: Any) -> Settings:

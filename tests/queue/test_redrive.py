@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import io
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from conftest import read_audit
 from processes import finish, start
 from queue_helpers import DEAD, GROUP, STREAM, of
@@ -26,13 +25,6 @@ from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
 NOW_MS = 1_790_000_000_000
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 def redrive_settings(

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 from conftest import assert_nothing_accepted_during_a_pause, read_audit, record_refusals
 from processes import closed_port, eventually, finish, start
 from queue_helpers import DEAD, consume_args, of, pending_count, produce
@@ -23,13 +22,6 @@ from worker.sending.ratelimit import RateSpec
 from worker.sending.shared_rate import SharedRateGate
 
 KEY = "test-budget"
-
-
-@pytest.fixture
-async def rdb(redis_url: str) -> AsyncIterator[Any]:
-    client = aioredis.Redis.from_url(redis_url, decode_responses=True)
-    yield client
-    await client.aclose()
 
 
 @pytest.fixture
