@@ -18,8 +18,8 @@ import redis.asyncio as aioredis
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.credentials import Secret
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 DRAFT = CampaignSpec(42, "draft", 1, 10_000)
 LIVE = CampaignSpec(77, "inprogress", 1, 5_000)

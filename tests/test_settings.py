@@ -12,7 +12,6 @@ import pytest
 
 from worker.errors import ConfigError
 from worker.sending.credentials import Secret, TokenSource, read_token_file
-from worker.sending.ratelimit import RateSpec
 from worker.settings import (
     DECLARATIONS,
     DEFAULT_BASE_URL,
@@ -21,6 +20,7 @@ from worker.settings import (
     check_base_url,
     load_settings,
 )
+from worker.settings.rate import RateSpec
 from worker.settings.resolve import as_given, resolve_settings
 
 TOKEN = "tok-Zx9-s3cr3t-VALUE-4711"

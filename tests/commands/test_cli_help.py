@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 from processes import child_env
 
-from worker.cli import _EXAMPLES, EXIT_MEANINGS, PROG, build_parser, main, walk
+from worker.cli import main
+from worker.commands.parsers import _EXAMPLES, EXIT_MEANINGS, PROG, build_parser, walk
 from worker.exit_codes import ExitCode
-from worker.sending.ratelimit import _UNITS, parse_rate
+from worker.settings.rate import UNITS, parse_rate
 
 COMMANDS = [path for path, _ in walk(build_parser())]
 SHELL_OPERATORS = ("|", "<", ">", "&&", ";")
@@ -73,7 +74,7 @@ def test_help_ends_with_two_or_three_examples_then_the_exit_codes(path: str) -> 
     done = cli(*path.split(), "--help")
 
     assert done.returncode == 0, done.stderr
-    assert "\nexamples:\n" in done.stdout, f"{path}: give it examples in worker.cli._EXAMPLES"
+    assert "\nexamples:\n" in done.stdout, f"{path}: give it examples in parsers._EXAMPLES"
     examples, codes = done.stdout.split("\nexamples:\n")[-1].split("\n\nexit codes:\n")
     shown = examples.splitlines()
     assert 2 <= len(shown) <= 3, shown
@@ -124,9 +125,9 @@ def test_rate_help_lists_every_unit_the_rate_parser_takes() -> None:
     found = re.search(r"--rate SPEC request rate .*?; UNIT is (.*?) \(default", text)
     assert found, text
     listed = found[1].replace(" or ", ", ").split(", ")
-    assert sorted(listed) == sorted(_UNITS)
+    assert sorted(listed) == sorted(UNITS)
     for unit in listed:  # each one really is taken
-        assert parse_rate(f"2/{unit}").period == _UNITS[unit]
+        assert parse_rate(f"2/{unit}").period == UNITS[unit]
 
 
 def test_completion_for_bash_completes_commands_flags_and_files(tmp_path: Path) -> None:

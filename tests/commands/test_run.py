@@ -32,8 +32,8 @@ from worker.records.report import RunResult
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.credentials import Secret
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 RFC3339_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?Z$")
 DELETED_MESSAGE = "Audience deleted successfully"

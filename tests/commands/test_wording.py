@@ -12,7 +12,7 @@ import pytest
 from processes import child_env
 
 from worker.records.report import duration, plural, print_plan
-from worker.sending.ratelimit import RateSpec
+from worker.settings.rate import RateSpec
 
 
 @pytest.mark.parametrize(

@@ -25,8 +25,8 @@ from worker.commands.consume import run_consumer
 from worker.errors import ServiceUnavailable
 from worker.queue.intake import prefetch_limit
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 MakeSettings = Callable[..., Settings]
 

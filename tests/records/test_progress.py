@@ -14,8 +14,8 @@ from conftest import write_csv
 
 from worker.commands.run import run_purge
 from worker.runtime.logs import configure_logging
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 
 @pytest.fixture

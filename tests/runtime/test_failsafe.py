@@ -27,8 +27,8 @@ from worker.records.audit_query import verify
 from worker.records.recorder import Recorder
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 from worker.state import checkpoint
 
 MakeSettings = Callable[..., Settings]

@@ -16,8 +16,8 @@ from worker.errors import UsageError
 from worker.runtime.guards import FailureRateGuard
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 from worker.settings.units import deadline, percentage
 
 MakeSettings = Callable[..., Settings]

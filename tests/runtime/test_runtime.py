@@ -21,8 +21,8 @@ from worker.records.recorder import Recorder
 from worker.records.report import ReportFile
 from worker.runtime.runtime import Runtime
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 from worker.state.resume import Checkpointer
 
 MakeSettings = Callable[..., Settings]

@@ -19,8 +19,8 @@ from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.credentials import Secret
 from worker.sending.dispatch import Dispatcher
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 MakeSettings = Callable[..., Settings]
 SLOW = {"rate": RateSpec(2, 1.0), "concurrency": 8, "batch_size": 10, "campaign_id": 42}

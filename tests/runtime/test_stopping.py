@@ -14,8 +14,9 @@ from worker.records.audit import AuditLog
 from worker.records.recorder import Recorder
 from worker.runtime.stopping import Abandoned, unless_stopped, until_stopped
 from worker.sending.dispatch import Dispatcher
-from worker.sending.ratelimit import LocalRateGate, RateSpec
+from worker.sending.ratelimit import LocalRateGate
 from worker.sending.retry import RetryPolicy
+from worker.settings.rate import RateSpec
 
 
 class Source:

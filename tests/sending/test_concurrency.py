@@ -20,7 +20,8 @@ from worker.sending.concurrency import (
     ConcurrencyLimit,
     concurrency_limit,
 )
-from worker.sending.ratelimit import LocalRateGate, RateSpec
+from worker.sending.ratelimit import LocalRateGate
+from worker.settings.rate import RateSpec
 
 RATE = 97.0  # 100/s less the 3 % margin: what the gate paces at
 MAX = 64

@@ -21,8 +21,8 @@ from worker.records.progress import show_progress
 from worker.records.tally import Tally
 from worker.runtime.logs import configure_logging
 from worker.sandbox import FaultConfig
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 GAUGE = "audience_purge_concurrency_limit"
 

@@ -26,8 +26,9 @@ from worker.sending.classify import classify
 from worker.sending.client import Reply
 from worker.sending.concurrency import ADAPTIVE, FIXED, ConcurrencyLimit, concurrency_limit
 from worker.sending.dispatch import Dispatcher
-from worker.sending.ratelimit import LocalRateGate, RateSpec
+from worker.sending.ratelimit import LocalRateGate
 from worker.sending.retry import RetryPolicy
+from worker.settings.rate import RateSpec
 
 RATE = 97.0  # --rate 100/s less the 3 % margin
 BODIES = {

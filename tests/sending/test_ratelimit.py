@@ -13,7 +13,8 @@ from typing import Any, TypeVar
 import pytest
 
 from worker.runtime.stopping import Abandoned, unless_stopped
-from worker.sending.ratelimit import LocalRateGate, RateSpec, parse_rate
+from worker.sending.ratelimit import LocalRateGate
+from worker.settings.rate import RateSpec, parse_rate
 
 T = TypeVar("T")
 

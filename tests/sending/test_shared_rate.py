@@ -18,8 +18,8 @@ from worker.errors import RetryableError
 from worker.queue.streams import open_redis
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.sending.shared_rate import SharedRateGate
+from worker.settings.rate import RateSpec
 
 KEY = "test-budget"
 

@@ -23,8 +23,8 @@ from conftest import read_audit, write_csv
 from worker.commands.run import run_purge
 from worker.input import sources
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 from worker.state.checkpoint import STATE_FILE
 
 MakeSettings = Callable[..., Settings]

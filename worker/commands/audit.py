@@ -167,46 +167,6 @@ def find_command(args: argparse.Namespace) -> int:
     return 0 if hits else 1
 
 
-def add_audit_parser(commands: Any) -> None:
-    """The ``audit`` command and its actions, on the CLI's subcommand parser."""
-    audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
-    audit_commands = audit.add_subparsers(
-        dest="audit_command",
-        required=True,
-        metavar="ACTION",
-        help="audience-purge audit ACTION --help says more",
-    )
-    verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
-    verify.add_argument(
-        "paths",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="audit files, in any order (they are put in chain order by their links)",
-    )
-    verify.add_argument(
-        "--audit-key-file",
-        type=Path,
-        metavar="PATH",
-        help="HMAC key file: also check the signed chain heads",
-    )
-    verify.add_argument(
-        "--json",
-        action="store_true",
-        help="print the verdict as one JSON object: ok, warnings, errors, head, files",
-    )
-    summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
-    summary.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
-    summary.add_argument("--json", action="store_true", help="print JSON instead of text")
-    find = audit_commands.add_parser("find", help="every record that mentions an audience id")
-    find.add_argument(
-        "audience_id", type=int, metavar="AUDIENCE_ID", help="the audience id to look for"
-    )
-    find.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
-    find.add_argument("--campaign-id", type=int, metavar="N", help="only records of this campaign")
-    find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
-
-
 AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "verify": verify_command,
     "summary": summary_command,

@@ -22,8 +22,8 @@ from worker.records.report import print_summary
 from worker.runtime.logs import configure_logging
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sending.credentials import Secret
-from worker.sending.ratelimit import RateSpec
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 CAMPAIGNS = (CampaignSpec(42, "draft", 1, 5000), CampaignSpec(77, "inprogress", 1, 3000))
 BAD_ROWS = ("abc", "-5", "0", "1.5", "1e3", "99999999999999999999999", "")

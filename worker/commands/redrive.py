@@ -19,9 +19,8 @@ import re
 import sys
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, TextIO
+from typing import TextIO
 
-from worker.commands.status import setting_flags
 from worker.errors import UsageError
 from worker.exit_codes import ExitCode
 from worker.queue.admin import DeadLetter, dead_letters, last_dead_id, move_back, now_ms
@@ -35,37 +34,6 @@ PAGE = 100
 _DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
 _UNIT = re.compile(r"([0-9]+)([smhdw])")
 _SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-
-
-def add_redrive_parser(commands: Any) -> None:
-    parser = commands.add_parser("redrive", help="move dead-lettered entries back to their stream")
-    parser.add_argument(
-        "--reason",
-        metavar="TEXT",
-        help="only dead letters whose reason contains TEXT (any case), e.g. 'delete failed'",
-    )
-    parser.add_argument(
-        "--since",
-        metavar="DURATION|TIME",
-        help="only dead letters dead-lettered in the last DURATION (90s, 30m, 2h, 1d, 1h30m) "
-        "or since TIME (RFC 3339, e.g. 2026-11-26T06:00:00Z)",
-    )
-    setting_flags(
-        parser,
-        (
-            "redis_url",
-            "stream",
-            "dead_stream",
-            "audit_log",
-            "redis_backoff_initial",
-            "redis_backoff_max",
-            "dry_run",
-            "log_level",
-            "log_format",
-        ),
-        required=("redis_url", "stream"),
-        helps={"dry_run": "list the dead letters that would move; move nothing"},
-    )
 
 
 def redrive_command(args: argparse.Namespace, settings: Settings) -> int:

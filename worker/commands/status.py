@@ -33,57 +33,10 @@ from worker.exit_codes import ExitCode
 from worker.queue.admin import QueueState, entry_time_ms, now_ms, queue_state
 from worker.queue.intake import open_queue
 from worker.sending.credentials import redact_url
-from worker.settings import DECLARATIONS, Settings
+from worker.settings import Settings
 from worker.state.checkpoint import LOCK_FILE, STATE_FILE, Checkpoint, StateStore, count
 
 STATE_ROOT = Path("purge-state")
-
-
-def setting_flags(
-    parser: argparse.ArgumentParser,
-    names: Iterable[str],
-    *,
-    required: Iterable[str] = (),
-    helps: Mapping[str, str] | None = None,
-) -> None:
-    """The flags of declared settings, for a command that is not in their ``commands``
-    (``status``, ``redrive``): same flag, metavar and destination, so the CLI's settings
-    resolution (flags > environment > ``--config`` > defaults) reads them as for any
-    command."""
-    must = set(required)
-    for name in names:
-        declared = DECLARATIONS[name]
-        assert declared.flag is not None, name
-        text = (helps or {}).get(name, declared.flag_help).replace("%", "%%")
-        if declared.switch:
-            action = "store_false" if declared.default else "store_true"
-            parser.add_argument(declared.flag, dest=name, action=action, default=None, help=text)
-        else:
-            parser.add_argument(
-                declared.flag,
-                dest=name,
-                metavar=declared.metavar,
-                required=name in must,
-                help=text,
-            )
-    parser.add_argument(
-        "--config", type=Path, metavar="PATH", help="TOML config file (see config.example.toml)"
-    )
-
-
-def add_status_parser(commands: Any) -> None:
-    parser = commands.add_parser(
-        "status", help="show where a purge stands: its saved progress, or its queue"
-    )
-    parser.add_argument("--json", action="store_true", help="print one JSON object, for scripts")
-    setting_flags(
-        parser,
-        ("state_dir", "redis_url", "stream", "group", "dead_stream", "log_format"),
-        helps={
-            "state_dir": "a run's state directory (default: list every one under ./purge-state)",
-            "stream": "the stream of a queue (with --redis) instead of a state directory",
-        },
-    )
 
 
 def status_command(args: argparse.Namespace, settings: Settings) -> int:

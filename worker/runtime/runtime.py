@@ -23,7 +23,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from pyroaring import BitMap64
@@ -34,22 +34,22 @@ from worker.exit_codes import exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
-from worker.records.metrics import Metrics
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
 from worker.runtime.early import deferring_signals
 from worker.runtime.guards import FailureRateGuard, watch_deadline
-from worker.runtime.health import push, serving
 from worker.runtime.signals import Stopper, signal_handlers
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.concurrency import concurrency_limit
 from worker.sending.credentials import TokenSource
 from worker.sending.dispatch import Dispatcher
-from worker.sending.ratelimit import RateGate
+from worker.sending.ratelimit import RateGate, rate_gate
 from worker.sending.retry import RetryPolicy
-from worker.sending.shared_rate import rate_gate
 from worker.settings import DECLARATIONS, Settings
 from worker.settings.catalogue import CONSUME, DEFAULT_METRICS_PORT
+
+if TYPE_CHECKING:
+    from worker.records.metrics import Metrics
 
 Work = Coroutine[Any, Any, None]
 log = structlog.get_logger("audience_purge.runtime")
@@ -196,6 +196,10 @@ class Runtime:
             port = DEFAULT_METRICS_PORT
         if not port and settings.pushgateway is None:
             return
+        # Imported here: prometheus_client and aiohttp.web are for runs that ask for metrics.
+        from worker.records.metrics import Metrics
+        from worker.runtime.health import push, serving
+
         metrics = self.metrics = Metrics(rate_per_second=settings.rate.per_second)
         self.recorder.subscribe(metrics)
         if port:

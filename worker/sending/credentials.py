@@ -10,11 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import structlog
-
 from worker.errors import ConfigError
-
-log = structlog.get_logger("audience_purge.credentials")
 
 
 class Secret:
@@ -104,7 +100,12 @@ class TokenSource:
         try:
             fresh = read_token_file(self._path)
         except ConfigError as exc:
-            log.error("token file could not be re-read after a 401", error=str(exc))
+            # Imported here: the settings read this module, and --help must not load logging.
+            import structlog
+
+            structlog.get_logger("audience_purge.credentials").error(
+                "token file could not be re-read after a 401", error=str(exc)
+            )
             return False
         if fresh == self._token:
             return False

@@ -32,63 +32,17 @@ poll. The Redis gate (:mod:`worker.sending.shared_rate`) is the same GCRA.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
-import re
 from collections import deque
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 from typing import Protocol
 
-_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-}
-_SPEC = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*/\s*([a-z]+)\s*$")
+from worker.settings import Settings
+from worker.settings.rate import RateSpec
+
 # Above this many requests per period the log is not kept: one extra request is < 0.01 %.
 _MAX_LOGGED = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class RateSpec:
-    """``requests`` per ``period`` seconds."""
-
-    requests: float
-    period: float
-
-    @property
-    def per_second(self) -> float:
-        return self.requests / self.period
-
-    def scaled(self, factor: float) -> RateSpec:
-        return RateSpec(self.requests * factor, self.period)
-
-    def __str__(self) -> str:
-        unit = {1.0: "second", 60.0: "minute", 3600.0: "hour"}.get(self.period)
-        count = f"{self.requests:g}"
-        return f"{count}/{unit}" if unit else f"{count}/{self.period:g}s"
-
-
-def parse_rate(text: str) -> RateSpec:
-    """Parse ``N/s``, ``N/second``, ``N/minute``, ``N/hour`` (case-insensitive).
-
-    Raises:
-        ValueError: the text is not such a spec, or N is not positive.
-    """
-    match = _SPEC.match(text.lower())
-    if not match or match.group(2) not in _UNITS:
-        raise ValueError(f"invalid rate {text!r}: expected N/second, N/minute or N/hour")
-    requests = float(match.group(1))
-    if requests <= 0:
-        raise ValueError(f"invalid rate {text!r}: the number of requests must be positive")
-    return RateSpec(requests, _UNITS[match.group(2)])
 
 
 class RateGate(Protocol):
@@ -181,3 +135,21 @@ class LocalRateGate:
             self._taken += 1
         if self._recent is not None:
             self._recent.append(now)
+
+
+@contextlib.asynccontextmanager
+async def rate_gate(settings: Settings) -> AsyncIterator[RateGate]:
+    """The run's gate: local, or shared by the fleet (``rate_scope = "shared"``).
+
+    Both pace ``rate_margin`` under the configured rate, so that network jitter never
+    pushes a server's one-second window over the limit. Redis is imported only for a
+    shared gate.
+    """
+    rate = settings.rate.scaled(1 - settings.rate_margin)
+    if settings.rate_scope != "shared" or not settings.redis_url:
+        yield LocalRateGate(rate, settings.burst)
+        return
+    from worker.sending.shared_rate import shared_gate
+
+    async with shared_gate(settings, rate) as gate:
+        yield gate

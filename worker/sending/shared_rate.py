@@ -28,8 +28,9 @@ from redis.exceptions import RedisError
 
 from worker.errors import RetryableError
 from worker.queue.streams import open_redis, raise_if_cancelled
-from worker.sending.ratelimit import LocalRateGate, RateGate, RateSpec
+from worker.sending.ratelimit import RateGate
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 # KEYS: tat, cooldown. ARGV: interval_us, burst_us. Returns microseconds to wait.
 _RESERVE = """
@@ -118,16 +119,9 @@ def budget_key(settings: Settings) -> str:
 
 
 @contextlib.asynccontextmanager
-async def rate_gate(settings: Settings) -> AsyncIterator[RateGate]:
-    """The run's gate: local, or shared by the fleet (``rate_scope = "shared"``).
-
-    Both pace ``rate_margin`` under the configured rate, so that network jitter never
-    pushes a server's one-second window over the limit.
-    """
-    rate = settings.rate.scaled(1 - settings.rate_margin)
-    if settings.rate_scope != "shared" or not settings.redis_url:
-        yield LocalRateGate(rate, settings.burst)
-        return
+async def shared_gate(settings: Settings, rate: RateSpec) -> AsyncIterator[RateGate]:
+    """The fleet's gate on ``settings.redis_url``, its connection closed at the end."""
+    assert settings.redis_url is not None
     client = open_redis(settings.redis_url)
     try:
         yield SharedRateGate(client, budget_key(settings), rate, settings.burst)

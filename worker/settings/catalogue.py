@@ -11,7 +11,6 @@ from types import MappingProxyType
 from typing import Any
 
 from worker.sending.credentials import Secret, redact_url, without_userinfo
-from worker.sending.ratelimit import RateSpec
 from worker.settings.declare import (
     DECLARATION,
     RATE_HELP,
@@ -26,6 +25,7 @@ from worker.settings.declare import (
     setting,
     text,
 )
+from worker.settings.rate import RateSpec
 from worker.settings.units import deadline as deadline_parser
 from worker.settings.units import percentage
 

@@ -17,14 +17,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from worker.sending.credentials import Secret
-from worker.sending.ratelimit import _UNITS, RateSpec, parse_rate
+from worker.settings.rate import UNITS, RateSpec, parse_rate
 
 DECLARATION = "setting"
 _T = TypeVar("_T")
 _INTEGER = re.compile(r"-?[0-9]+")
 _DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # Every unit a rate may be given in, as parse_rate reads them: the help says all of them.
-RATE_UNITS = tuple(_UNITS)
+RATE_UNITS = tuple(UNITS)
 RATE_HELP = (
     "request rate N/UNIT, N a number of requests (such as 100/minute or 2.5/s); UNIT is "
     + ", ".join(RATE_UNITS[:-1])
