@@ -8,7 +8,7 @@ campaign cannot hold the resume watermark back for the whole file.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 
 from pyroaring import BitMap64
@@ -91,18 +91,22 @@ class Batcher:
         self._open: dict[int, _Open] = {}
         self._rows = 0
 
-    def add(self, row: Row) -> Iterator[Batch]:
-        """Add a row; yields the campaign's batch when full, and any stale partial batch."""
+    def add(self, row: Row) -> Sequence[Batch]:
+        """Add a row; the campaign's batch when full, and any stale partial batch. (A
+        sequence, empty for most rows: a generator would cost more than the rest of the
+        call.)"""
         self._rows += 1
         entry = self._open.get(row.campaign_id)
         if entry is None:
             entry = self._open[row.campaign_id] = _Open([], row.offset, self._rows)
         entry.ids.append(row.audience_id)
+        done: list[Batch] | tuple[()] = ()
         if len(entry.ids) >= self._size:
             del self._open[row.campaign_id]
-            yield Batch(row.campaign_id, tuple(entry.ids), entry.first_offset, row.offset)
+            done = [Batch(row.campaign_id, tuple(entry.ids), entry.first_offset, row.offset)]
         if self._rows % 1024 == 0:
-            yield from self._flush_stale(row.offset)
+            done = [*done, *self._flush_stale(row.offset)]
+        return done
 
     def _flush_stale(self, offset: int) -> Iterator[Batch]:
         stale = [c for c, e in self._open.items() if self._rows - e.first_row >= self._stale]

@@ -47,7 +47,7 @@ import selectors
 import stat
 import sys
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
@@ -86,6 +86,7 @@ _RECORD = re.compile(_FIELD + rb"(?:," + _FIELD + rb")*+\n")
 _QUOTED_BODY = re.compile(rb'[^"]*+(?:""[^"]*+)*+')
 _END_OR_QUOTE = re.compile(rb'\n|(?<=,)"')
 _QUOTE, _COMMA, _NEWLINE = ord('"'), ord(","), ord("\n")
+_ZERO = ord("0")
 
 
 @dataclass(frozen=True, slots=True)
@@ -589,13 +590,19 @@ class _Rows:
     def _lines(self, frame: _Lines) -> list[Row | Rejected]:
         out: list[Row | Rejected] = []
         offset, watermark = frame.start, self._watermark
+        fast = _fast_path(self._digest.layout, self._default)
         for number, raw in enumerate(frame.lines, start=frame.line0 + 1):
             here, offset = offset, offset + len(raw) + 1
             if here < watermark:
                 continue
+            if fast is not None and (row := fast(raw, number, here)) is not None:
+                out.append(row)
+                continue
             item = self._item(here, number, raw)
             if item is not None:
                 out.append(item)
+            if fast is None:  # the header may just have been read
+                fast = _fast_path(self._digest.layout, self._default)
         return out
 
     def _records(self, records: list[_Raw | Rejected]) -> list[Row | Rejected]:
@@ -624,6 +631,49 @@ class _Rows:
             if digest.layout.has_header:
                 return None
         return parse_line(cells, number, digest.layout, self._default, offset)
+
+
+_Fast = Callable[[bytes, int, int], Row | None]
+
+
+def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
+    """For the two common shapes, a parser of a line that is plainly valid: a Row, or None
+    to hand the line to the exact path (:meth:`_Rows._item`), which decides everything
+    else. One column of ids: the line is ASCII digits. ``campaign_id,audience_id`` (either
+    order): two cells of ASCII digits. Digits without a leading zero, fewer than 19 of
+    them, are always a valid id; the exact path would give the same Row."""
+    if layout is None:
+        return None
+    if layout.campaign_col is None and layout.id_col == 0 and default is not None:
+        campaign = default
+
+        def one_column(raw: bytes, number: int, offset: int) -> Row | None:
+            if raw.isdigit() and raw[0] != _ZERO and len(raw) < 19:
+                return Row(number, campaign, int(raw), offset)
+            return None
+
+        return one_column
+    if {layout.campaign_col, layout.id_col} == {0, 1}:
+        id_col = layout.id_col
+
+        def two_columns(raw: bytes, number: int, offset: int) -> Row | None:
+            cells = raw.split(b",")
+            if len(cells) != 2:
+                return None
+            campaign, audience = cells[1 - id_col], cells[id_col]
+            if (
+                campaign.isdigit()
+                and audience.isdigit()
+                and campaign[0] != _ZERO
+                and audience[0] != _ZERO
+                and len(campaign) < 19
+                and len(audience) < 19
+            ):
+                return Row(number, int(campaign), int(audience), offset)
+            return None
+
+        return two_columns
+    return None
 
 
 async def read_rows(
