@@ -323,7 +323,7 @@ def _unmet(wanted: list[str], lock: dict[str, Pin]) -> list[str]:
 REFRESH = "refresh the locks: see docs/lock.md"
 
 
-@pytest.mark.parametrize("name", ["runtime.lock", "build.lock", "test.lock"])
+@pytest.mark.parametrize("name", ["runtime.lock", "build.lock", "test.lock", "bench.lock"])
 def test_lock_pins_every_package_to_one_version_with_hashes(name: str) -> None:
     lock = read_lock(LOCKS / name)
 
@@ -349,6 +349,18 @@ def test_locks_satisfy_the_project_and_agree_with_each_other() -> None:
     # nothing in the image that the project does not need
     needed = {canonicalize_name(Requirement(d).name) for d in dependencies}
     assert needed <= set(runtime)
+
+
+def test_bench_lock_adds_the_bench_extra_and_changes_nothing_the_test_lock_pins() -> None:
+    """bench.lock is installed on top of test.lock (bench/suite.py, bench/profile.py): it must
+    not move a package the tests run with."""
+    test, bench = read_lock(LOCKS / "test.lock"), read_lock(LOCKS / "bench.lock")
+    extras = PYPROJECT["project"]["optional-dependencies"]
+
+    assert _unmet([*extras["test"], *extras["bench"]], bench) == [], REFRESH
+    for name, pin in test.items():
+        assert name in bench, f"{name}: {REFRESH}"
+        assert bench[name].version == pin.version, f"{name}: {REFRESH}"
 
 
 def test_test_script_installs_pinned_tools_from_the_locks() -> None:
