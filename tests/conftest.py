@@ -91,6 +91,16 @@ def read_audit(path: Path, *, chain: bool = False) -> list[dict[str, Any]]:
     return [{k: v for k, v in r.items() if k not in CHAIN_KEYS} for r in records]
 
 
+def duplicate_rows(records: list[dict[str, Any]]) -> list[tuple[int, int, int]]:
+    """(line, campaign_id, audience_id) of every duplicate row the records hold, in order."""
+    return [
+        (line, r["campaign_id"], audience)
+        for r in records
+        if r["event"] == "duplicates"
+        for line, audience in zip(r["lines"], r["audience_ids"], strict=True)
+    ]
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -18,6 +18,7 @@ import orjson
 import pytest
 from conftest import (
     assert_nothing_accepted_during_a_pause,
+    duplicate_rows,
     read_audit,
     record_refusals,
     write_csv,
@@ -281,18 +282,18 @@ async def test_duplicate_ids_are_sent_once_and_audited_as_duplicates(
 
     assert result.exit_code == 0
     records = audit_of(settings)
-    duplicates = of(records, "duplicate")
+    duplicates = of(records, "duplicates")
     assert duplicates == [
         {
             "ts": d["ts"],
-            "event": "duplicate",
+            "event": "duplicates",
             "run_id": result.run_id,
-            "line": line,
             "campaign_id": campaign,
-            "audience_id": audience,
+            "lines": lines,
+            "audience_ids": audiences,
         }
-        for d, (line, campaign, audience) in zip(
-            duplicates, [(5, 42, 1), (7, 42, 2), (8, 77, 1)], strict=True
+        for d, (campaign, lines, audiences) in zip(
+            duplicates, [(42, [5, 7], [1, 2]), (77, [8], [1])], strict=True
         )
     ]
     assert sandbox.state.receipts[42].received_ids() == [1, 2, 3]
@@ -331,7 +332,7 @@ async def test_every_input_row_is_accounted_for_exactly_once(
     records = audit_of(settings)
     audited = (
         len(of(records, "rejected"))
-        + len(of(records, "duplicate"))
+        + len(duplicate_rows(records))
         + len(audited_ids(records, "deleted"))
         + len(audited_ids(records, "failed"))
     )
@@ -611,7 +612,7 @@ async def test_dry_run_sends_nothing_and_prints_the_plan(
     assert_well_formed(records, result)
     assert records[0]["dry_run"] is True
     assert [(r["line"], r["raw"]) for r in of(records, "rejected")] == [(33, "42,abc")]
-    assert [(r["line"], r["audience_id"]) for r in of(records, "duplicate")] == [(32, 3)]
+    assert duplicate_rows(records) == [(32, 42, 3)]
     assert of(records, "deleted") == of(records, "failed") == []
     assert records[-1]["dry_run"] is True
     assert records[-1]["requests"] == 0

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import read_audit, write_csv
+from conftest import duplicate_rows, read_audit, write_csv
 
 from worker.cli import build_parser, main, settings_from
 from worker.commands.run import run_purge
@@ -126,9 +126,9 @@ async def test_shard_runs_delete_every_valid_id_exactly_once_between_them(
     rejected = [[r["raw"] for r in of(records, "rejected")] for records in audits]
     assert rejected == [["42,abc", "x,5", "42,-3"]] + [[]] * (count - 1)
     duplicates = {
-        (r["campaign_id"], r["audience_id"]): index
+        (campaign, audience): index
         for index, records in enumerate(audits)
-        for r in of(records, "duplicate")
+        for _, campaign, audience in duplicate_rows(records)
     }
     assert duplicates == {(42, 7): shard_of(7, count), (77, 9): shard_of(9, count)}
     starts = [records[0] for records in audits]

@@ -280,9 +280,16 @@ async def test_enqueue_writes_one_entry_per_batch_and_audits_rejected_rows_and_d
         "audience_raw": "abc",
         "reason": "audience_id not an integer",
     }
-    assert [(r["line"], r["campaign_id"], r["audience_id"]) for r in of(records, "duplicate")] == [
-        (28, 42, 3),
-        (30, 42, 5),
+    duplicates = of(records, "duplicates")
+    assert duplicates == [
+        {
+            "ts": duplicates[0]["ts"],
+            "event": "duplicates",
+            "run_id": run_id,
+            "campaign_id": 42,
+            "lines": [28, 30],
+            "audience_ids": [3, 5],
+        }
     ]
     enqueued = of(records, "enqueued")
     assert enqueued == [

@@ -100,7 +100,7 @@ def test_each_hash_is_the_sha256_of_the_sorted_compact_json_without_hash(tmp_pat
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, "run-a")
     log.write("rejected", line=3, raw="abc", reason="audience_id not an integer")
-    log.write("duplicate", line=4, campaign_id=42, audience_id=7)
+    log.write("duplicates", campaign_id=42, lines=[4, 9], audience_ids=[7, 7])
     log.close()
 
     records = read_audit(path, chain=True)
@@ -429,21 +429,33 @@ def test_find_returns_the_deleted_record_of_an_id(purge: PurgeRun) -> None:
 def test_find_returns_both_the_duplicate_and_the_deleted_record_of_a_repeated_id(
     purge: PurgeRun,
 ) -> None:
-    path, _, _ = purge
+    path, _, result = purge
     records = read_audit(path, chain=True)
 
     hits = list(find([path], 6))
 
-    assert all(record == records[line - 1] for _, line, record in hits)
-    by_event = {record["event"]: record for _, _, record in hits}
+    by_event = {record["event"]: (line, record) for _, line, record in hits}
     assert sorted(by_event) == ["deleted", "duplicate", "sending"]
     assert len(hits) == 3
-    assert {k: by_event["duplicate"][k] for k in ("line", "campaign_id", "audience_id")} == {
+    for event in ("sending", "deleted"):
+        line, record = by_event[event]
+        assert record == records[line - 1]
+    assert 6 in by_event["deleted"][1]["audience_ids"]
+    # The row, out of the ``duplicates`` record that holds it, as a per-row record.
+    line, duplicate = by_event["duplicate"]
+    holder = records[line - 1]
+    assert (holder["event"], holder["lines"], holder["audience_ids"]) == ("duplicates", [5], [6])
+    assert duplicate == {
+        "ts": holder["ts"],
+        "event": "duplicate",
+        "run_id": result.run_id,
         "line": 5,
         "campaign_id": 42,
         "audience_id": 6,
+        "seq": holder["seq"],
+        "prev_hash": holder["prev_hash"],
+        "hash": holder["hash"],
     }
-    assert 6 in by_event["deleted"]["audience_ids"]
 
 
 def test_find_matches_a_rejected_row_by_its_raw_value(purge: PurgeRun) -> None:

@@ -103,7 +103,7 @@ async def test_rerun_after_kill_9_while_retrying_failed_ids_audits_no_false_dupl
     assert again.code == 0, again.err
     assert_every_input_id_deleted_and_nothing_else_sent(sandbox)
     third = complete_records(purge.audit_files()[-1])
-    assert events(third, "duplicate") == []
+    assert events(third, "duplicates") == []
     assert third[-1]["duplicates"] == 0
     code, report = audit_verify(purge.audit_files())
     assert code == 0, report

@@ -60,7 +60,7 @@ async def test_rows_between_the_verified_prefix_and_the_watermark_are_skipped_on
 
     assert again.exit_code == 0
     records = read_audit(tmp_path / "again.jsonl")
-    assert [r for r in records if r["event"] == "duplicate"] == []
+    assert [r for r in records if r["event"] == "duplicates"] == []
     assert again.tally.deleted == len(IDS) - done_before
     assert sandbox.state.receipts[42].resent == 0
     assert [i for i in IDS if sandbox.state.campaigns[42].alive(i)] == []

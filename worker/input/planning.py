@@ -82,24 +82,29 @@ async def plan_batches(
         default_campaign=settings.campaign_id,
         watermark=plan.resume.watermark if plan.resume else 0,
     )
-    async for block in rows:
-        for item in block:
-            plan.ledger.read_pos = item.offset
-            if isinstance(item, Rejected):
-                if settings.shard_count is None or settings.shard_index == 0:  # one shard reports
-                    recorder.rejected(item)
-            elif _other_shard(item, settings):
-                recorder.other_shard(item)
-            elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
-                recorder.duplicate(item)
-            elif _already_done(plan.skip, item.campaign_id, item.audience_id):
-                recorder.already_done(item)
-            else:
-                recorder.accepted(item)
-                for batch in plan.batcher.add(item):
-                    plan.ledger.dispatched(batch)
-                    yield batch
-        plan.ledger.read_pos = digest.safe_offset()
+    try:
+        async for block in rows:
+            for item in block:
+                plan.ledger.read_pos = item.offset
+                if isinstance(item, Rejected):
+                    if settings.shard_count is None or settings.shard_index == 0:
+                        recorder.rejected(item)  # by one shard only
+                elif _other_shard(item, settings):
+                    recorder.other_shard(item)
+                elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
+                    recorder.duplicate(item)
+                elif _already_done(plan.skip, item.campaign_id, item.audience_id):
+                    recorder.already_done(item)
+                else:
+                    recorder.accepted(item)
+                    for batch in plan.batcher.add(item):
+                        plan.ledger.dispatched(batch)
+                        yield batch
+            plan.ledger.read_pos = digest.safe_offset()
+    finally:
+        # Reading stopped (the end, a signal, an error): the duplicate rows the recorder
+        # holds are written now, so the run's totals count every row it read.
+        recorder.flush()
     recorder.input_read()
     for batch in plan.batcher.flush(digest.bytes_read):
         plan.ledger.dispatched(batch)

@@ -18,7 +18,7 @@ import contextlib
 import errno
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -237,6 +237,7 @@ class AuditLog:
             self.previous = None
         self._file = _LazyFile(path, self._chain.seq - 1)
         self._first_seq = self._chain.seq
+        self._before_sync: list[Callable[[], None]] = []
         self._log = structlog.wrap_logger(
             structlog.BytesLogger(self._file),  # type: ignore[arg-type]
             processors=[
@@ -271,8 +272,16 @@ class AuditLog:
             fields = {**fields, "previous": self.previous}
         self._log.msg(event, **fields)
 
+    def before_sync(self, write_held: Callable[[], None]) -> None:
+        """Have ``write_held`` write the records a writer holds back (grouped duplicate
+        rows) at every :meth:`sync`, before the file is made durable."""
+        self._before_sync.append(write_held)
+
     def sync(self) -> None:
-        """Make every record written so far durable (before a checkpoint names it)."""
+        """Write what is held back, then make every record written so far durable (before a
+        checkpoint names it)."""
+        for write_held in self._before_sync:
+            write_held()
         self._file.sync()
 
     def close(self) -> None:

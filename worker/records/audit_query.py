@@ -674,14 +674,42 @@ def _ids(record: dict[str, Any]) -> list[int]:
     return ids if isinstance(ids, list) else []
 
 
+def _repeats(record: dict[str, Any]) -> list[tuple[Any, Any]]:
+    """The rows of a ``duplicates`` record: (input line, audience id) pairs."""
+    lines = record.get("lines")
+    return list(zip(lines, _ids(record), strict=False)) if isinstance(lines, list) else []
+
+
+def _duplicate(record: dict[str, Any], line: Any, audience_id: Any) -> dict[str, Any]:
+    """One row of a ``duplicates`` record as the ``duplicate`` record older logs hold for it;
+    the chain fields (and anything else) are those of the record that holds the row."""
+    row = {
+        "ts": record.get("ts"),
+        "event": "duplicate",
+        "run_id": record.get("run_id"),
+        "line": line,
+        "campaign_id": record.get("campaign_id"),
+        "audience_id": audience_id,
+    }
+    held = ("lines", "audience_ids")
+    return row | {k: v for k, v in record.items() if k not in row and k not in held}
+
+
 def summarize(paths: Sequence[Path]) -> dict[str, Any]:
-    """Totals per event and per campaign, and one line per run."""
+    """Totals per event and per campaign, and one line per run.
+
+    Each row of a ``duplicates`` record counts as one ``duplicate``, as when every duplicate
+    row had a record of its own: the totals do not depend on how the log grouped them.
+    """
     events: Counter[str] = Counter()
     campaigns: dict[int, Counter[str]] = defaultdict(Counter)
     runs: dict[str, dict[str, Any]] = {}
     for _, _, record in read_records(paths):
         event = str(record.get("event"))
-        events[event] += 1
+        rows = 1
+        if event == "duplicates":
+            event, rows = "duplicate", len(_repeats(record))
+        events[event] += rows
         run = runs.setdefault(str(record.get("run_id")), {"run_id": record.get("run_id")})
         if event == "run_started":
             run.update(
@@ -697,7 +725,7 @@ def summarize(paths: Sequence[Path]) -> dict[str, Any]:
         if isinstance(campaign, int) and event in ("deleted", "failed", "sending"):
             campaigns[campaign][f"{event}_ids"] += len(_ids(record))
         elif isinstance(campaign, int) and event in ("duplicate", "deleted_all"):
-            campaigns[campaign][event] += 1
+            campaigns[campaign][event] += rows
     return {
         "events": dict(sorted(events.items())),
         "campaigns": {str(c): dict(sorted(v.items())) for c, v in sorted(campaigns.items())},
@@ -708,7 +736,11 @@ def summarize(paths: Sequence[Path]) -> dict[str, Any]:
 def find(
     paths: Sequence[Path], audience_id: int, campaign_id: int | None = None
 ) -> Iterator[tuple[Path, int, dict[str, Any]]]:
-    """Every record that mentions ``audience_id`` (optionally within one campaign)."""
+    """Every record that mentions ``audience_id`` (optionally within one campaign).
+
+    A ``duplicates`` record yields each of its rows with that id, shaped as the per-row
+    ``duplicate`` record of older logs (see :func:`_duplicate`), at the record's own line.
+    """
     needle = str(audience_id).encode()
     for path in paths:
         for number, line in _records(path):
@@ -720,7 +752,11 @@ def find(
                 continue
             if campaign_id is not None and record.get("campaign_id") not in (campaign_id, None):
                 continue
-            if _mentions(record, audience_id):
+            if record.get("event") == "duplicates":
+                for line_no, repeated in _repeats(record):
+                    if repeated == audience_id:
+                        yield path, number, _duplicate(record, line_no, repeated)
+            elif _mentions(record, audience_id):
                 yield path, number, record
 
 

@@ -26,7 +26,6 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Row and id outcomes, by the event that ends them.
 _ROW_EVENTS = {
     "rejected": "rejected",
-    "duplicate": "duplicate",
     "already_done": "already_done",
     "other_shard": "other_shard",
 }
@@ -130,6 +129,8 @@ class Metrics:
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event in _ROW_EVENTS:
             self.ids.labels(_ROW_EVENTS[event]).inc()
+        elif event == "duplicates":
+            self.ids.labels("duplicate").inc(len(fields["lines"]))
         elif event in _ID_EVENTS:
             self._ids(_ID_EVENTS[event], fields)
         elif event == "request":

@@ -7,6 +7,14 @@ progress display reads it. The failed-out CSV and the JSON report are observers 
 so will be anything new that wants to see outcomes (metrics, per-row result files): it
 subscribes here instead of being called from the pipeline.
 
+Duplicate rows are the one outcome written in groups: the recorder holds them and writes
+one ``duplicates`` record per campaign (``lines`` and ``audience_ids``, parallel arrays)
+for up to :data:`DUPLICATES_PER_RECORD` rows, so that a file with millions of repeats does
+not need a record, and its ~300 bytes, for each. The held rows are written (and only then
+counted) when there are that many, when the input has been read or its reading stops, before
+``run_finished``, and before every :meth:`AuditLog.sync`, which a checkpoint makes before it
+saves: a state never names a row as done whose record is not in the log.
+
 No other module writes to the audit log or changes a tally
 (``tests/records/test_single_writer.py`` holds the package to it).
 """
@@ -14,6 +22,7 @@ No other module writes to the audit log or changes a tally
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from pyroaring import BitMap64
@@ -25,6 +34,10 @@ from worker.records.audit import AuditLog
 from worker.records.tally import Tally
 from worker.sending.classify import Verdict
 from worker.state.checkpoint import count
+
+# Duplicate rows per ``duplicates`` record: ~20 bytes a row with the record's ~250 bytes of
+# envelope spread thin, and a line of ~20-30 KB that stays easy to read back.
+DUPLICATES_PER_RECORD = 1000
 
 
 class Observer(Protocol):
@@ -52,6 +65,9 @@ class Recorder:
         self._observers: tuple[Observer, ...] = (self.tally, *observers)
         # Every pair that failed and has not been deleted since: retried on resume.
         self.failed_pairs: dict[int, BitMap64] = failed_pairs if failed_pairs is not None else {}
+        self._held: dict[int, _Repeats] = {}  # duplicate rows not written yet, per campaign
+        self._held_rows = 0
+        audit.before_sync(self.flush)
 
     @property
     def audit(self) -> AuditLog:
@@ -80,6 +96,7 @@ class Recorder:
         self._record("run_started", **fields)
 
     def run_finished(self, **fields: Any) -> None:
+        self.flush()
         self._record("run_finished", **fields)
 
     # -- input rows -----------------------------------------------------------------------
@@ -94,9 +111,27 @@ class Recorder:
         )
 
     def duplicate(self, row: Row) -> None:
-        self._record(
-            "duplicate", line=row.line, campaign_id=row.campaign_id, audience_id=row.audience_id
-        )
+        """A repeated row: held for a ``duplicates`` record (see :meth:`flush`)."""
+        held = self._held.get(row.campaign_id)
+        if held is None:
+            held = self._held[row.campaign_id] = _Repeats()
+        held.lines.append(row.line)
+        held.audience_ids.append(row.audience_id)
+        self._held_rows += 1
+        if self._held_rows >= DUPLICATES_PER_RECORD:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the held duplicate rows, one ``duplicates`` record per campaign in the order
+        the campaigns were met, and then tell the observers (the event carries the rows)."""
+        held, self._held, self._held_rows = self._held, {}, 0
+        for campaign, rows in held.items():
+            self._record(
+                "duplicates",
+                campaign_id=campaign,
+                lines=rows.lines,
+                audience_ids=rows.audience_ids,
+            )
 
     def accepted(self, row: Row) -> None:
         self._tell("accepted", {"line": row.line})
@@ -110,7 +145,8 @@ class Recorder:
         self._tell("other_shard", {"line": row.line})
 
     def input_read(self) -> None:
-        """The input was read to its end."""
+        """The input was read to its end: every row of it is recorded."""
+        self.flush()
         self._tell("input_read", {})
 
     # -- queue entries ----------------------------------------------------------------------
@@ -218,6 +254,14 @@ class Recorder:
     ) -> None:
         fields = _request_fields(campaign_id, verdict, **request)
         self._record("failed", **fields, reason=error.reason, retryable=error.kind.retryable)
+
+
+@dataclass(slots=True)
+class _Repeats:
+    """Duplicate rows of one campaign, held for its next ``duplicates`` record."""
+
+    lines: list[int] = field(default_factory=list)
+    audience_ids: list[int] = field(default_factory=list)
 
 
 def _request_fields(

@@ -35,7 +35,7 @@ class Tally:
     failure_reasons: Counter[str] = field(default_factory=Counter)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if event in ("accepted", "rejected", "duplicate", "already_done"):
+        if event in ("accepted", "rejected", "already_done"):
             self.rows += 1
         match event:
             case "accepted":
@@ -44,8 +44,9 @@ class Tally:
                 self.valid += _ids(fields)
             case "rejected":
                 self.rejected += 1
-            case "duplicate":
-                self.duplicates += 1
+            case "duplicates":
+                self.rows += len(fields["lines"])
+                self.duplicates += len(fields["lines"])
             case "already_done":
                 self.already_done += 1
             case "other_shard":
