@@ -64,6 +64,39 @@ def _already_done(skip: Pairs, campaign: int, audience: int) -> bool:
     return ids is not None and audience in ids
 
 
+def _plan_block(
+    plan: Plan, block: list[Row | Rejected], recorder: Recorder, settings: Settings
+) -> Iterator[Batch]:
+    """The batches a block of rows fills. Every row that is not sent is recorded here; the
+    rows taken for sending are told to the recorder in one event before a batch leaves,
+    and at the block's end. (This loop runs once per input row: it keeps to locals.)"""
+    ledger, skip = plan.ledger, plan.skip
+    first_time, add = plan.dedupe.first_time, plan.batcher.add
+    sharded = settings.shard_count is not None
+    accepted = 0
+    try:
+        for item in block:
+            ledger.read_pos = item.offset
+            if isinstance(item, Rejected):
+                if not sharded or settings.shard_index == 0:
+                    recorder.rejected(item)  # by one shard only
+            elif sharded and _other_shard(item, settings):
+                recorder.other_shard(item)
+            elif not first_time(item.campaign_id, item.audience_id):
+                recorder.duplicate(item)
+            elif skip and _already_done(skip, item.campaign_id, item.audience_id):
+                recorder.already_done(item)
+            else:
+                accepted += 1
+                batches = add(item)
+                if batches:
+                    recorder.accepted(accepted)
+                    accepted = 0
+                    yield from batches
+    finally:
+        recorder.accepted(accepted)
+
+
 async def plan_batches(
     plan: Plan,
     source: ByteSource,
@@ -84,22 +117,9 @@ async def plan_batches(
     )
     try:
         async for block in rows:
-            for item in block:
-                plan.ledger.read_pos = item.offset
-                if isinstance(item, Rejected):
-                    if settings.shard_count is None or settings.shard_index == 0:
-                        recorder.rejected(item)  # by one shard only
-                elif _other_shard(item, settings):
-                    recorder.other_shard(item)
-                elif not plan.dedupe.first_time(item.campaign_id, item.audience_id):
-                    recorder.duplicate(item)
-                elif _already_done(plan.skip, item.campaign_id, item.audience_id):
-                    recorder.already_done(item)
-                else:
-                    recorder.accepted(item)
-                    for batch in plan.batcher.add(item):
-                        plan.ledger.dispatched(batch)
-                        yield batch
+            for batch in _plan_block(plan, block, recorder, settings):
+                plan.ledger.dispatched(batch)
+                yield batch
             plan.ledger.read_pos = digest.safe_offset()
     finally:
         # Reading stopped (the end, a signal, an error): the duplicate rows the recorder

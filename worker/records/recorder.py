@@ -133,8 +133,11 @@ class Recorder:
                 audience_ids=rows.audience_ids,
             )
 
-    def accepted(self, row: Row) -> None:
-        self._tell("accepted", {"line": row.line})
+    def accepted(self, rows: int) -> None:
+        """``rows`` valid rows taken for sending, told in one event: a run accepts rows by
+        the million, and an event each was a tenth of its CPU."""
+        if rows:
+            self._tell("accepted", {"rows": rows})
 
     def already_done(self, row: Row) -> None:
         """A row an earlier run already finished (resume): neither sent nor audited again."""

@@ -35,11 +35,12 @@ class Tally:
     failure_reasons: Counter[str] = field(default_factory=Counter)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if event in ("accepted", "rejected", "already_done"):
+        if event in ("rejected", "already_done"):
             self.rows += 1
         match event:
             case "accepted":
-                self.valid += 1
+                self.rows += fields["rows"]
+                self.valid += fields["rows"]
             case "admitted":
                 self.valid += _ids(fields)
             case "rejected":
