@@ -105,6 +105,10 @@ def read_key_file(path: Path | None) -> bytes | None:
     return key
 
 
+def _nothing() -> None:
+    """Nothing to make durable: no record was written."""
+
+
 class _LazyFile:
     """The audit file, created (or opened for appending) by the first record.
 
@@ -152,11 +156,23 @@ class _LazyFile:
                 self._file.flush()
 
     def sync(self) -> None:
+        self.sync_later()()
+
+    def sync_later(self) -> Callable[[], None]:
+        """Flush now; return what makes the flushed records durable, which may run in a
+        thread while records go on being written (fsync takes what was flushed)."""
         with self._guard():
-            if self._file is not None and not self._file.closed:
-                self._file.flush()
-                os.fsync(self._file.fileno())
-                self._check_still_there(self._file.fileno())
+            if self._file is None or self._file.closed:
+                return _nothing
+            self._file.flush()
+            fd = self._file.fileno()
+
+        def durable() -> None:
+            with self._guard():
+                os.fsync(fd)
+                self._check_still_there(fd)
+
+        return durable
 
     def _check_still_there(self, fd: int) -> None:
         """A log deleted (or replaced) under the run proves nothing to anyone: an error."""
@@ -280,9 +296,14 @@ class AuditLog:
     def sync(self) -> None:
         """Write what is held back, then make every record written so far durable (before a
         checkpoint names it)."""
+        self.sync_later()()
+
+    def sync_later(self) -> Callable[[], None]:
+        """Write what is held back now; return what makes every record written so far
+        durable, for a thread (see :meth:`_LazyFile.sync_later`)."""
         for write_held in self._before_sync:
             write_held()
-        self._file.sync()
+        return self._file.sync_later()
 
     def close(self) -> None:
         """Make the file durable, then close it."""

@@ -32,7 +32,7 @@ import hashlib
 import os
 import socket
 import struct
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -216,44 +216,37 @@ class StateStore:
         Raises:
             OutputError: a file could not be written; the previous state stays in force.
         """
-        try:
-            self._save(point)
-        except OSError as exc:
-            raise OutputError("the progress in", self.directory, exc) from None
+        self.prepare(point)()
 
-    def _save(self, point: Checkpoint) -> None:
-        make_dirs(self.directory)
+    def prepare(self, point: Checkpoint) -> Callable[[], None]:
+        """Serialise ``point`` now (the structures it names go on changing) and return what
+        writes it: that part only touches files, and may run in a thread while the run goes
+        on. One write at a time, in the order they were prepared.
+
+        The writer raises OutputError as :meth:`save` does.
+        """
         self._generation += 1
+        files: dict[str, bytes] = {}
         blobs: dict[str, str] = {}
         for part in PARTS:
             data = dump_pairs(getattr(point, part))
             name = f"{part}.{self._generation}.bin"
-            write_atomic(self.directory / name, data)
+            files[name] = data
             blobs[part] = f"{name}:{hashlib.sha256(data).hexdigest()}"
-        doc = {
-            "format": FORMAT,
-            "generation": self._generation,
-            "input": {
-                "name": point.input_name,
-                "watermark": point.watermark,
-                "prefix_bytes": point.prefix_bytes,
-                "prefix_lines": point.prefix_lines,
-                "prefix_sha256": point.prefix_sha256,
-            },
-            "layout": point.layout,
-            "complete": point.complete,
-            "input_sha256": point.input_sha256,
-            "run_ids": point.run_ids,
-            "audit": point.audit,
-            "audit_pending": point.audit_pending,
-            "target": point.target,
-            "completed_by": point.completed_by,
-            "totals": point.totals,
-            "files": blobs,
-        }
-        write_atomic(self.path, orjson.dumps(doc, option=orjson.OPT_INDENT_2))
-        _fsync_dir(self.directory)
-        self._remove_other_generations(set(name.split(":")[0] for name in blobs.values()))
+        doc = orjson.dumps(_document(point, self._generation, blobs), option=orjson.OPT_INDENT_2)
+
+        def write() -> None:
+            try:
+                make_dirs(self.directory)
+                for name, data in files.items():
+                    write_atomic(self.directory / name, data)
+                write_atomic(self.path, doc)
+                _fsync_dir(self.directory)
+                self._remove_other_generations(set(files))
+            except OSError as exc:
+                raise OutputError("the progress in", self.directory, exc) from None
+
+        return write
 
     def _remove_other_generations(self, keep: set[str]) -> None:
         for stale in self.directory.glob("*.bin"):
@@ -323,3 +316,28 @@ class StateStore:
         for stale in [*self.directory.glob("*.bin"), self.path]:
             stale.unlink(missing_ok=True)
         self._generation = 0
+
+
+def _document(point: Checkpoint, generation: int, blobs: dict[str, str]) -> dict[str, Any]:
+    """state.json: the checkpoint's fields, and the bitmap files of its generation."""
+    return {
+        "format": FORMAT,
+        "generation": generation,
+        "input": {
+            "name": point.input_name,
+            "watermark": point.watermark,
+            "prefix_bytes": point.prefix_bytes,
+            "prefix_lines": point.prefix_lines,
+            "prefix_sha256": point.prefix_sha256,
+        },
+        "layout": point.layout,
+        "complete": point.complete,
+        "input_sha256": point.input_sha256,
+        "run_ids": point.run_ids,
+        "audit": point.audit,
+        "audit_pending": point.audit_pending,
+        "target": point.target,
+        "completed_by": point.completed_by,
+        "totals": point.totals,
+        "files": blobs,
+    }
