@@ -2,8 +2,11 @@
 
 Exit codes: 0 intact, or intact with warnings (verify: what a crash leaves, printed as
 ``WARNING:`` lines before ``OK with warnings``; see :mod:`worker.records.audit_query`) / found;
-1 tampering found (verify: ``TAMPERED:`` lines), or the id appears in no record (find); 2 a
-file cannot be read. ``verify --json`` prints the same verdict as one JSON object instead.
+1 tampering found (verify: ``TAMPERED:`` lines), or nothing found (find: the id, or with
+``--line`` the input line, is in no record); 2 a file cannot be read, or a usage error (find
+given both an id and ``--line``, or neither). ``verify --json`` prints the same verdict as
+one JSON object instead; ``find --json`` prints each record as it is, with ``file`` and
+``file_line`` (where it stands) added: its own ``line`` is the input line it is about.
 """
 
 from __future__ import annotations
@@ -18,7 +21,15 @@ import orjson
 
 from worker.errors import UsageError
 from worker.records.audit import read_key_file
-from worker.records.audit_query import Problem, Verdict, check, find, summarize
+from worker.records.audit_query import (
+    Hit,
+    Problem,
+    Verdict,
+    check,
+    find,
+    find_line,
+    summarize,
+)
 
 
 def _readable(paths: list[Path]) -> list[Path]:
@@ -105,10 +116,14 @@ def _verified(verdict: Verdict, key: bytes | None) -> str:
 
 
 def summary_command(args: argparse.Namespace) -> int:
+    """The totals; ``WARNING:`` lines first for records they cannot count whole (a
+    ``duplicates`` record whose arrays differ in length). Exit 0 either way."""
     data = summarize(_readable(args.paths))
     if args.json:
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
+    for warning in data["warnings"]:
+        print(f"WARNING: {warning['file']}:{warning['line']}: {warning['reason']}")
     print("events:")
     for event, n in data["events"].items():
         print(f"  {event:<14} {n}")
@@ -142,29 +157,91 @@ def _describe(record: dict[str, Any]) -> str:
     return "  ".join(parts)
 
 
+def _find_target(args: argparse.Namespace) -> tuple[int | None, int | None, list[Path]]:
+    """(audience id, input line, files) of ``audit find``: exactly one of AUDIENCE_ID and
+    ``--line``. The parser gives the first of two or more positionals to AUDIENCE_ID; with
+    ``--line`` it is a file, unless it is a number (then both were given: a file named
+    like a number is given as ``./97``)."""
+    word, paths, line = args.audience_id, list(args.paths), args.line
+    if line is None:
+        if word is None:
+            raise UsageError("audit find: give an AUDIENCE_ID or --line N, then the audit files")
+        try:
+            return int(word), None, paths
+        except ValueError:
+            raise UsageError(f"audit find: AUDIENCE_ID must be an integer, got {word!r}") from None
+    if line < 1:
+        raise UsageError(f"audit find: --line takes an input line number (1 or more), got {line}")
+    if word is not None:
+        if _is_integer(word):
+            raise UsageError(
+                f"audit find: give AUDIENCE_ID ({word}) or --line {line}, not both "
+                f"(a file named {word} is given as ./{word})"
+            )
+        paths.insert(0, Path(word))
+    return None, line, paths
+
+
+def _is_integer(word: str) -> bool:
+    try:
+        int(word)
+    except ValueError:
+        return False
+    return True
+
+
 def find_command(args: argparse.Namespace) -> int:
-    hits = list(find(_readable(args.paths), args.audience_id, args.campaign_id))
+    """Every record that mentions an id, or (``--line N``) that is about input line N; each
+    as ``FILE:LINE  description`` (``--json``: the record, with ``file`` and ``file_line``),
+    then, in text, one line saying what was found. Exit 1 when nothing is."""
+    audience_id, input_line, paths = _find_target(args)
+    paths = _readable(paths)
+    if audience_id is not None:
+        hits = list(find(paths, audience_id, args.campaign_id))
+        closing = _found(hits, audience_id)
+    else:
+        assert input_line is not None
+        hits = list(find_line(paths, input_line, args.campaign_id))
+        closing = _found_line(hits, input_line)
     for path, line, record in hits:
         if args.json:
-            sys.stdout.write(
-                orjson.dumps({"file": str(path), "line": line, **record}).decode() + "\n"
-            )
+            # Not "line": a record's own ``line`` is the input line it is about.
+            shown = {"file": str(path), "file_line": line, **record}
+            sys.stdout.write(orjson.dumps(shown).decode() + "\n")
         else:
             print(f"{path}:{line}  {_describe(record)}")
     if not args.json:
-        deleted = [r for _, _, r in hits if r.get("event") == "deleted"]
-        if deleted:
-            first = deleted[0]
-            print(
-                f"=> audience id {args.audience_id} was erased: {first.get('ts')} in run "
-                f"{first.get('run_id')} (HTTP {first.get('http_status')}, "
-                f"{first.get('message')!r})"
-            )
-        elif hits:
-            print(f"=> audience id {args.audience_id} has no deletion record")
-        else:
-            print(f"=> audience id {args.audience_id} appears in no audit record")
+        print(closing)
     return 0 if hits else 1
+
+
+def _found(hits: list[Hit], audience_id: int) -> str:
+    deleted = [r for _, _, r in hits if r.get("event") == "deleted"]
+    if deleted:
+        first = deleted[0]
+        return (
+            f"=> audience id {audience_id} was erased: {first.get('ts')} in run "
+            f"{first.get('run_id')} (HTTP {first.get('http_status')}, {first.get('message')!r})"
+        )
+    if hits:
+        return f"=> audience id {audience_id} has no deletion record"
+    return f"=> audience id {audience_id} appears in no audit record"
+
+
+def _found_line(hits: list[Hit], input_line: int) -> str:
+    if not hits:
+        return (
+            f"=> input line {input_line} is in no rejected or duplicate record (a row that "
+            "was sent leaves no record of its line: find it by its id)"
+        )
+    runs = list(dict.fromkeys(str(r.get("run_id")) for _, _, r in hits))
+    records = f"{len(hits)} record" + ("s" if len(hits) > 1 else "")
+    if len(runs) == 1:
+        return f"=> input line {input_line}: {records}, of run {runs[0]}"
+    return (
+        f"=> input line {input_line}: {records}, of {len(runs)} runs (a line number is per "
+        "input and per run: audit summary names each run's input)"
+    )
 
 
 AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -9,7 +9,7 @@ their declarations (:mod:`worker.settings`).
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -112,6 +112,7 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     "audit find": (
         f"{PROG} audit find 97 purge-audit/*.jsonl",
         f"{PROG} audit find 97 --campaign-id 42 --json purge-audit/*.jsonl",
+        f"{PROG} audit find --line 1234 purge-audit/audit-20260301T101500Z-1a2b3c.jsonl",
     ),
     "demo": (f"{PROG} demo", f"{PROG} demo --dir /tmp/purge-demo"),
     "status": (
@@ -148,7 +149,10 @@ _VERIFIED = {
     ExitCode.OK: "the chain is intact (WARNING: lines are what a crash leaves)",
     ExitCode.FAILED: "tampering found (TAMPERED: lines)",
 }
-_FOUND = {ExitCode.OK: "the id is in a record", ExitCode.FAILED: "the id is in no record"}
+_FOUND = {
+    ExitCode.OK: "the id (or --line) is in a record",
+    ExitCode.FAILED: "the id (or --line) is in no record",
+}
 # The commands that end otherwise than a purge: each code they end with, and its meaning.
 _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     ENQUEUE: {
@@ -172,7 +176,7 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     },
     "audit": {
         ExitCode.OK: "intact (verify), printed (summary), found (find)",
-        ExitCode.FAILED: "tampering found (verify), or the id is in no record (find)",
+        ExitCode.FAILED: "tampering found (verify), or nothing found (find)",
         **_READ,
         **_BUG,
     },
@@ -386,6 +390,29 @@ def _setting_flags(
     )
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """An ``audit`` action's parser: its positionals may stand on both sides of its options.
+
+    ``audit find 97 --campaign-id 42 FILE...`` and ``audit find --line 5 FILE...`` (no
+    AUDIENCE_ID) both parse: argparse alone cuts the positionals at each option, and an
+    optional AUDIENCE_ID before one or more files then takes the files after an option for
+    extra arguments.
+    """
+
+    _in_a_pass = False
+
+    def parse_known_args(  # type: ignore[override]  # one body for typeshed's two overloads
+        self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
+    ) -> tuple[argparse.Namespace, list[str]]:
+        if self._in_a_pass:  # parse_known_intermixed_args parses in two passes
+            return super().parse_known_args(args, namespace)
+        self._in_a_pass = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._in_a_pass = False
+
+
 def _add_audit_parser(commands: Any) -> None:
     """The ``audit`` command and its actions, on the CLI's subcommand parser."""
     audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
@@ -394,6 +421,7 @@ def _add_audit_parser(commands: Any) -> None:
         required=True,
         metavar="ACTION",
         help="audience-purge audit ACTION --help says more",
+        parser_class=_IntermixedParser,
     )
     verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
     verify.add_argument(
@@ -417,13 +445,31 @@ def _add_audit_parser(commands: Any) -> None:
     summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
     summary.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
-    find = audit_commands.add_parser("find", help="every record that mentions an audience id")
+    find = audit_commands.add_parser(
+        "find", help="every record that mentions an audience id, or is about an input line"
+    )
+    # Not type=int: with --line, the first of two or more files lands here (find_command
+    # puts it back with the others).
     find.add_argument(
-        "audience_id", type=int, metavar="AUDIENCE_ID", help="the audience id to look for"
+        "audience_id",
+        nargs="?",
+        metavar="AUDIENCE_ID",
+        help="the audience id to look for (not with --line)",
     )
     find.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
+    find.add_argument(
+        "--line",
+        type=int,
+        metavar="N",
+        help="instead of an id: the records about input line N (a rejected row or a "
+        "duplicate), of every run (a line number is per input and per run)",
+    )
     find.add_argument("--campaign-id", type=int, metavar="N", help="only records of this campaign")
-    find.add_argument("--json", action="store_true", help="print the records as JSON Lines")
+    find.add_argument(
+        "--json",
+        action="store_true",
+        help="print the records as JSON Lines, each with file and file_line (where it stands)",
+    )
 
 
 def _add_status_parser(commands: Any) -> None:

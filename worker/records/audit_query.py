@@ -54,7 +54,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 from collections import Counter, defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -661,10 +661,7 @@ def read_records(paths: Sequence[Path]) -> Iterator[tuple[Path, int, dict[str, A
     """Every parseable record of the files, with where it stands."""
     for path in paths:
         for number, line in _records(path):
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
+            record = _parse(line)
             if isinstance(record, dict):
                 yield path, number, record
 
@@ -675,9 +672,27 @@ def _ids(record: dict[str, Any]) -> list[int]:
 
 
 def _repeats(record: dict[str, Any]) -> list[tuple[Any, Any]]:
-    """The rows of a ``duplicates`` record: (input line, audience id) pairs."""
+    """The rows of a ``duplicates`` record: (input line, audience id) pairs. A malformed
+    record (arrays of different lengths) yields the pairs it holds: the first ones, up to
+    the shorter array (:func:`summarize` warns about it)."""
     lines = record.get("lines")
     return list(zip(lines, _ids(record), strict=False)) if isinstance(lines, list) else []
+
+
+def _malformed(record: dict[str, Any]) -> str | None:
+    """Why a ``duplicates`` record's rows cannot all be paired, or None when they can."""
+    lines, ids = record.get("lines"), record.get("audience_ids")
+    if not isinstance(lines, list) or not isinstance(ids, list):
+        return (
+            "duplicates record without a list of lines and a list of audience_ids: none of "
+            "its rows is counted or found"
+        )
+    if len(lines) != len(ids):
+        return (
+            f"duplicates record with {len(lines)} lines but {len(ids)} audience_ids: only its "
+            f"first {min(len(lines), len(ids))} rows are counted and found"
+        )
+    return None
 
 
 def _duplicate(record: dict[str, Any], line: Any, audience_id: Any) -> dict[str, Any]:
@@ -696,19 +711,27 @@ def _duplicate(record: dict[str, Any], line: Any, audience_id: Any) -> dict[str,
 
 
 def summarize(paths: Sequence[Path]) -> dict[str, Any]:
-    """Totals per event and per campaign, and one line per run.
+    """Totals per event and per campaign, one line per run, and warnings.
 
     Each row of a ``duplicates`` record counts as one ``duplicate``, as when every duplicate
-    row had a record of its own: the totals do not depend on how the log grouped them.
+    row had a record of its own: the totals do not depend on how the log grouped them. A
+    ``duplicates`` record whose ``lines`` and ``audience_ids`` cannot be paired (not two
+    lists, or lists of different lengths) counts the rows it pairs and is named in
+    ``warnings`` (file, line, reason): the chain does not care (``verify`` checks the
+    chain only), but the totals then miss rows.
     """
     events: Counter[str] = Counter()
     campaigns: dict[int, Counter[str]] = defaultdict(Counter)
     runs: dict[str, dict[str, Any]] = {}
-    for _, _, record in read_records(paths):
+    warnings: list[dict[str, Any]] = []
+    for path, number, record in read_records(paths):
         event = str(record.get("event"))
         rows = 1
         if event == "duplicates":
             event, rows = "duplicate", len(_repeats(record))
+            reason = _malformed(record)
+            if reason is not None:
+                warnings.append({"file": str(path), "line": number, "reason": reason})
         events[event] += rows
         run = runs.setdefault(str(record.get("run_id")), {"run_id": record.get("run_id")})
         if event == "run_started":
@@ -730,34 +753,73 @@ def summarize(paths: Sequence[Path]) -> dict[str, Any]:
         "events": dict(sorted(events.items())),
         "campaigns": {str(c): dict(sorted(v.items())) for c, v in sorted(campaigns.items())},
         "runs": sorted(runs.values(), key=lambda r: str(r.get("started", ""))),
+        "warnings": warnings,
     }
 
 
-def find(
-    paths: Sequence[Path], audience_id: int, campaign_id: int | None = None
-) -> Iterator[tuple[Path, int, dict[str, Any]]]:
+Hit = tuple[Path, int, dict[str, Any]]
+
+
+def _candidates(
+    paths: Sequence[Path], wanted: Callable[[bytes], bool], campaign_id: int | None
+) -> Iterator[Hit]:
+    """The records whose bytes are ``wanted`` (only those are decoded), of the campaign
+    (a record without one, such as ``rejected``, is of every campaign)."""
+    for path in paths:
+        for number, line in _records(path):
+            if not wanted(line):
+                continue
+            record = _parse(line)
+            if not isinstance(record, dict):
+                continue
+            if campaign_id is not None and record.get("campaign_id") not in (campaign_id, None):
+                continue
+            yield path, number, record
+
+
+def find(paths: Sequence[Path], audience_id: int, campaign_id: int | None = None) -> Iterator[Hit]:
     """Every record that mentions ``audience_id`` (optionally within one campaign).
 
     A ``duplicates`` record yields each of its rows with that id, shaped as the per-row
     ``duplicate`` record of older logs (see :func:`_duplicate`), at the record's own line.
     """
     needle = str(audience_id).encode()
-    for path in paths:
-        for number, line in _records(path):
-            if needle not in line:
-                continue
-            try:
-                record = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if campaign_id is not None and record.get("campaign_id") not in (campaign_id, None):
-                continue
-            if record.get("event") == "duplicates":
-                for line_no, repeated in _repeats(record):
-                    if repeated == audience_id:
-                        yield path, number, _duplicate(record, line_no, repeated)
-            elif _mentions(record, audience_id):
-                yield path, number, record
+    for path, number, record in _candidates(paths, lambda line: needle in line, campaign_id):
+        if record.get("event") == "duplicates":
+            for line_no, repeated in _repeats(record):
+                if repeated == audience_id:
+                    yield path, number, _duplicate(record, line_no, repeated)
+        elif _mentions(record, audience_id):
+            yield path, number, record
+
+
+def find_line(paths: Sequence[Path], line: int, campaign_id: int | None = None) -> Iterator[Hit]:
+    """Every record about input line ``line``: a ``rejected`` row, a per-row ``duplicate``
+    of older logs, and the row of a ``duplicates`` record (shaped as :func:`find` shapes
+    it). A row that was sent leaves no record of its line (``deleted`` names ids only).
+
+    A line number is per input and per run: records of several runs (or of several
+    inputs) may share it, and each carries its ``run_id``. Only records whose bytes hold
+    the number and ``rejected`` or ``duplicate`` are decoded: never a ``sending`` or
+    ``deleted`` record, the bulk of a log, unless an API message says so.
+    """
+    number = str(line).encode()
+
+    def wanted(raw: bytes) -> bool:
+        return number in raw and (b"rejected" in raw or b"duplicate" in raw)
+
+    for path, at, record in _candidates(paths, wanted, campaign_id):
+        event = record.get("event")
+        if event == "duplicates":
+            for line_no, audience_id in _repeats(record):
+                if _is_line(line_no, line):
+                    yield path, at, _duplicate(record, line_no, audience_id)
+        elif event in ("rejected", "duplicate") and _is_line(record.get("line"), line):
+            yield path, at, record
+
+
+def _is_line(value: Any, line: int) -> bool:
+    return type(value) is int and value == line
 
 
 def _mentions(record: dict[str, Any], audience_id: int) -> bool:
