@@ -65,7 +65,9 @@ async def test_acquisitions_across_three_gates_are_spaced_one_interval_apart(
     expected = (len(times) - 1) / rate
     assert expected - 0.02 <= times[-1] - began <= expected + 0.25
     gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
-    assert min(gaps) >= 0.9 / rate, gaps
+    # Slots are one interval apart; a wakeup late by up to 30 ms (a loaded machine) may
+    # shorten one gap. Gates that did not share would wake two or three at once.
+    assert min(gaps) >= 0.7 / rate, gaps
 
 
 async def test_a_pause_on_one_gate_delays_the_next_acquire_of_another(
@@ -132,8 +134,14 @@ async def test_unreachable_redis_is_a_retryable_error() -> None:
 
 
 def fleet_args(sandbox: SandboxHandle, redis_url: str, tmp_path: Path, name: str) -> list[str]:
+    # The sandbox counts arrivals in this process's event loop, which a loaded machine
+    # delays by more than the default margin's 15 ms a second: 5 % (50 ms, one interval)
+    # keeps what is measured the workers' pacing, not this process's latency.
+    config = tmp_path / "fleet.toml"
+    config.write_text("rate_margin = 0.05\n", encoding="utf-8")
     return [
         *consume_args(sandbox, redis_url, tmp_path / f"{name}.jsonl", name, "--until-empty"),
+        *("--config", str(config)),
         "--rate",
         "20/second",
         "--rate-scope",
@@ -170,6 +178,7 @@ async def test_three_workers_sharing_a_budget_never_exceed_the_limit_and_use_mos
     audits = await run_fleet(sandbox, token, redis_url, tmp_path)
 
     state = sandbox.state
+    assert all(audit[0]["settings"]["rate_margin"] == 0.05 for audit in audits)
     assert state.by_status[429] == 0
     assert not any(state.campaigns[42].alive(i) for i in range(1, 61))
     accepted = sorted(state.accepted_times)
