@@ -64,6 +64,21 @@ class Deduper:
     def __init__(self, seen: dict[int, BitMap64] | None = None) -> None:
         self.seen: dict[int, BitMap64] = seen if seen is not None else {}
 
+    def all_new(self, campaign_id: int, audience_ids: Sequence[int]) -> bool:
+        """If no id of ``audience_ids`` was offered before and none repeats, remember them
+        all and say True; otherwise change nothing and say False (offer them one by one)."""
+        fresh = BitMap64(audience_ids)
+        if len(fresh) != len(audience_ids):
+            return False
+        ids = self.seen.get(campaign_id)
+        if ids is None:
+            self.seen[campaign_id] = fresh
+        elif ids.intersect(fresh):
+            return False
+        else:
+            ids |= fresh
+        return True
+
     def first_time(self, campaign_id: int, audience_id: int) -> bool:
         """True the first time a pair is offered, False for every repeat."""
         ids = self.seen.get(campaign_id)
@@ -106,6 +121,27 @@ class Batcher:
             done = [Batch(row.campaign_id, tuple(entry.ids), entry.first_offset, row.offset)]
         if self._rows % 1024 == 0:
             done = [*done, *self._flush_stale(row.offset)]
+        return done
+
+    def extend(self, campaign: int, ids: Sequence[int], offsets: Sequence[int]) -> list[Batch]:
+        """:meth:`add` for consecutive rows of one campaign (``offsets`` theirs): the same
+        batches, the stale ones flushed at the same rows, without a call per row."""
+        done: list[Batch] = []
+        i, n = 0, len(ids)
+        while i < n:
+            entry = self._open.get(campaign)
+            if entry is None:
+                entry = self._open[campaign] = _Open([], offsets[i], self._rows + 1)
+            take = min(self._size - len(entry.ids), 1024 - self._rows % 1024, n - i)
+            entry.ids.extend(ids[i : i + take])
+            self._rows += take
+            i += take
+            last = offsets[i - 1]
+            if len(entry.ids) >= self._size:
+                del self._open[campaign]
+                done.append(Batch(campaign, tuple(entry.ids), entry.first_offset, last))
+            if self._rows % 1024 == 0:
+                done.extend(self._flush_stale(last))
         return done
 
     def _flush_stale(self, offset: int) -> Iterator[Batch]:

@@ -8,7 +8,7 @@ counted and skipped, and de-duplication starts from every pair met before the wa
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncGenerator, Iterator
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from dataclasses import dataclass, field
 
 from worker.errors import InputError
@@ -18,10 +18,11 @@ from worker.input.sources import (
     InputDigest,
     ResumeFrom,
     open_input,
+    read_blocks,
     read_rows,
     start_resume,
 )
-from worker.input.validate import Rejected, Row
+from worker.input.validate import Chunk, Rejected, Row
 from worker.records.recorder import Recorder
 from worker.settings import Settings
 from worker.state.checkpoint import Pairs
@@ -92,9 +93,38 @@ def _plan_block(
                 if batches:
                     recorder.accepted(accepted)
                     accepted = 0
-                    yield from batches
+                    yield from _pending(ledger, batches)
     finally:
         recorder.accepted(accepted)
+
+
+def _plan_chunk(
+    plan: Plan, chunk: Chunk, recorder: Recorder, settings: Settings
+) -> Iterator[Batch]:
+    """:func:`_plan_block` for a chunk: when none of its ids was met before or repeats (and
+    no shard or earlier run takes some), all its rows go to the batcher at once; otherwise
+    they go one by one."""
+    ids = chunk.audience_ids
+    if (
+        settings.shard_count is not None
+        or plan.skip
+        or not plan.dedupe.all_new(chunk.campaign_id, ids)
+    ):
+        yield from _plan_block(plan, [*chunk.rows()], recorder, settings)
+        return
+    plan.ledger.read_pos = chunk.offsets[-1]
+    batches = plan.batcher.extend(chunk.campaign_id, ids, chunk.offsets)
+    recorder.accepted(len(ids))
+    yield from _pending(plan.ledger, batches)
+
+
+def _pending(ledger: Ledger, batches: Sequence[Batch]) -> Iterator[Batch]:
+    """The batches, every one of them pending in the ledger before the first leaves: a
+    checkpoint taken while the first is on its way must not pass the rows of the others
+    (they are in neither the batcher nor the ledger otherwise)."""
+    for batch in batches:
+        ledger.dispatched(batch)
+    yield from batches
 
 
 async def plan_batches(
@@ -109,16 +139,21 @@ async def plan_batches(
         await start_resume(source, digest, plan.resume)  # before any retry is sent
     for batch in retry_batches(plan.retry, settings.batch_size):
         yield batch
-    rows = read_rows(
+    blocks = read_blocks(
         source,
         digest,
         default_campaign=settings.campaign_id,
         watermark=plan.resume.watermark if plan.resume else 0,
+        chunks=True,
     )
     try:
-        async for block in rows:
-            for batch in _plan_block(plan, block, recorder, settings):
-                plan.ledger.dispatched(batch)
+        async for block in blocks:
+            planned = (
+                _plan_chunk(plan, block, recorder, settings)
+                if isinstance(block, Chunk)
+                else _plan_block(plan, block, recorder, settings)
+            )
+            for batch in planned:  # pending in the ledger already
                 yield batch
             plan.ledger.read_pos = digest.safe_offset()
     finally:

@@ -49,11 +49,14 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from itertools import accumulate, chain, repeat
+from operator import add
 from typing import BinaryIO
 
 from worker.errors import InputError, StateError
 from worker.input.validate import (
     MAX_RECORD,
+    Chunk,
     Layout,
     Rejected,
     Row,
@@ -579,13 +582,27 @@ def _checked(offset: int, line: int, raw: bytes) -> _Raw | Rejected:
 class _Rows:
     """Turns records into validated rows, dropping the ones before the watermark."""
 
-    def __init__(self, digest: InputDigest, default_campaign: int | None, watermark: int) -> None:
+    def __init__(
+        self,
+        digest: InputDigest,
+        default_campaign: int | None,
+        watermark: int,
+        *,
+        chunks: bool = False,
+    ) -> None:
         self._digest = digest
         self._default = default_campaign
         self._watermark = watermark
+        self._chunks = chunks
 
-    def of(self, frame: _Frame) -> list[Row | Rejected]:
-        return self._lines(frame) if isinstance(frame, _Lines) else self._records(frame)
+    def of(self, frame: _Frame) -> Block:
+        if not isinstance(frame, _Lines):
+            return self._records(frame)
+        if self._chunks and frame.start >= self._watermark:
+            chunk = _chunk(frame, self._digest.layout, self._default)
+            if chunk is not None:
+                return chunk
+        return self._lines(frame)
 
     def _lines(self, frame: _Lines) -> list[Row | Rejected]:
         out: list[Row | Rejected] = []
@@ -634,6 +651,7 @@ class _Rows:
 
 
 _Fast = Callable[[bytes, int, int], Row | None]
+Block = list[Row | Rejected] | Chunk
 
 
 def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
@@ -676,6 +694,43 @@ def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
     return None
 
 
+def _chunk(frame: _Lines, layout: Layout | None, default: int | None) -> Chunk | None:
+    """The frame's lines as one Chunk when every one of them is a plainly valid row of one
+    campaign in a common shape (see :func:`_fast_path`); None otherwise (the lines then go
+    one by one). Every test runs over the whole block at C speed."""
+    lines = frame.lines
+    if layout is None or not lines:
+        return None
+    if layout.campaign_col is None and layout.id_col == 0 and default is not None:
+        if not _plain(lines):
+            return None
+        campaign, ids = default, list(map(int, lines))
+    elif {layout.campaign_col, layout.id_col} == {0, 1}:
+        parts = list(map(bytes.split, lines, repeat(b",")))
+        if set(map(len, parts)) != {2}:
+            return None
+        cells = list(chain.from_iterable(parts))
+        campaigns = cells[1 - layout.id_col :: 2]
+        if len(set(campaigns)) != 1 or not _plain(cells):
+            return None
+        campaign, ids = int(campaigns[0]), list(map(int, cells[layout.id_col :: 2]))
+    else:
+        return None
+    starts = accumulate(map(len, lines), initial=frame.start)
+    offsets = list(map(add, starts, range(len(lines))))  # + the newlines before each
+    return Chunk(campaign, ids, frame.line0 + 1, offsets)
+
+
+def _plain(cells: list[bytes]) -> bool:
+    """Every cell is ASCII digits, 1 to 18 of them, without a leading zero."""
+    return (
+        min(map(len, cells)) > 0
+        and max(map(len, cells)) < 19
+        and b"".join(cells).isdigit()
+        and min(cells)[0] != _ZERO  # digits only: the smallest starts with 0 if any does
+    )
+
+
 async def read_rows(
     source: ByteSource,
     digest: InputDigest,
@@ -683,17 +738,32 @@ async def read_rows(
     default_campaign: int | None,
     watermark: int = 0,
 ) -> AsyncIterator[list[Row | Rejected]]:
+    """:func:`read_blocks`, each block as a list of rows."""
+    blocks = read_blocks(source, digest, default_campaign=default_campaign, watermark=watermark)
+    async for block in blocks:
+        yield [*block.rows()] if isinstance(block, Chunk) else block
+
+
+async def read_blocks(
+    source: ByteSource,
+    digest: InputDigest,
+    *,
+    default_campaign: int | None,
+    watermark: int = 0,
+    chunks: bool = False,
+) -> AsyncIterator[Block]:
     """Validated rows, one list per block read; a blank record is skipped, every other
     record (a line, or the lines of a quoted field that spans them) yields one item, with
     the number and offset of its first line; records before ``watermark`` (finished by an
     earlier run) are dropped. After each list, :meth:`InputDigest.safe_offset` is where
-    reading may resume.
+    reading may resume. With ``chunks``, a block of plain lines of one campaign comes as a
+    :class:`Chunk` instead: the same rows, as columns.
 
     Raises:
         InputError: the input is empty, is not UTF-8 text, or its first line does not tell
             where the ids are (see detect_layout).
     """
-    rows = _Rows(digest, default_campaign, watermark)
+    rows = _Rows(digest, default_campaign, watermark, chunks=chunks)
     async for frame in _Framer(source, digest).frames():
         yield rows.of(frame)
     if digest.layout is None:

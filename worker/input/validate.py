@@ -39,6 +39,26 @@ class Row:
     offset: int = field(default=0, compare=False)
 
 
+@dataclass(slots=True)
+class Chunk:
+    """Valid rows of one campaign on consecutive lines, as columns: what a block of plain
+    lines becomes on the fast path, so that neither reading nor planning handles a Row per
+    line. Row ``i`` is line ``first_line + i`` at byte ``offsets[i]``."""
+
+    campaign_id: int
+    audience_ids: list[int]
+    first_line: int
+    offsets: list[int]
+
+    def rows(self) -> list[Row]:
+        """The same rows, one by one (for a consumer that needs them so)."""
+        campaign, line, offsets = self.campaign_id, self.first_line, self.offsets
+        return [
+            Row(line + i, campaign, audience, offsets[i])
+            for i, audience in enumerate(self.audience_ids)
+        ]
+
+
 @dataclass(frozen=True, slots=True)
 class Rejected:
     """A record that is not sent; ``audience_raw`` is its audience_id cell, when it has one."""
