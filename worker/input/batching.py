@@ -39,12 +39,13 @@ class Batch:
     last_offset: int = field(default=0, compare=False)
     entry_id: str | None = field(default=None, compare=False)  # queue mode: its stream entry
     ref: str | None = field(default=None, compare=False)  # queue mode: the producer's ref
+    # Deterministic: the same campaign and ids always give the same id. Computed once: the
+    # audit names it in two records of every batch.
+    batch_id: str = field(init=False, compare=False, repr=False)
 
-    @property
-    def batch_id(self) -> str:
-        """Deterministic: the same campaign and ids always give the same id."""
+    def __post_init__(self) -> None:
         text = f"{self.campaign_id}:" + ",".join(map(str, self.audience_ids))
-        return hashlib.sha256(text.encode()).hexdigest()[:24]
+        object.__setattr__(self, "batch_id", hashlib.sha256(text.encode()).hexdigest()[:24])
 
     def halves(self) -> tuple[Batch, Batch]:
         middle = len(self.audience_ids) // 2

@@ -1,4 +1,4 @@
-"""The audit log: one JSON object per line, written through structlog by a single writer.
+"""The audit log: one JSON object per line, written by a single writer.
 
 Every record has ``ts`` (RFC 3339, UTC), ``event``, ``run_id``, and the chain fields ``seq``,
 ``prev_hash`` and ``hash`` (see :mod:`worker.records.audit_query` for the chain's definition and its
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import hashlib
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -25,13 +26,11 @@ from typing import Any, BinaryIO, cast
 
 import orjson
 import structlog
-from structlog.typing import EventDict, WrappedLogger
 
 from worker.errors import ConfigError, OutputError
 from worker.files import make_dirs, open_private
-from worker.records.audit_query import ZERO_HASH, head_hmac, record_hash
+from worker.records.audit_query import ZERO_HASH, head_hmac
 
-FIRST_KEYS = ("ts", "event", "run_id")
 _TAIL_CHUNK = 1 << 16
 
 log = structlog.get_logger("audience_purge.audit")
@@ -44,15 +43,6 @@ def new_run_id() -> str:
 
 def default_audit_path(audit_dir: Path, run_id: str) -> Path:
     return audit_dir / f"audit-{run_id}.jsonl"
-
-
-def _ordered(_: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-    head = {key: event_dict.pop(key) for key in FIRST_KEYS if key in event_dict}
-    return {**head, **event_dict}
-
-
-def _serialize(obj: Any, **_: Any) -> bytes:
-    return orjson.dumps(obj)
 
 
 def last_record(path: Path) -> dict[str, Any] | None:
@@ -204,24 +194,39 @@ class _LazyFile:
 
 
 class _Chain:
-    """structlog processor: numbers each record and links it to the previous one's hash."""
+    """Numbers each record and links it to the previous one's hash."""
 
     def __init__(self, seq: int, prev_hash: str, key: bytes | None) -> None:
         self.seq = seq
         self.prev_hash = prev_hash
         self._key = key
 
-    def __call__(self, _: WrappedLogger, __: str, event_dict: EventDict) -> EventDict:
-        # Normalise first (tuples, paths, ...) so the hash covers exactly the written JSON.
-        record: dict[str, Any] = orjson.loads(orjson.dumps(event_dict, default=str))
+    def seal(self, record: dict[str, Any]) -> bytes:
+        """The record's line: its fields, ``seq``, ``prev_hash`` (``head_hmac``) and ``hash``.
+
+        The hash covers the JSON the line holds (tuples as lists, paths as text): orjson
+        writes a value the same whether it is the original or what a reader parses back,
+        so the record is serialised for its hash without a round trip through JSON.
+        """
         record["seq"] = self.seq
         record["prev_hash"] = self.prev_hash
         if self._key is not None and record.get("event") == "run_finished":
-            record["head_hmac"] = head_hmac(self._key, record)
-        record["hash"] = record_hash(record)
+            record["head_hmac"] = head_hmac(self._key, _normalised(record))
+        body = orjson.dumps(record, default=str, option=orjson.OPT_SORT_KEYS)
+        record["hash"] = hashlib.sha256(body).hexdigest()
         self.seq += 1
         self.prev_hash = record["hash"]
-        return record
+        return orjson.dumps(record, default=str, option=orjson.OPT_APPEND_NEWLINE)
+
+
+def _normalised(record: dict[str, Any]) -> dict[str, Any]:
+    parsed: dict[str, Any] = orjson.loads(orjson.dumps(record, default=str))
+    return parsed
+
+
+def _now() -> str:
+    """RFC 3339, UTC, microseconds: ``2026-11-30T04:56:12.123456Z``."""
+    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
 
 
 class AuditLog:
@@ -254,19 +259,6 @@ class AuditLog:
         self._file = _LazyFile(path, self._chain.seq - 1)
         self._first_seq = self._chain.seq
         self._before_sync: list[Callable[[], None]] = []
-        self._log = structlog.wrap_logger(
-            structlog.BytesLogger(self._file),  # type: ignore[arg-type]
-            processors=[
-                structlog.processors.TimeStamper(fmt="iso", utc=True, key="ts"),
-                _ordered,
-                self._chain,
-                structlog.processors.JSONRenderer(serializer=_serialize),
-            ],
-            # Never the globally configured (level-filtering) wrapper: audit records are not
-            # operational logs, and no log level may drop one.
-            wrapper_class=structlog.BoundLogger,
-            cache_logger_on_first_use=True,
-        ).bind(run_id=run_id)
 
     def head(self) -> dict[str, Any]:
         """Where the chain stands: what a continuing file names as ``previous``."""
@@ -283,10 +275,12 @@ class AuditLog:
         return self._chain.seq > self._first_seq
 
     def write(self, event: str, **fields: Any) -> None:
-        """Write and flush one record."""
+        """Write and flush one record (one ``write`` call: a line is never split)."""
+        record = {"ts": _now(), "event": event, "run_id": self.run_id, **fields}
         if self.previous is not None and self._chain.seq == 0:
-            fields = {**fields, "previous": self.previous}
-        self._log.msg(event, **fields)
+            record["previous"] = self.previous
+        self._file.write(self._chain.seal(record))
+        self._file.flush()
 
     def before_sync(self, write_held: Callable[[], None]) -> None:
         """Have ``write_held`` write the records a writer holds back (grouped duplicate

@@ -148,7 +148,10 @@ class Dispatcher:
                 # Checked after the rate limit's wait too (which a stop cuts short): once
                 # the run stops, no request starts.
                 waiting = loop.time()
-                await unless_stopped(self._gate.acquire(), self._stop)
+                if self._stop.is_set():
+                    raise Abandoned
+                if not self._gate.try_acquire():
+                    await unless_stopped(self._gate.acquire(), self._stop)
                 if number == 1:
                     # Write-ahead: the intent is on disk before the request can reach the API.
                     self._recorder.sending(batch)

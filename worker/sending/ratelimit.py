@@ -48,6 +48,11 @@ _MAX_LOGGED = 10_000
 class RateGate(Protocol):
     """What the dispatcher needs from a rate limit, local or shared by a fleet."""
 
+    def try_acquire(self) -> bool:
+        """Take a slot now if one is free (no task, no wait: most requests of a run whose
+        limit does not bind); False to say :meth:`acquire` must wait for one."""
+        ...
+
     async def acquire(self) -> None: ...
 
     def pause(self, seconds: float) -> None: ...
@@ -74,13 +79,20 @@ class LocalRateGate:
         self._recent: deque[float] | None = deque(maxlen=cap) if cap <= _MAX_LOGGED else None
         self._queue: deque[asyncio.Future[None]] = deque()
 
+    def try_acquire(self) -> bool:
+        """Take a slot if one is free now and nobody waits for one."""
+        now = asyncio.get_running_loop().time()
+        if not self._queue and self._ready(now) <= now:
+            self._take(now, now)
+            return True
+        return False
+
     async def acquire(self) -> None:
         """Wait for a request slot; never returns while a cool-down is in force."""
+        if self.try_acquire():
+            return
         loop = asyncio.get_running_loop()
         arrival = loop.time()
-        if not self._queue and self._ready(arrival) <= arrival:
-            self._take(arrival, arrival)
-            return
         turn: asyncio.Future[None] = loop.create_future()
         self._queue.append(turn)
         if len(self._queue) == 1:

@@ -70,6 +70,10 @@ class SharedRateGate:
         self._pause = redis.register_script(_PAUSE)
         self._pending: set[asyncio.Task[Any]] = set()
 
+    def try_acquire(self) -> bool:
+        """Never: the budget is in Redis, and asking costs a round trip."""
+        return False
+
     async def acquire(self) -> None:
         """Reserve this worker's next slot in the fleet's schedule and wait for it.
 
