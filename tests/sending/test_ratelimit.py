@@ -223,6 +223,28 @@ def test_burst_refills_after_idle_time() -> None:
     assert times == approx([0.0, 0.0, 0.0, 10.0, 10.0, 10.0, 11.0])
 
 
+def test_try_acquire_takes_a_free_slot_and_nothing_else() -> None:
+    async def main() -> list[object]:
+        gate = LocalRateGate(RateSpec(10, 1.0))
+        seen: list[object] = [gate.try_acquire(), gate.try_acquire()]  # free, then not due
+        waiter = asyncio.ensure_future(acquire_at(gate))  # its slot: 0.1
+        await asyncio.sleep(0.15)
+        seen += [await waiter, gate.try_acquire()]  # 0.2 is not due at 0.15
+        await asyncio.sleep(0.1)
+        seen += [gate.try_acquire(), await acquire_at(gate)]  # 0.25: due; the next at 0.35
+        gate.pause(1.0)
+        await asyncio.sleep(0.2)  # the next slot is due, the cool-down is not over
+        seen.append(gate.try_acquire())
+        await asyncio.sleep(1.0)
+        seen.append(gate.try_acquire())
+        return seen
+
+    free, early, waited, not_due, due, next_one, paused, after = run_virtual(main)
+    assert (free, early, not_due, due, paused, after) == (True, False, False, True, False, True)
+    assert waited == approx(0.1)
+    assert next_one == approx(0.35)  # one interval after the slot try_acquire took
+
+
 def test_pause_delays_the_next_acquisition() -> None:
     async def main() -> float:
         gate = LocalRateGate(RateSpec(100, 1.0))
