@@ -40,6 +40,9 @@ class Plan:
     skip: Pairs = field(default_factory=dict)
     retry: Pairs = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        self.ledger.open_since = self.batcher.oldest_open
+
 
 def retry_batches(retry: Pairs, batch_size: int) -> Iterator[Batch]:
     """The failed pairs of earlier runs, in batches (they are not input rows: no offsets)."""

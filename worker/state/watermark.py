@@ -9,7 +9,7 @@ of settled batches at or after it are remembered (``done_above``) until it passe
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from worker.input.batching import Batch
 from worker.state.checkpoint import Pairs, pairs_from
@@ -28,14 +28,24 @@ class Ledger:
         self._pending: dict[int, Batch] = {}
         self._settled: list[tuple[int, int, Batch]] = []
         self._count = 0
+        # The first row still waiting in the batcher (the planner wires its batcher in).
+        self.open_since: Callable[[], int | None] = lambda: None
 
     def dispatched(self, batch: Batch) -> None:
         self._pending[id(batch)] = batch
 
     def settled(self, batch: Batch) -> None:
+        """The batch reached its end; settled batches the watermark has passed are let go
+        now, not at the next checkpoint: a fast run settles thousands a second, and kept
+        until then they were most of its memory."""
         if self._pending.pop(id(batch), None) is not None:
             self._count += 1
             heapq.heappush(self._settled, (batch.last_offset, self._count, batch))
+            self._prune(self.watermark(self.open_since()))
+
+    def _prune(self, watermark: int) -> None:
+        while self._settled and self._settled[0][0] < watermark:
+            heapq.heappop(self._settled)
 
     def idle(self) -> bool:
         return not self._pending
@@ -48,8 +58,7 @@ class Ledger:
 
     def done_above(self, watermark: int) -> Pairs:
         """Pairs of settled batches with rows at or after the watermark (older ones pruned)."""
-        while self._settled and self._settled[0][0] < watermark:
-            heapq.heappop(self._settled)
+        self._prune(watermark)
         return pairs_from((b.campaign_id, i) for _, _, b in self._settled for i in b.audience_ids)
 
     def pending_pairs(self) -> Iterator[tuple[int, int]]:
