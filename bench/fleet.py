@@ -85,6 +85,10 @@ def fleet(scope: str, rate: int, seconds: int, redis: str, work: Path) -> dict[s
                     "10",
                     "--concurrency",
                     "4",
+                    # consume serves /metrics on one fixed port by default: three on one
+                    # host would collide, and two of them would exit at start.
+                    "--metrics-port",
+                    "0",
                     "--log-level",
                     "error",
                 ],
@@ -95,8 +99,9 @@ def fleet(scope: str, rate: int, seconds: int, redis: str, work: Path) -> dict[s
             )
             for n in range(3)
         ]
-        for proc in workers:
-            proc.wait(timeout=seconds * 6 + 60)
+        codes = [proc.wait(timeout=seconds * 6 + 60) for proc in workers]
+        if codes != [0, 0, 0]:
+            raise SystemExit(f"the workers exited with {codes}: the figures would mislead")
         url = f"http://127.0.0.1:{sandbox.port}/_sandbox/state?times=1"
         with urllib.request.urlopen(url) as reply:
             state = json.loads(reply.read())
