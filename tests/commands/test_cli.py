@@ -574,6 +574,7 @@ def test_a_setting_refused_once_the_run_starts_is_named_as_it_was_given(
     assert done.err.startswith(
         f"audience-purge: error: {named}: cannot serve metrics on port {port}: "
     )
+    assert done.err.rstrip().endswith("give each its own --metrics-port, or 0 to turn them off)")
     assert len(done.err.splitlines()) == 1
 
 

@@ -74,7 +74,9 @@ async def serving(
             await site.start()
         except OSError as exc:
             raise ConfigError(
-                f"cannot serve metrics on port {port}: {exc.strerror or exc}", key="metrics_port"
+                f"cannot serve metrics on port {port}: {exc.strerror or exc} (another worker "
+                "on this host? give each its own --metrics-port, or 0 to turn them off)",
+                key="metrics_port",
             ) from None
         log.info("metrics and health endpoints listening", port=port)
         yield
