@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pyroaring import BitMap64
 
 from worker.input import sources
 from worker.input.batching import Batch, Batcher, Deduper
@@ -20,6 +21,7 @@ from worker.input.sources import InputDigest, open_input
 from worker.records.audit import AuditLog
 from worker.records.recorder import Recorder
 from worker.settings import Settings
+from worker.state.checkpoint import Pairs
 from worker.state.watermark import Ledger
 
 CAMPAIGN = 42
@@ -36,7 +38,7 @@ class Events:
 
 
 def plan_file(
-    data: bytes, *, batch_size: int, block: int, chunks: bool
+    data: bytes, *, batch_size: int, block: int, chunks: bool, skip: Pairs | None = None
 ) -> tuple[list[tuple[int, tuple[int, ...], int, int]], dict[str, int], list[int]]:
     """Plan ``data`` as a run would; the batches (campaign, ids, first and last offsets),
     the tally's row counts, and the ids of the duplicates records."""
@@ -51,6 +53,7 @@ def plan_file(
             events = Events()
             recorder = Recorder(AuditLog(Path(directory) / "audit.jsonl", "run"), [events])
             plan = Plan(Ledger(0), Batcher(batch_size, stale_rows=7), Deduper())
+            plan.skip = {c: ids.copy() for c, ids in (skip or {}).items()}
             source = await open_input(str(path))
             config = Settings(campaign_id=CAMPAIGN, batch_size=batch_size)
             try:
@@ -62,7 +65,12 @@ def plan_file(
             finally:
                 source.close()
             t = recorder.tally
-            counts = {"rows": t.rows, "valid": t.valid, "duplicates": t.duplicates}
+            counts = {
+                "rows": t.rows,
+                "valid": t.valid,
+                "duplicates": t.duplicates,
+                "already_done": t.already_done,
+            }
             repeats = [i for e, f in events.seen if e == "duplicates" for i in f["audience_ids"]]
             return found, counts, repeats
 
@@ -122,7 +130,7 @@ def test_the_chunk_path_is_taken(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert len(made) == 3  # every block but the first (its header decides the layout)
     assert sum(made) > 1900
-    assert counts == {"rows": 3000, "valid": 3000, "duplicates": 0}
+    assert counts == {"rows": 3000, "valid": 3000, "duplicates": 0, "already_done": 0}
     assert [i for _, batch, _, _ in found for i in batch] == list(range(1, 3001))
 
 
@@ -177,3 +185,18 @@ def test_long_runs_of_campaigns_plan_exactly_as_rows_do(block: int) -> None:
 
     assert chunked == plan_file(data, batch_size=64, block=block, chunks=False)
     assert chunked[1]["duplicates"] > 0  # ids repeat: some chunks go row by row
+
+
+@pytest.mark.parametrize(
+    "finished", [range(0, 0), range(1, 3001), range(1, 1500), range(700, 2300)]
+)
+def test_rows_an_earlier_run_finished_plan_exactly_as_rows_do(finished: range) -> None:
+    """On resume: chunks all finished, none finished, or some (row by row)."""
+    data = ("audience_id\n" + "".join(f"{i}\n" for i in range(1, 3001))).encode()
+    skip = {42: BitMap64(finished)} if finished else {}
+
+    chunked = plan_file(data, batch_size=50, block=2048, chunks=True, skip=skip)
+
+    assert chunked == plan_file(data, batch_size=50, block=2048, chunks=False, skip=skip)
+    assert chunked[1]["already_done"] == len(finished)
+    assert chunked[1]["rows"] == 3000

@@ -65,20 +65,21 @@ class Deduper:
     def __init__(self, seen: dict[int, BitMap64] | None = None) -> None:
         self.seen: dict[int, BitMap64] = seen if seen is not None else {}
 
-    def all_new(self, campaign_id: int, audience_ids: Sequence[int]) -> bool:
-        """If no id of ``audience_ids`` was offered before and none repeats, remember them
-        all and say True; otherwise change nothing and say False (offer them one by one)."""
+    def unseen(self, campaign_id: int, audience_ids: Sequence[int]) -> BitMap64 | None:
+        """The ids as a bitmap if none was offered before and none repeats (then
+        :meth:`remember` them), else None (offer them one by one). Changes nothing."""
         fresh = BitMap64(audience_ids)
         if len(fresh) != len(audience_ids):
-            return False
+            return None
+        ids = self.seen.get(campaign_id)
+        return None if ids is not None and ids.intersect(fresh) else fresh
+
+    def remember(self, campaign_id: int, fresh: BitMap64) -> None:
         ids = self.seen.get(campaign_id)
         if ids is None:
             self.seen[campaign_id] = fresh
-        elif ids.intersect(fresh):
-            return False
         else:
             ids |= fresh
-        return True
 
     def first_time(self, campaign_id: int, audience_id: int) -> bool:
         """True the first time a pair is offered, False for every repeat."""

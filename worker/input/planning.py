@@ -77,7 +77,7 @@ def _plan_block(
     ledger, skip = plan.ledger, plan.skip
     first_time, add = plan.dedupe.first_time, plan.batcher.add
     sharded = settings.shard_count is not None
-    accepted = 0
+    accepted = already = 0
     try:
         for item in block:
             ledger.read_pos = item.offset
@@ -89,34 +89,42 @@ def _plan_block(
             elif not first_time(item.campaign_id, item.audience_id):
                 recorder.duplicate(item)
             elif skip and _already_done(skip, item.campaign_id, item.audience_id):
-                recorder.already_done(item)
+                already += 1
             else:
                 accepted += 1
                 batches = add(item)
                 if batches:
                     recorder.accepted(accepted)
-                    accepted = 0
+                    recorder.already_done(already)
+                    accepted = already = 0
                     yield from _pending(ledger, batches)
     finally:
         recorder.accepted(accepted)
+        recorder.already_done(already)
 
 
 def _plan_chunk(
     plan: Plan, chunk: Chunk, recorder: Recorder, settings: Settings
 ) -> Iterator[Batch]:
-    """:func:`_plan_block` for a chunk: when none of its ids was met before or repeats (and
-    no shard or earlier run takes some), all its rows go to the batcher at once; otherwise
-    they go one by one."""
-    ids = chunk.audience_ids
-    if (
-        settings.shard_count is not None
-        or plan.skip
-        or not plan.dedupe.all_new(chunk.campaign_id, ids)
-    ):
+    """:func:`_plan_block` for a chunk, at once when it can be: none of its ids met before
+    or repeated, no shard, and (on resume) none or all of them finished by an earlier run;
+    otherwise row by row."""
+    campaign, ids = chunk.campaign_id, chunk.audience_ids
+    fresh = plan.dedupe.unseen(campaign, ids) if settings.shard_count is None else None
+    done = plan.skip.get(campaign)
+    finished = False
+    if fresh is not None and done is not None and done.intersect(fresh):
+        finished = fresh.issubset(done)
+        fresh = fresh if finished else None  # some finished, some not
+    if fresh is None:
         yield from _plan_block(plan, [*chunk.rows()], recorder, settings)
         return
+    plan.dedupe.remember(campaign, fresh)
     plan.ledger.read_pos = chunk.offsets[-1]
-    batches = plan.batcher.extend(chunk.campaign_id, ids, chunk.offsets)
+    if finished:
+        recorder.already_done(len(ids))
+        return
+    batches = plan.batcher.extend(campaign, ids, chunk.offsets)
     recorder.accepted(len(ids))
     yield from _pending(plan.ledger, batches)
 

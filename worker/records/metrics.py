@@ -26,7 +26,6 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 # Row and id outcomes, by the event that ends them.
 _ROW_EVENTS = {
     "rejected": "rejected",
-    "already_done": "already_done",
     "other_shard": "other_shard",
 }
 _ID_EVENTS = {"deleted": "deleted", "failed": "failed", "unconfirmed": "unconfirmed"}
@@ -131,6 +130,8 @@ class Metrics:
             self.ids.labels(_ROW_EVENTS[event]).inc()
         elif event == "duplicates":
             self.ids.labels("duplicate").inc(len(fields["lines"]))
+        elif event == "already_done":
+            self.ids.labels("already_done").inc(fields["rows"])
         elif event in _ID_EVENTS:
             self._ids(_ID_EVENTS[event], fields)
         elif event == "request":

@@ -139,9 +139,11 @@ class Recorder:
         if rows:
             self._tell("accepted", {"rows": rows})
 
-    def already_done(self, row: Row) -> None:
-        """A row an earlier run already finished (resume): neither sent nor audited again."""
-        self._tell("already_done", {"line": row.line})
+    def already_done(self, rows: int) -> None:
+        """``rows`` rows an earlier run already finished (resume): neither sent nor audited
+        again; told in one event, as :meth:`accepted`."""
+        if rows:
+            self._tell("already_done", {"rows": rows})
 
     def other_shard(self, row: Row) -> None:
         """A row of another shard: neither sent nor audited here."""

@@ -35,7 +35,7 @@ class Tally:
     failure_reasons: Counter[str] = field(default_factory=Counter)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
-        if event in ("rejected", "already_done"):
+        if event == "rejected":
             self.rows += 1
         match event:
             case "accepted":
@@ -49,7 +49,8 @@ class Tally:
                 self.rows += len(fields["lines"])
                 self.duplicates += len(fields["lines"])
             case "already_done":
-                self.already_done += 1
+                self.rows += fields["rows"]
+                self.already_done += fields["rows"]
             case "other_shard":
                 self.other_shard += 1
             case "input_read":
