@@ -238,7 +238,7 @@ BAD_ROWS = [
 ]
 
 
-async def test_invalid_ids_are_rejected_with_line_raw_and_reason_and_never_sent(
+async def test_invalid_ids_are_rejected_with_line_id_cell_hash_and_reason_and_never_sent(
     sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
 ) -> None:
     path = write_csv(
@@ -258,8 +258,8 @@ async def test_invalid_ids_are_rejected_with_line_raw_and_reason_and_never_sent(
             "event": "rejected",
             "run_id": result.run_id,
             "line": line,
-            "raw": raw,
             "audience_raw": raw.split(",")[1],
+            "raw_sha256": hashlib.sha256(raw.encode()).hexdigest(),  # the line, never its text
             "reason": reason,
         }
         for r, (line, raw, reason) in zip(rejected, BAD_ROWS, strict=True)
@@ -611,7 +611,7 @@ async def test_dry_run_sends_nothing_and_prints_the_plan(
     records = audit_of(settings)
     assert_well_formed(records, result)
     assert records[0]["dry_run"] is True
-    assert [(r["line"], r["raw"]) for r in of(records, "rejected")] == [(33, "42,abc")]
+    assert [(r["line"], r["audience_raw"]) for r in of(records, "rejected")] == [(33, "abc")]
     assert duplicate_rows(records) == [(32, 42, 3)]
     assert of(records, "deleted") == of(records, "failed") == []
     assert records[-1]["dry_run"] is True

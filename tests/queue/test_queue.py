@@ -8,6 +8,7 @@ keeps serving; the others run in-process through :func:`run_consumer`.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
 import os
@@ -266,7 +267,7 @@ async def test_enqueue_writes_one_entry_per_batch_and_audits_rejected_rows_and_d
     run_id = records[0]["run_id"]
     assert records[0]["command"] == "enqueue"
     rejected = of(records, "rejected")
-    assert [(r["line"], r["raw"], r["reason"]) for r in rejected] == [
+    assert [(r["line"], r["audience_raw"], r["reason"]) for r in rejected] == [
         (26, "abc", "audience_id not an integer"),
         (27, "-1", "audience_id not a positive integer"),
         (29, "0", "audience_id not a positive integer"),
@@ -276,8 +277,8 @@ async def test_enqueue_writes_one_entry_per_batch_and_audits_rejected_rows_and_d
         "event": "rejected",
         "run_id": run_id,
         "line": 26,
-        "raw": "abc",
         "audience_raw": "abc",
+        "raw_sha256": hashlib.sha256(b"abc").hexdigest(),
         "reason": "audience_id not an integer",
     }
     duplicates = of(records, "duplicates")

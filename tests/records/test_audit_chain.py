@@ -99,7 +99,13 @@ def test_records_are_numbered_from_zero_and_each_links_to_the_previous_hash(
 def test_each_hash_is_the_sha256_of_the_sorted_compact_json_without_hash(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
     log = AuditLog(path, "run-a")
-    log.write("rejected", line=3, raw="abc", reason="audience_id not an integer")
+    log.write(
+        "rejected",
+        line=3,
+        audience_raw="abc",
+        raw_sha256=hashlib.sha256(b"abc").hexdigest(),
+        reason="audience_id not an integer",
+    )
     log.write("duplicates", campaign_id=42, lines=[4, 9], audience_ids=[7, 7])
     log.close()
 
@@ -458,22 +464,24 @@ def test_find_returns_both_the_duplicate_and_the_deleted_record_of_a_repeated_id
     }
 
 
-def test_find_matches_a_rejected_row_by_its_raw_value(purge: PurgeRun) -> None:
+def test_find_matches_a_rejected_row_by_its_id_cell(purge: PurgeRun) -> None:
     path, _, result = purge
 
     hits = list(find([path], -5))
 
-    assert [
-        {k: r[k] for k in ("event", "run_id", "line", "raw", "reason")} for _, _, r in hits
-    ] == [
+    assert [{k: v for k, v in r.items() if k not in CHAIN} for _, _, r in hits] == [
         {
             "event": "rejected",
             "run_id": result.run_id,
             "line": 4,
-            "raw": "-5",
+            "audience_raw": "-5",
+            "raw_sha256": hashlib.sha256(b"-5").hexdigest(),
             "reason": "audience_id not a positive integer",
         }
     ]
+
+
+CHAIN = ("ts", "seq", "prev_hash", "hash")
 
 
 @pytest.mark.parametrize("absent", [4, 42, 10_000])
@@ -616,7 +624,7 @@ def test_cli_verify_with_an_empty_key_file_exits_2(
 
 def test_find_matches_a_rejected_row_by_its_id_cell_not_by_its_campaign(tmp_path: Path) -> None:
     path = tmp_path / "audit.jsonl"
-    log = AuditLog(path, "run-1")
+    log = AuditLog(path, "run-1")  # records as older logs had them, with the row's text
     log.write("rejected", line=3, raw="42,abc", audience_raw="abc", reason="not an integer")
     log.write("rejected", line=4, raw="42,-7", audience_raw="-7", reason="not positive")
     log.close()

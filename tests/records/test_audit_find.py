@@ -91,9 +91,43 @@ def test_line_finds_the_rejected_row_of_that_line(purged: Purged, capsys: Capsys
     assert code == 0
     assert out[0] == (
         f"{purged.log}:{at}  {rejected['ts']}  run {purged.first}  rejected  input line 3  "
-        f"reason: {rejected['reason']}"
+        f"reason: {rejected['reason']}  id cell 'abc'  sha256 {rejected['raw_sha256']}"
     )
     assert rejected["audience_raw"] == "abc"
+    assert "raw" not in rejected
+
+
+def test_line_shows_a_rejected_row_of_an_older_log_with_its_text(
+    purged: Purged, tmp_path: Path, capsys: Capsys
+) -> None:
+    old = tmp_path / "old.jsonl"
+    log = AuditLog(old, "run-old")  # as logs had them before raw_sha256: the row's text
+    log.write("run_started", command="run", input="ids.csv")
+    log.write("rejected", line=3, raw="42,abc", audience_raw="abc", reason="not an integer")
+    log.write("rejected", line=4, raw="x,y", reason="no audience_raw either")
+    log.write("run_finished", exit_code=0, rejected=2)
+    log.close()
+    written = read_audit(old, chain=True)
+
+    code, out, _ = find(capsys, "--line", "3", str(old))
+    _, older, _ = find(capsys, "--line", "4", str(old))
+    _, records = find_json(capsys, "--line", "3", str(purged.log), str(old))
+    summary = main(["audit", "summary", str(purged.log), str(old)])
+
+    assert code == 0
+    assert out[0] == (
+        f"{old}:2  {written[1]['ts']}  run run-old  rejected  input line 3  "
+        "reason: not an integer  id cell 'abc'  raw '42,abc'"
+    )
+    assert older[0].endswith("input line 4  reason: no audience_raw either  raw 'x,y'")
+    assert [(r["run_id"], "raw" in r, "raw_sha256" in r) for r in records] == [
+        (purged.first, False, True),
+        (purged.second, False, True),
+        ("run-old", True, False),
+    ]
+    assert {k: v for k, v in records[2].items() if k not in ("file", "file_line")} == written[1]
+    assert summary == 0
+    assert "  rejected       4" in capsys.readouterr().out.splitlines()
 
 
 def test_line_finds_the_row_of_a_duplicates_record_as_find_shows_an_id(

@@ -154,7 +154,21 @@ def _describe(record: dict[str, Any]) -> str:
         parts.append(f"input line {record.get('line')}")
     if event == "rejected":
         parts.append(f"reason: {record.get('reason')}")
+        parts += _rejected_row(record)
     return "  ".join(parts)
+
+
+def _rejected_row(record: dict[str, Any]) -> list[str]:
+    """What a ``rejected`` record keeps of its row: the id cell and the SHA-256 of the row
+    (older logs kept the row's text instead, ``raw``: shown as it is there)."""
+    parts = []
+    if record.get("audience_raw") is not None:
+        parts.append(f"id cell {record['audience_raw']!r}")
+    if "raw_sha256" in record:
+        parts.append(f"sha256 {record['raw_sha256']}")
+    elif "raw" in record:
+        parts.append(f"raw {record['raw']!r}")
+    return parts
 
 
 def _find_target(args: argparse.Namespace) -> tuple[int | None, int | None, list[Path]]:

@@ -17,14 +17,18 @@ SHOWN = 5
 
 
 class Findings:
-    """Observer: the first rejected rows, with their lines and reasons."""
+    """Observer: the first rejected rows, with their lines, id cells and reasons (never the
+    row's text: the recorder tells none)."""
 
     def __init__(self) -> None:
-        self.rejected: list[tuple[int, str, str]] = []
+        self.rejected: list[tuple[int, str | None, str]] = []
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "rejected" and len(self.rejected) < SHOWN:
-            self.rejected.append((int(fields["line"]), str(fields["raw"]), str(fields["reason"])))
+            cell = fields.get("audience_raw")
+            self.rejected.append(
+                (int(fields["line"]), None if cell is None else str(cell), str(fields["reason"]))
+            )
 
 
 def print_findings(
@@ -40,7 +44,8 @@ def print_findings(
     if tally.rejected:
         lines.append(f"  rejected: {plural(tally.rejected, 'row')} (a real run audits each):")
         lines += [
-            f"    line {line}: {reason}: {raw[:60]!r}" for line, raw, reason in findings.rejected
+            f"    line {line}: {reason}" + ("" if cell is None else f": {cell!r}")
+            for line, cell, reason in findings.rejected
         ]
         if tally.rejected > len(findings.rejected):
             lines.append(f"    ... and {tally.rejected - len(findings.rejected)} more")

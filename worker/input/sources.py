@@ -29,12 +29,14 @@ byte offset of its first line, and reading only ever resumes at the start of a r
 an id inside a quoted field of another column is never read as an id.
 
 Records are bounded: one longer than :data:`MAX_RECORD` (1 MiB) is rejected (``line too
-long``, or ``record too long`` when it spans lines) with a short prefix of its text, and
-streamed past without being held; a quoted field still open at the end of the input makes
-its record rejected whole. The text is UTF-8 (a UTF-8 byte order mark is skipped): an input
-that starts with a UTF-16 or UTF-32 byte order mark, or has a NUL byte in its first block,
-is refused (InputError, before anything is sent); a later record with a NUL byte is
-rejected, since by then batches may have been sent and the run cannot be refused any more.
+long``, or ``record too long`` when it spans lines), hashed as it streams past without
+being held; a quoted field still open at the end of the input makes its record rejected
+whole. Every rejected record carries the SHA-256 of its bytes
+(:func:`~worker.input.validate.record_sha256`); its text is held in memory only, and never
+written. The text is UTF-8 (a UTF-8 byte order mark is skipped): an input that starts
+with a UTF-16 or UTF-32 byte order mark, or has a NUL byte in its first block, is refused
+(InputError, before anything is sent); a later record with a NUL byte is rejected, since
+by then batches may have been sent and the run cannot be refused any more.
 """
 
 from __future__ import annotations
@@ -48,7 +50,7 @@ import stat
 import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import accumulate, chain, repeat
 from operator import add
 from typing import BinaryIO
@@ -62,13 +64,14 @@ from worker.input.validate import (
     Row,
     detect_layout,
     parse_line,
+    record_sha256,
     split_cells,
 )
 
 BLOCK = 1 << 16
 BOM = b"\xef\xbb\xbf"
 KEEP_BYTES = 8 << 20
-RAW_HEAD = 200  # bytes of a rejected oversized record kept in its audit record
+RAW_HEAD = 200  # bytes of a rejected oversized record kept in memory (never written)
 SURVEY_BLOCK = 1 << 20
 
 LINE_TOO_LONG = "line too long"
@@ -384,24 +387,34 @@ class _Scan:
 
 @dataclass(slots=True)
 class _Oversized:
-    """A record longer than MAX_RECORD: where it began, its first bytes, how far it came."""
+    """A record longer than MAX_RECORD: where it began, its first bytes, how far it came,
+    and the SHA-256 of its bytes so far (its ending newline excluded)."""
 
     offset: int
     line: int
     head: bytes
     scan: _Scan
     newlines: int
+    sha256: hashlib._Hash = field(default_factory=hashlib.sha256)
 
     def rejected(self, *, at_end: bool) -> Rejected:
         if at_end and self.scan.open_at_end():
             reason = UNTERMINATED
         else:
             reason = RECORD_TOO_LONG if self.newlines > (0 if at_end else 1) else LINE_TOO_LONG
-        return Rejected(self.line, _shown(self.head), reason, self.offset)
+        return _rejected(self.line, self.head, reason, self.offset, self.sha256.hexdigest())
+
+
+def _rejected(
+    line: int, raw: bytes, reason: str, offset: int, sha256: str | None = None
+) -> Rejected:
+    """A record the reader rejects whole, by its bytes (or their head and their digest)."""
+    digest = record_sha256(raw) if sha256 is None else sha256
+    return Rejected(line, _shown(raw), reason, offset, raw_sha256=digest)
 
 
 def _shown(raw: bytes) -> str:
-    """The text of a rejected record, cut short so that its audit record stays small."""
+    """The text of a rejected record, cut short: held in memory only, never written."""
     text = raw[:RAW_HEAD].decode("utf-8", "replace")
     return text + "…" if len(raw) > RAW_HEAD else text
 
@@ -534,7 +547,7 @@ class _Framer:
     def _last(raw: bytes, offset: int, line: int, skip: int) -> _Raw | Rejected:
         """The last record, without a newline: whole, or cut off inside a quoted field."""
         if _RECORD.fullmatch(raw + b"\n", skip) is None:
-            return Rejected(line, _shown(raw), UNTERMINATED, offset)
+            return _rejected(line, raw, UNTERMINATED, offset)
         return _checked(offset, line, raw)
 
     def _stream_past(self) -> None:
@@ -546,6 +559,7 @@ class _Framer:
         for part in parts:
             newlines = part.count(b"\n")
             oversized.newlines += newlines
+            oversized.sha256.update(part)
             digest.consume(part, newlines)
         self._parts, self._size, self._scan = [], 0, _Scan()
         self._oversized = oversized
@@ -560,6 +574,7 @@ class _Framer:
         if part:
             newlines = part.count(b"\n")
             oversized.newlines += newlines
+            oversized.sha256.update(part if end < 0 else part[:-1])  # not its ending newline
             self._digest.consume(part, newlines)
         if end < 0 and not at_end:
             return None, b""
@@ -570,9 +585,9 @@ class _Framer:
 def _checked(offset: int, line: int, raw: bytes) -> _Raw | Rejected:
     if len(raw) > MAX_RECORD:
         reason = RECORD_TOO_LONG if b"\n" in raw else LINE_TOO_LONG
-        return Rejected(line, _shown(raw), reason, offset)
+        return _rejected(line, raw, reason, offset)
     if b"\0" in raw:
-        return Rejected(line, _shown(raw), NUL_BYTE, offset)
+        return _rejected(line, raw, NUL_BYTE, offset)
     return offset, line, raw
 
 
@@ -633,13 +648,13 @@ class _Rows:
                 out.append(item)
         return out
 
-    def _item(self, offset: int, number: int, raw: bytes) -> Row | Rejected | None:
-        if offset == 0 and raw.startswith(BOM):
-            raw = raw[len(BOM) :]
+    def _item(self, offset: int, number: int, record: bytes) -> Row | Rejected | None:
+        """``record``: the record's bytes as in the input, without the newline ending it."""
+        raw = record[len(BOM) :] if offset == 0 and record.startswith(BOM) else record
         line = raw.decode("utf-8", "replace")
         cells = split_cells(line)
         if cells is None:
-            return Rejected(number, line, "not valid CSV", offset)
+            return Rejected(number, line, "not valid CSV", offset, None, record_sha256(record))
         if not any(map(str.strip, cells)):
             return None
         digest = self._digest
@@ -647,7 +662,10 @@ class _Rows:
             digest.layout = detect_layout(cells, default_campaign=self._default)
             if digest.layout.has_header:
                 return None
-        return parse_line(cells, number, digest.layout, self._default, offset)
+        item = parse_line(cells, number, digest.layout, self._default, offset)
+        if isinstance(item, Rejected):  # the record's hash, as the reader read it (rare)
+            return replace(item, raw_sha256=record_sha256(record))
+        return item
 
 
 _Fast = Callable[[bytes, int, int], Row | None]

@@ -1,13 +1,15 @@
 """Validation stage: one CSV record → a :class:`Row` to send, or a :class:`Rejected` row.
 
 An id must be a positive integer within 64-bit range, in ASCII digits without leading
-zeros; anything else is rejected with the line number, the raw text and the reason, and
-never sent.
+zeros; anything else is rejected with the line number, the id cell and the reason, and
+never sent. A rejected record's own text stays in memory only: what is written of it is its
+SHA-256 (:attr:`Rejected.raw_sha256`, see :func:`record_sha256`), never the text.
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -61,13 +63,34 @@ class Chunk:
 
 @dataclass(frozen=True, slots=True)
 class Rejected:
-    """A record that is not sent; ``audience_raw`` is its audience_id cell, when it has one."""
+    """A record that is not sent; ``audience_raw`` is its audience_id cell, when it has one.
+
+    ``raw`` is its text (cut short for an oversized record), for the code that reads it in
+    memory: it is never written anywhere (data minimisation, GDPR Art. 5(1)(c)), and kept out
+    of the repr so that no log line can carry it. What is written instead is ``raw_sha256``:
+    the SHA-256 of the record's bytes as they are in the input (:func:`record_sha256`),
+    which the reader sets.
+    """
 
     line: int
-    raw: str
+    raw: str = field(repr=False)
     reason: str
     offset: int = field(default=0, compare=False)
     audience_raw: str | None = field(default=None, compare=False)
+    raw_sha256: str = field(default="", compare=False)
+
+
+def record_sha256(record: bytes) -> str:
+    """The hex SHA-256 that identifies a rejected record in the audit log: of its bytes
+    exactly as they are in the input, from its first byte (a UTF-8 BOM before line 1
+    included) to the newline that ends it, that newline excluded (a CR before it is part of
+    the record, as is every line break inside a quoted field); a last record without a
+    newline is hashed whole. For a UTF-8 input these are the UTF-8 bytes of the record's
+    text; bytes that are not UTF-8 are hashed as they are, not as the replacement
+    characters the text shows them as. ``sed -n 'N,Mp' FILE | head -c -1 | sha256sum``
+    gives the same digest for a record on lines N to M (see README, "The audit log").
+    """
+    return hashlib.sha256(record).hexdigest()
 
 
 def parse_id(text: str) -> int | str:

@@ -39,6 +39,10 @@ from worker.state.checkpoint import count
 # envelope spread thin, and a line of ~20-30 KB that stays easy to read back.
 DUPLICATES_PER_RECORD = 1000
 
+# Characters of a rejected row's id cell kept in its record: a valid id has at most 19, so
+# this shows what the cell held without keeping a whole note pasted into it.
+ID_CELL_CHARS = 64
+
 
 class Observer(Protocol):
     """Told of every event after its audit record (if it has one) was written.
@@ -102,11 +106,16 @@ class Recorder:
     # -- input rows -----------------------------------------------------------------------
 
     def rejected(self, item: Rejected) -> None:
+        """A rejected row, by its line, its id cell (cut to :data:`ID_CELL_CHARS`) and the
+        SHA-256 of its bytes: never its text (``item.raw``), which may hold anything a
+        person typed in the file (data minimisation, GDPR Art. 5(1)(c)). The observers are
+        told these fields only, so neither can a report, a dry run's findings or a log."""
+        cell = item.audience_raw
         self._record(
             "rejected",
             line=item.line,
-            raw=item.raw,
-            audience_raw=item.audience_raw,
+            audience_raw=None if cell is None else cell[:ID_CELL_CHARS],
+            raw_sha256=item.raw_sha256,
             reason=item.reason,
         )
 
