@@ -26,11 +26,13 @@ from conftest import read_audit, write_csv
 
 from worker.cli import main
 from worker.commands.run import run_purge
+from worker.exit_codes import ExitCode
 from worker.records.audit import AuditLog
 from worker.records.audit_query import (
     ZERO_HASH,
     Problem,
     canonical,
+    check,
     find,
     record_hash,
     summarize,
@@ -38,6 +40,7 @@ from worker.records.audit_query import (
 )
 from worker.records.report import RunResult
 from worker.settings import Settings
+from worker.settings.rate import RateSpec
 
 KEY = b"auditor-key-0123456789"
 
@@ -116,6 +119,29 @@ def test_each_hash_is_the_sha256_of_the_sorted_compact_json_without_hash(tmp_pat
         independent = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
         assert canonical(record) == independent
         assert record["hash"] == hashlib.sha256(independent).hexdigest()
+
+
+def test_values_json_has_no_type_for_are_hashed_as_they_are_written(tmp_path: Path) -> None:
+    """The hash covers the line as a reader parses it back, whatever the writer was given:
+    tuples, paths, enums, big ints, nested dicts in any order, a dataclass (its fields as a
+    dict, sorted like any dict), non-ASCII text."""
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "run-a")
+    log.write(
+        "mixed",
+        ids=(3, 2, 1),
+        where=tmp_path / "ids.csv",
+        code=ExitCode.FAILED,
+        big=2**64 - 1,
+        nested={"z": {"b": 1, "a": [1.5, None]}, "a": "é ✓"},
+        spec=RateSpec(100, 60.0),
+    )
+    log.close()
+
+    (record,) = read_audit(path, chain=True)
+    assert record["hash"] == record_hash(record)
+    assert record["spec"] == {"requests": 100, "period": 60.0}
+    assert check([path]).errors == []
 
 
 # --- continuing and resuming -----------------------------------------------------------------

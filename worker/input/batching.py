@@ -153,8 +153,9 @@ class Batcher:
             yield Batch(campaign, tuple(entry.ids), entry.first_offset, offset)
 
     def oldest_open(self) -> int | None:
-        """Byte offset of the first row still waiting in a partial batch."""
-        return min((e.first_offset for e in self._open.values()), default=None)
+        """Byte offset of the first row still waiting in a partial batch: the first entry's,
+        since entries are opened in input order (a campaign's next one at its next row)."""
+        return next((e.first_offset for e in self._open.values()), None)
 
     def open_ids(self) -> Iterator[tuple[int, int]]:
         for campaign, entry in self._open.items():

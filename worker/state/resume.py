@@ -312,4 +312,6 @@ async def _in_a_thread_to_the_end(*steps: Callable[[], None]) -> None:
         while not done.done():
             with contextlib.suppress(asyncio.CancelledError):
                 await asyncio.wait([done])
+        if not done.cancelled() and (error := done.exception()) is not None:
+            log.error("a checkpoint failed as the run stopped", error=str(error))
         raise

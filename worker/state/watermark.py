@@ -14,6 +14,8 @@ from collections.abc import Callable, Iterator
 from worker.input.batching import Batch
 from worker.state.checkpoint import Pairs, pairs_from
 
+_PRUNE_EVERY = 32  # settled batches
+
 
 class Ledger:
     """Which batches are on their way and which finished above the watermark.
@@ -41,7 +43,8 @@ class Ledger:
         if self._pending.pop(id(batch), None) is not None:
             self._count += 1
             heapq.heappush(self._settled, (batch.last_offset, self._count, batch))
-            self._prune(self.watermark(self.open_since()))
+            if self._count % _PRUNE_EVERY == 0:  # the watermark costs a pass over the pending
+                self._prune(self.watermark(self.open_since()))
 
     def _prune(self, watermark: int) -> None:
         while self._settled and self._settled[0][0] < watermark:
