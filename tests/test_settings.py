@@ -65,6 +65,7 @@ def test_public_settings_of_the_defaults() -> None:
         "audit_dir": "purge-audit",
         "audit_log": None,
         "audit_key_file": None,
+        "sign_key": None,
         "report": None,
         "failed_out": None,
         "state_dir": None,

@@ -363,7 +363,8 @@ REFUSED = [
 SURFACE = {
     RUN: "--input --shard --json --config --base-url --token-file --rate --concurrency "
     "--concurrency-mode --batch-size --timeout --max-attempts --campaign-id --audit-log "
-    "--audit-key-file --report --failed-out --state-dir --fresh --no-retry-failed --grace "
+    "--audit-key-file --sign-key --report --failed-out --state-dir --fresh --no-retry-failed "
+    "--grace "
     "--shard-count --redis "
     "--redis-backoff-initial --redis-backoff-max --rate-scope --rate-key --insecure-http "
     "--dry-run --max-deletes --expect-count --halt-on-failure-rate --deadline --progress "
@@ -372,13 +373,14 @@ SURFACE = {
     "--redis-backoff-initial --redis-backoff-max --stream --ref --force --log-format",
     CONSUME: "--config --base-url --token-file --rate --concurrency --concurrency-mode "
     "--batch-size --timeout "
-    "--max-attempts --audit-log --audit-key-file --grace --redis --redis-backoff-initial "
+    "--max-attempts --audit-log --audit-key-file --sign-key --grace --redis "
+    "--redis-backoff-initial "
     "--redis-backoff-max --stream --group --consumer --dead-stream --dead-letter-max "
     "--until-empty --max-deliveries --claim-idle --rate-scope --rate-key --insecure-http "
     "--halt-on-failure-rate --deadline --log-level --log-format --metrics-port --pushgateway "
     "--metrics-job",
     DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
-    "--max-attempts --audit-log --audit-key-file --insecure-http --dry-run --log-level "
+    "--max-attempts --audit-log --audit-key-file --sign-key --insecure-http --dry-run --log-level "
     "--log-format",
 }
 

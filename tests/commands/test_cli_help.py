@@ -48,6 +48,7 @@ def test_the_tree_holds_every_command_and_action() -> None:
         "audit verify",
         "audit summary",
         "audit find",
+        "audit keygen",
         "demo",
         "completion",
     }

@@ -29,7 +29,15 @@ BOOT = (
 # What the run path needs and the parser does not.
 RUNTIME = ("aiohttp", "asyncio", "structlog", "rich", "tenacity", "pyroaring", "orjson")
 # What only some commands need: a fleet (redis), metrics, the embedded server.
-OPTIONAL = ("redis", "prometheus_client", "aiohttp.web", "worker.sandbox", "worker.queue")
+# cryptography: only --sign-key and audit verify --public-key.
+OPTIONAL = (
+    "redis",
+    "prometheus_client",
+    "aiohttp.web",
+    "worker.sandbox",
+    "worker.queue",
+    "cryptography",
+)
 
 
 async def loaded(*args: str, cwd: Path, token: str | None = None) -> tuple[int, set[str]]:

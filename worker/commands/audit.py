@@ -1,12 +1,14 @@
-"""``audience-purge audit verify|summary|find``: what an auditor runs on the audit logs.
+"""``audience-purge audit verify|summary|find|keygen``: what an auditor runs on the audit logs.
 
 Exit codes: 0 intact, or intact with warnings (verify: what a crash leaves, printed as
 ``WARNING:`` lines before ``OK with warnings``; see :mod:`worker.records.audit_query`) / found;
 1 tampering found (verify: ``TAMPERED:`` lines), or nothing found (find: the id, or with
 ``--line`` the input line, is in no record); 2 a file cannot be read, or a usage error (find
-given both an id and ``--line``, or neither). ``verify --json`` prints the same verdict as
-one JSON object instead; ``find --json`` prints each record as it is, with ``file`` and
-``file_line`` (where it stands) added: its own ``line`` is the input line it is about.
+given both an id and ``--line``, or neither; ``keygen`` given a prefix whose files exist).
+``verify --json`` prints the same verdict as one JSON object instead; ``find --json`` prints
+each record as it is, with ``file`` and ``file_line`` (where it stands) added: its own
+``line`` is the input line it is about. ``verify --public-key`` also checks the Ed25519
+signatures (see :mod:`worker.records.signing`).
 """
 
 from __future__ import annotations
@@ -15,11 +17,12 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from worker.errors import UsageError
+from worker.files import make_dirs, open_private
 from worker.records.audit import read_key_file
 from worker.records.audit_query import (
     Hit,
@@ -30,6 +33,9 @@ from worker.records.audit_query import (
     find_line,
     summarize,
 )
+
+if TYPE_CHECKING:
+    from worker.records.signing import SignatureCheck
 
 
 def _readable(paths: list[Path]) -> list[Path]:
@@ -42,9 +48,20 @@ def _readable(paths: list[Path]) -> list[Path]:
 def verify_command(args: argparse.Namespace) -> int:
     """Warnings (what a crash leaves) first, then errors, or one line naming the head."""
     key = read_key_file(args.audit_key_file)
+    signatures = None
+    if args.public_key is not None:
+        from worker.records.signing import load_checker
+
+        checker = load_checker(args.public_key)
     verdict = check(_readable(args.paths), key)
+    if args.public_key is not None:
+        from worker.records.signing import check_signatures
+
+        signatures = check_signatures([end.path for end in verdict.files], checker)
+        verdict.warnings += signatures.warnings
+        verdict.errors += signatures.errors
     if args.json:
-        document = verdict_document(verdict, key)
+        document = verdict_document(verdict, key, signatures)
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 1 if verdict.errors else 0
     for warning in verdict.warnings:
@@ -55,11 +72,13 @@ def verify_command(args: argparse.Namespace) -> int:
         return 1
     if len(verdict.files) > 1:
         print("files in chain order: " + ", ".join(str(end.path) for end in verdict.files))
-    print(_verified(verdict, key))
+    print(_verified(verdict, key, signatures))
     return 0
 
 
-def verdict_document(verdict: Verdict, key: bytes | None) -> dict[str, Any]:
+def verdict_document(
+    verdict: Verdict, key: bytes | None, signatures: SignatureCheck | None = None
+) -> dict[str, Any]:
     """``verify --json``: ok, the warnings and errors (file, line, reason), the head, and
     the files (in chain order when the chain holds), for a script to read."""
     head = verdict.head
@@ -82,6 +101,20 @@ def verdict_document(verdict: Verdict, key: bytes | None) -> dict[str, Any]:
             for end in verdict.files
         ],
         "signed_heads_checked": key is not None,
+        "signatures": None if signatures is None else _signatures(signatures),
+    }
+
+
+def _signatures(found: SignatureCheck) -> dict[str, Any]:
+    """``verify --public-key --json``: the Ed25519 signatures checked and what they cover."""
+    last = found.last_signed
+    return {
+        "key_id": found.key_id,
+        "verified": found.verified,
+        "last_signed": None
+        if last is None
+        else {"file": str(last[0]), "line": last[1], "seq": last[2]},
+        "unsigned_after": found.unsigned_after,
     }
 
 
@@ -89,7 +122,7 @@ def _problem(problem: Problem) -> dict[str, Any]:
     return {"file": str(problem.path), "line": problem.line, "reason": problem.reason}
 
 
-def _verified(verdict: Verdict, key: bytes | None) -> str:
+def _verified(verdict: Verdict, key: bytes | None, signatures: SignatureCheck | None = None) -> str:
     records = sum(end.records for end in verdict.files)
     signed = sum(end.signed for end in verdict.files)
     hmac_note = (
@@ -99,6 +132,12 @@ def _verified(verdict: Verdict, key: bytes | None) -> str:
         if signed
         else ""
     )
+    if signatures is not None:
+        hmac_note += f", {signatures.verified} Ed25519 signature(s) verified (key "
+        hmac_note += f"{signatures.key_id})"
+        if signatures.last_signed is not None:
+            path, line, seq = signatures.last_signed
+            hmac_note += f", last signed seq {seq} ({path}:{line})"
     status = "OK"
     if verdict.warnings:
         status = "OK with warnings"
@@ -258,7 +297,34 @@ def _found_line(hits: list[Hit], input_line: int) -> str:
     )
 
 
+def keygen_command(args: argparse.Namespace) -> int:
+    """PREFIX.key (PKCS8 PEM, 0600) and PREFIX.pub (PEM); an existing file is never replaced."""
+    from worker.records.signing import new_key_pair
+
+    prefix: Path = args.out
+    private_path = prefix.with_name(prefix.name + ".key")
+    public_path = prefix.with_name(prefix.name + ".pub")
+    for path in (private_path, public_path):
+        if path.exists():
+            raise UsageError(f"{path} already exists: nothing was written (choose another --out)")
+    private, public = new_key_pair()
+    try:
+        make_dirs(private_path.parent)
+        with open_private(private_path, "xb") as handle:
+            handle.write(private)
+        with public_path.open("xb") as handle:
+            handle.write(public)
+    except OSError as exc:
+        raise UsageError(f"cannot write the key pair: {exc}") from None
+    print(f"private key: {private_path} (0600; give it to the runs only: --sign-key)")
+    print(f"public key:  {public_path} (give it to the auditor)")
+    print(f"sign:   audience-purge run ... --sign-key {private_path}")
+    print(f"verify: audience-purge audit verify --public-key {public_path} purge-audit/*.jsonl")
+    return 0
+
+
 AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "keygen": keygen_command,
     "verify": verify_command,
     "summary": summary_command,
     "find": find_command,

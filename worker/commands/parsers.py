@@ -102,8 +102,12 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
     ),
     "audit verify": (
         f"{PROG} audit verify purge-audit/*.jsonl",
-        f"{PROG} audit verify --audit-key-file audit.key purge-audit/*.jsonl",
+        f"{PROG} audit verify --public-key audit-sign.pub purge-audit/*.jsonl",
         f"{PROG} audit verify --json purge-audit/*.jsonl | jq .ok",
+    ),
+    "audit keygen": (
+        f"{PROG} audit keygen --out audit-sign",
+        f"{PROG} audit keygen --out keys/purge-2026-11",
     ),
     "audit summary": (
         f"{PROG} audit summary purge-audit/*.jsonl",
@@ -183,6 +187,11 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     "audit verify": {**_VERIFIED, **_READ, **_BUG},
     "audit summary": {ExitCode.OK: "the totals are printed", **_READ, **_BUG},
     "audit find": {**_FOUND, **_READ, **_BUG},
+    "audit keygen": {
+        ExitCode.OK: "the key pair is written",
+        ExitCode.USAGE: "a key file already exists (nothing is overwritten), or cannot be written",
+        **_BUG,
+    },
     "status": {
         ExitCode.OK: "the state or the queue is shown",
         ExitCode.USAGE: "no such (or an unreadable) state directory or stream",
@@ -438,9 +447,27 @@ def _add_audit_parser(commands: Any) -> None:
         help="HMAC key file: also check the signed chain heads",
     )
     verify.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PATH",
+        help="Ed25519 public key (audit keygen's .pub): check every head_signature; a log "
+        "without one is an error",
+    )
+    verify.add_argument(
         "--json",
         action="store_true",
         help="print the verdict as one JSON object: ok, warnings, errors, head, files",
+    )
+    keygen = audit_commands.add_parser(
+        "keygen", help="make an Ed25519 key pair to sign audit logs (--sign-key) and check them"
+    )
+    keygen.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        metavar="PREFIX",
+        help="write PREFIX.key (the private key, 0600: for --sign-key) and PREFIX.pub (the "
+        "public key, for the auditor: audit verify --public-key); never overwrites",
     )
     summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
     summary.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")

@@ -23,7 +23,7 @@ import secrets
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import orjson
 import structlog
@@ -32,7 +32,13 @@ from worker.errors import ConfigError, OutputError
 from worker.files import make_dirs, open_private
 from worker.records.audit_query import ZERO_HASH, head_hmac
 
+if TYPE_CHECKING:
+    from worker.records.signing import Signer
+
 _TAIL_CHUNK = 1 << 16
+# The records a --sign-key signs (Ed25519, see worker.records.signing): a run's last, and
+# the chain head at each checkpoint.
+SIGNED_EVENTS = ("run_finished", "head_signed")
 
 log = structlog.get_logger("audience_purge.audit")
 
@@ -197,13 +203,17 @@ class _LazyFile:
 class _Chain:
     """Numbers each record and links it to the previous one's hash."""
 
-    def __init__(self, seq: int, prev_hash: str, key: bytes | None) -> None:
+    def __init__(
+        self, seq: int, prev_hash: str, key: bytes | None, signer: Signer | None = None
+    ) -> None:
         self.seq = seq
         self.prev_hash = prev_hash
         self._key = key
+        self._signer = signer
 
     def seal(self, record: dict[str, Any]) -> bytes:
-        """The record's line: its fields, ``seq``, ``prev_hash`` (``head_hmac``) and ``hash``.
+        """The record's line: its fields, ``seq``, ``prev_hash`` (``head_hmac``; with a
+        signer, ``signing_key_id`` and ``head_signature`` on :data:`SIGNED_EVENTS`) and ``hash``.
 
         The hash covers the JSON the line holds (tuples as lists, paths as text): orjson
         writes a value the same whether it is the original or what a reader parses back,
@@ -211,8 +221,13 @@ class _Chain:
         """
         record["seq"] = self.seq
         record["prev_hash"] = self.prev_hash
+        signer = self._signer
+        if signer is not None and record.get("event") in SIGNED_EVENTS:
+            record["signing_key_id"] = signer.key_id
         if self._key is not None and record.get("event") == "run_finished":
             record["head_hmac"] = head_hmac(self._key, _normalised(record))
+        if signer is not None and record.get("event") in SIGNED_EVENTS:
+            record["head_signature"] = signer.sign(_normalised(record))
         body = orjson.dumps(record, default=_plain, option=_OPTIONS | orjson.OPT_SORT_KEYS)
         record["hash"] = hashlib.sha256(body).hexdigest()
         self.seq += 1
@@ -256,21 +271,25 @@ class AuditLog:
         *,
         previous: dict[str, Any] | None = None,
         key: bytes | None = None,
+        signer: Signer | None = None,
     ) -> None:
         self.path = path
         self.run_id = run_id
         last = last_record(path)
         if last is not None:
-            self._chain = _Chain(int(last.get("seq", -1)) + 1, str(last.get("hash")), key)
+            seq, prev_hash = int(last.get("seq", -1)) + 1, str(last.get("hash"))
             self.previous: dict[str, Any] | None = None
         elif previous is not None:
-            self._chain = _Chain(0, str(previous["last_hash"]), key)
+            seq, prev_hash = 0, str(previous["last_hash"])
             self.previous = previous
         else:
-            self._chain = _Chain(0, ZERO_HASH, key)
+            seq, prev_hash = 0, ZERO_HASH
             self.previous = None
+        self._chain = _Chain(seq, prev_hash, key, signer)
+        self._signer = signer
         self._file = _LazyFile(path, self._chain.seq - 1)
         self._first_seq = self._chain.seq
+        self._unsigned_from = self._chain.seq  # the first record no signature covers yet
         self._before_sync: list[Callable[[], None]] = []
 
     def head(self) -> dict[str, Any]:
@@ -294,6 +313,8 @@ class AuditLog:
             record["previous"] = self.previous
         self._file.write(self._chain.seal(record))
         self._file.flush()
+        if self._signer is not None and event in SIGNED_EVENTS:
+            self._unsigned_from = self._chain.seq
 
     def before_sync(self, write_held: Callable[[], None]) -> None:
         """Have ``write_held`` write the records a writer holds back (grouped duplicate
@@ -310,7 +331,16 @@ class AuditLog:
         durable, for a thread (see :meth:`_LazyFile.sync_later`)."""
         for write_held in self._before_sync:
             write_held()
+        self._sign_head()
         return self._file.sync_later()
+
+    def _sign_head(self) -> None:
+        """With a signer, a ``head_signed`` record for records no signature covers yet: it
+        names the head it signs (``signed_seq``, ``signed_hash``) and links to it, so a run
+        killed later is signed up to its last checkpoint."""
+        if self._signer is None or self._chain.seq <= self._unsigned_from:
+            return
+        self.write("head_signed", signed_seq=self._chain.seq - 1, signed_hash=self._chain.prev_hash)
 
     def close(self) -> None:
         """Make the file durable, then close it."""

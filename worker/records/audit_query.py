@@ -77,7 +77,7 @@ def record_hash(record: dict[str, Any]) -> str:
 
 def head_hmac(key: bytes, record: dict[str, Any]) -> str:
     """Signs the record that carries it, and so, through ``prev_hash``, the whole chain."""
-    body = {k: v for k, v in record.items() if k not in ("hash", "head_hmac")}
+    body = {k: v for k, v in record.items() if k not in ("hash", "head_hmac", "head_signature")}
     return hmac.new(key, canonical(body), hashlib.sha256).hexdigest()
 
 

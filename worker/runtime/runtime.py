@@ -50,6 +50,7 @@ from worker.settings.catalogue import CONSUME, DEFAULT_METRICS_PORT
 
 if TYPE_CHECKING:
     from worker.records.metrics import Metrics
+    from worker.records.signing import Signer
 
 Work = Coroutine[Any, Any, None]
 log = structlog.get_logger("audience_purge.runtime")
@@ -138,6 +139,7 @@ class Runtime:
             self.run_id,
             previous=previous,
             key=read_key_file(settings.audit_key_file),
+            signer=_signer(settings.sign_key),
         )
         async with self._stack:
             self._stack.enter_context(deferring_signals())
@@ -406,3 +408,12 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for other in errors[1:]:
         log.error("another task failed too", error=repr(other))
     return errors[0]
+
+
+def _signer(path: Path | None) -> Signer | None:
+    """The Ed25519 key of ``--sign-key`` (cryptography is imported only then)."""
+    if path is None:
+        return None
+    from worker.records.signing import load_signer
+
+    return load_signer(path)

@@ -146,6 +146,15 @@ class Settings:
         flag="--audit-key-file PATH",
         commands=_API,
     )
+    sign_key: Path | None = setting(
+        None,
+        path,
+        "Ed25519 private key (audit keygen): sign the audit chain head at each checkpoint "
+        "and in run_finished",
+        flag="--sign-key PATH",
+        env="AUDIENCE_PURGE_SIGN_KEY",
+        commands=_API,
+    )
     report: Path | None = setting(
         None,
         path,
