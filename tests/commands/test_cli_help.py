@@ -49,6 +49,7 @@ def test_the_tree_holds_every_command_and_action() -> None:
         "audit summary",
         "audit find",
         "audit keygen",
+        "audit report",
         "demo",
         "completion",
     }

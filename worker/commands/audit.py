@@ -1,10 +1,12 @@
-"""``audience-purge audit verify|summary|find|keygen``: what an auditor runs on the audit logs.
+"""``audience-purge audit verify|summary|find|report|keygen``: what an auditor runs.
 
 Exit codes: 0 intact, or intact with warnings (verify: what a crash leaves, printed as
 ``WARNING:`` lines before ``OK with warnings``; see :mod:`worker.records.audit_query`) / found;
 1 tampering found (verify: ``TAMPERED:`` lines), or nothing found (find: the id, or with
 ``--line`` the input line, is in no record); 2 a file cannot be read, or a usage error (find
-given both an id and ``--line``, or neither; ``keygen`` given a prefix whose files exist).
+given both an id and ``--line``, or neither; ``keygen`` given a prefix whose files exist;
+``report`` given an OUT it cannot write). ``report`` exits 0 once the page is written,
+whatever the verdict it shows.
 ``verify --json`` prints the same verdict as one JSON object instead; ``find --json`` prints
 each record as it is, with ``file`` and ``file_line`` (where it stands) added: its own
 ``line`` is the input line it is about. ``verify --public-key`` also checks the Ed25519
@@ -22,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from worker.errors import UsageError
-from worker.files import make_dirs, open_private
+from worker.files import make_dirs, open_private, write_atomic
 from worker.records.audit import read_key_file
 from worker.records.audit_query import (
     Hit,
@@ -323,9 +325,57 @@ def keygen_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_command(args: argparse.Namespace) -> int:
+    """``audit report --html OUT``: the evidence page (see :mod:`worker.records.evidence`),
+    written atomically (0600); exit 0 once written, whatever the verdict (the page says it
+    first, and so does the one line printed)."""
+    from datetime import UTC, datetime
+
+    from worker.records.audit_query import read_records
+    from worker.records.evidence import render, verdict_label
+
+    key = read_key_file(args.audit_key_file)
+    checker = None
+    if args.public_key is not None:
+        from worker.records.signing import load_checker
+
+        checker = load_checker(args.public_key)
+    paths = _readable(args.paths)
+    signatures = None
+    try:
+        verdict = check(paths, key)
+        if checker is not None:
+            from worker.records.signing import check_signatures
+
+            signatures = check_signatures([end.path for end in verdict.files], checker)
+            verdict.warnings += signatures.warnings
+            verdict.errors += signatures.errors
+        records = [record for _, _, record in read_records(paths)]
+    except OSError as exc:
+        raise UsageError(f"cannot read the audit files: {exc}") from None
+    page = render(
+        records,
+        verdict,
+        paths=paths,
+        generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        key_file=args.audit_key_file,
+        public_key=args.public_key,
+        signatures=signatures,
+    )
+    out: Path = args.html
+    try:
+        make_dirs(out.parent)
+        write_atomic(out, page.encode("utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot write {out}: {exc}") from None
+    print(f"{out}: {verdict_label(verdict)}")
+    return 0
+
+
 AUDIT_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "keygen": keygen_command,
     "verify": verify_command,
     "summary": summary_command,
     "find": find_command,
+    "report": report_command,
 }

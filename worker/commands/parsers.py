@@ -118,6 +118,10 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         f"{PROG} audit find 97 --campaign-id 42 --json purge-audit/*.jsonl",
         f"{PROG} audit find --line 1234 purge-audit/audit-20260301T101500Z-1a2b3c.jsonl",
     ),
+    "audit report": (
+        f"{PROG} audit report --html evidence.html purge-audit/*.jsonl",
+        f"{PROG} audit report --html evidence.html --public-key audit-sign.pub purge-audit/*.jsonl",
+    ),
     "demo": (f"{PROG} demo", f"{PROG} demo --dir /tmp/purge-demo"),
     "status": (
         f"{PROG} status",
@@ -179,7 +183,7 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
         **_BUG,
     },
     "audit": {
-        ExitCode.OK: "intact (verify), printed (summary), found (find)",
+        ExitCode.OK: "intact (verify), printed (summary), found (find), written (report)",
         ExitCode.FAILED: "tampering found (verify), or nothing found (find)",
         **_READ,
         **_BUG,
@@ -187,6 +191,11 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     "audit verify": {**_VERIFIED, **_READ, **_BUG},
     "audit summary": {ExitCode.OK: "the totals are printed", **_READ, **_BUG},
     "audit find": {**_FOUND, **_READ, **_BUG},
+    "audit report": {
+        ExitCode.OK: "the page is written (whatever verdict it shows: TAMPERED included)",
+        ExitCode.USAGE: "a usage error, a file that cannot be read, or OUT cannot be written",
+        **_BUG,
+    },
     "audit keygen": {
         ExitCode.OK: "the key pair is written",
         ExitCode.USAGE: "a key file already exists (nothing is overwritten), or cannot be written",
@@ -472,6 +481,35 @@ def _add_audit_parser(commands: Any) -> None:
     summary = audit_commands.add_parser("summary", help="totals per event, campaign and run")
     summary.add_argument("paths", nargs="+", type=Path, metavar="PATH", help="audit files")
     summary.add_argument("--json", action="store_true", help="print JSON instead of text")
+    report = audit_commands.add_parser(
+        "report", help="write one self-contained HTML page of evidence for a reviewer"
+    )
+    report.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="audit files, in any order (they are put in chain order by their links)",
+    )
+    report.add_argument(
+        "--html",
+        type=Path,
+        required=True,
+        metavar="OUT",
+        help="the page to write (0600, replaced at once): counts only, no audience id",
+    )
+    report.add_argument(
+        "--public-key",
+        type=Path,
+        metavar="PATH",
+        help="Ed25519 public key (audit keygen's .pub): also check and show the signatures",
+    )
+    report.add_argument(
+        "--audit-key-file",
+        type=Path,
+        metavar="PATH",
+        help="HMAC key file: also check the signed chain heads",
+    )
     find = audit_commands.add_parser(
         "find", help="every record that mentions an audience id, or is about an input line"
     )

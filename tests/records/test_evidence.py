@@ -1,0 +1,228 @@
+"""``audit report --html`` (issue #12): one self-contained page a reviewer reads, whose
+figures are those of the runs, that names no audience id, and says when the chain is broken."""
+
+from __future__ import annotations
+
+import io
+import re
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import write_csv
+
+from worker.cli import main
+from worker.commands.run import run_purge
+from worker.records.audit_query import check, read_records
+from worker.records.evidence import figures, render
+from worker.runtime.runtime import RunResult
+from worker.sandbox import FaultConfig
+from worker.settings import Settings
+
+MakeSettings = Callable[..., Settings]
+
+# Distinctive ids: no count, seq, hash or timestamp on the page looks like them.
+IDS_42 = [7_000_000_100 + i for i in range(40)]
+IDS_77 = [7_000_000_500 + i for i in range(15)]
+IDS_99 = [7_000_000_700 + i for i in range(5)]  # a campaign the API does not know: failed
+IDS_SECOND = [7_000_000_800 + i for i in range(12)]
+BAD = ["42,not-an-id", "x,7000000999", "42,-5"]
+DUPLICATES = {42: 3, 77: 1, 99: 0}
+
+
+# 5xx on a third of the requests, 2 attempts at most (some batches fail), 429 past 20/s.
+@pytest.fixture
+def faults() -> FaultConfig:
+    return FaultConfig(seed=7, error_ratio=0.3, limit_per_second=20)
+
+
+class Purged:
+    def __init__(self, log: Path, results: list[RunResult], inputs: list[int]) -> None:
+        self.log, self.results, self.inputs = log, results, inputs
+
+
+@pytest.fixture
+async def purged(make_settings: MakeSettings, tmp_path: Path) -> Purged:
+    """Two runs into one log: the first over three campaigns (the API knows no 99: its ids
+    fail) with rejected rows and duplicate rows (three of campaign 42, one of 77), the
+    second over more ids of 42."""
+    rows = [f"42,{i}" for i in IDS_42] + [f"77,{i}" for i in IDS_77] + [f"99,{i}" for i in IDS_99]
+    repeats = [f"42,{IDS_42[0]}", f"42,{IDS_42[5]}", f"42,{IDS_42[5]}", f"77,{IDS_77[3]}"]
+    first = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", *rows, *BAD, *repeats])
+    second = write_csv(
+        tmp_path / "more.csv", ["campaign_id,audience_id", *(f"42,{i}" for i in IDS_SECOND)]
+    )
+    results = []
+    for n, path in enumerate((first, second)):
+        settings = make_settings(batch_size=3, max_attempts=2, state_dir=tmp_path / f"state{n}")
+        results.append(await run_purge(settings, str(path), out=io.StringIO()))
+    assert settings.audit_log is not None
+    return Purged(
+        settings.audit_log, results, [*IDS_42, *IDS_77, *IDS_99, *IDS_SECOND, 7_000_000_999]
+    )
+
+
+def page_of(log: Path) -> str:
+    records = [record for _, _, record in read_records([log])]
+    return render(records, check([log]), paths=[log], generated="2026-11-30T00:00:00+00:00")
+
+
+def row(page: str, name: str) -> list[int]:
+    found = re.search(rf'<tr id="campaign-{name}">(.*?)</tr>', page)
+    assert found is not None, f"no row for campaign {name}"
+    return [int(n) for n in re.findall(r'<td class="n">(\d+)</td>', found.group(1))]
+
+
+def figure(page: str, name: str) -> int:
+    found = re.search(rf'id="{name}">(\d+)<', page)
+    assert found is not None, f"no figure {name}"
+    return int(found.group(1))
+
+
+def test_the_page_shows_the_figures_of_the_runs(purged: Purged) -> None:
+    page = page_of(purged.log)
+    deleted: Counter[int] = Counter()
+    failed: Counter[int] = Counter()
+    for result in purged.results:
+        deleted.update(result.tally.deleted_by_campaign)
+        failed.update(result.tally.failed_by_campaign)
+    assert sum(failed.values()) > 0, "the faults should make some ids fail"
+    for campaign in (42, 77, 99):
+        # ids deleted, ids failed, duplicate rows, ids unconfirmed, delete_all answers
+        shown = row(page, str(campaign))
+        assert shown[:3] == [deleted[campaign], failed[campaign], DUPLICATES[campaign]]
+    total = row(page, "all")
+    assert total[:3] == [sum(deleted.values()), sum(failed.values()), sum(DUPLICATES.values())]
+    assert figure(page, "rejected") == sum(r.tally.rejected for r in purged.results) == 3
+    assert sum(r.tally.duplicates for r in purged.results) == 4
+    assert figure(page, "runs") == 2
+    assert figure(page, "total-deleted") == sum(deleted.values())
+    assert figure(page, "total-failed") == sum(failed.values())
+    assert figure(page, "total-retries") == sum(r.tally.retries for r in purged.results) > 0
+    for result in purged.results:
+        assert result.run_id in page
+    assert "Verdict: OK" in page
+    assert "<svg" in page
+
+
+def test_the_page_names_no_audience_id_and_needs_nothing_from_outside(purged: Purged) -> None:
+    page = page_of(purged.log)
+    assert str(IDS_42[0]) in purged.log.read_text()  # the log does name them
+    assert [i for i in purged.inputs if str(i) in page] == []
+    assert "<script" not in page.lower()
+    assert re.findall(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", page, re.I) == []
+    assert "@import" not in page
+    assert "url(" not in page
+
+
+def test_a_tampered_log_shows_the_tampered_verdict(purged: Purged) -> None:
+    lines = purged.log.read_bytes().splitlines(keepends=True)
+    index = next(n for n, line in enumerate(lines) if b'"event":"deleted"' in line)
+    lines[index] = lines[index].replace(b'"attempts":', b'"attempts":1', 1)
+    purged.log.write_bytes(b"".join(lines))
+
+    page = page_of(purged.log)
+
+    assert "Verdict: TAMPERED" in page
+    assert "Do not rely on them" in page
+
+
+async def test_text_from_the_log_is_escaped(make_settings: MakeSettings, tmp_path: Path) -> None:
+    path = write_csv(tmp_path / "<b>bold&amp.csv", ["campaign_id,audience_id", "42,7000000123"])
+    await run_purge(make_settings(campaign_id=42), str(path), out=io.StringIO())
+    log = tmp_path / "audit.jsonl"
+
+    page = page_of(log)
+
+    assert "<b>bold" not in page
+    assert "&lt;b&gt;bold&amp;amp.csv" in page
+
+
+def test_the_cli_writes_the_page_private_and_exits_0(
+    purged: Purged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "evidence" / "page.html"
+
+    assert main(["audit", "report", "--html", str(out), str(purged.log)]) == 0
+
+    assert capsys.readouterr().out.strip() == f"{out}: OK"
+    assert out.stat().st_mode & 0o777 == 0o600
+    assert "Verdict: OK" in out.read_text(encoding="utf-8")
+
+
+def test_the_cli_exits_0_on_a_tampered_log_and_says_so(
+    purged: Purged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    purged.log.write_bytes(purged.log.read_bytes().replace(b'"attempts":', b'"attempts":9', 1))
+    out = tmp_path / "page.html"
+
+    assert main(["audit", "report", "--html", str(out), str(purged.log)]) == 0
+
+    assert capsys.readouterr().out.strip() == f"{out}: TAMPERED"
+
+
+def test_the_cli_exits_2_when_it_cannot_write_or_read(
+    purged: Purged, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("x")
+
+    code = main(["audit", "report", "--html", str(blocker / "page.html"), str(purged.log)])
+
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "cannot write" in err
+    assert "Traceback" not in err
+    missing = main(["audit", "report", "--html", str(tmp_path / "p.html"), str(tmp_path / "no")])
+    assert missing == 2
+    assert not (tmp_path / "p.html").exists()
+
+
+async def test_the_page_shows_the_signature_status_with_the_public_key(
+    make_settings: MakeSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "keygen", "--out", str(tmp_path / "keys")]) == 0
+    private, public = tmp_path / "keys.key", tmp_path / "keys.pub"
+    path = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "42,7000000123"])
+    await run_purge(make_settings(sign_key=private), str(path), out=io.StringIO())
+    log, out = tmp_path / "audit.jsonl", tmp_path / "page.html"
+    capsys.readouterr()
+
+    code = main(["audit", "report", "--html", str(out), "--public-key", str(public), str(log)])
+
+    page = out.read_text(encoding="utf-8")
+    assert code == 0
+    assert "Ed25519 signatures: verified; 1 signature(s) verified" in page
+    assert f"audit verify --public-key {public} {log}" in page
+    other = tmp_path / "other"
+    assert main(["audit", "keygen", "--out", str(other)]) == 0
+    capsys.readouterr()
+    wrong = main(["audit", "report", "--html", str(out), "--public-key", f"{other}.pub", str(log)])
+    assert wrong == 0
+    assert capsys.readouterr().out.strip() == f"{out}: TAMPERED"
+    assert "Ed25519 signatures: NOT verified" in out.read_text(encoding="utf-8")
+
+
+def test_older_per_row_duplicate_records_count_one_row_each() -> None:
+    records: list[dict[str, Any]] = [
+        {"event": "duplicate", "campaign_id": 42, "line": 5, "audience_id": 7_000_000_123},
+        {"event": "duplicate", "campaign_id": 42, "line": 6, "audience_id": 7_000_000_124},
+        {"event": "duplicates", "campaign_id": 42, "lines": [7, 8], "audience_ids": [1, 2]},
+    ]
+
+    assert figures(records).campaigns[42]["duplicates"] == 4
+
+
+def test_records_with_odd_timestamps_do_not_stop_the_page() -> None:
+    records: list[dict[str, Any]] = [
+        {"ts": "2026-11-30T06:00:00Z", "event": "deleted", "campaign_id": 42, "audience_ids": [1]},
+        {"ts": "2026-11-30T06:00:05", "event": "deleted", "campaign_id": 42, "audience_ids": [2]},
+        {"ts": "yesterday", "event": "failed", "campaign_id": 42, "audience_ids": [3]},
+    ]
+
+    found = figures(records)
+
+    assert (found.campaigns[42]["deleted"], found.campaigns[42]["failed"]) == (2, 1)
+    assert found.first_ts == found.last_ts

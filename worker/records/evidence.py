@@ -1,0 +1,437 @@
+"""``audience-purge audit report --html OUT``: one self-contained HTML page for a reviewer.
+
+The page shows the runs (from ``run_started`` and ``run_finished``), totals per campaign and
+overall, a chart over time (inline SVG), the chain verification (and the Ed25519 signatures
+when a public key is given), and the commands that re-check it all. It is self-contained:
+inline CSS and SVG, no script, no external asset. It names no audience id, only counts
+(``audit find ID FILES`` answers for one id). Every text taken from the log is escaped.
+
+Pure functions: records and a verdict in, an HTML string out.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections import Counter, defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from html import escape
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from worker.records.audit_query import Verdict
+
+if TYPE_CHECKING:
+    from worker.records.signing import SignatureCheck
+
+PROG = "audience-purge"
+BUCKETS = 24  # bars of the chart at most
+
+# What each series of the chart counts, said on the page under the chart.
+SERIES: tuple[tuple[str, str, str], ...] = (
+    ("deleted", "ids deleted", "audience ids in deleted records (a confirmed deletion)"),
+    ("failed", "ids failed", "audience ids in failed records (a final failure)"),
+    (
+        "retries",
+        "retries",
+        "requests sent again: attempts beyond the first, summed over deleted and failed "
+        "records (a retry after a 429, a 5xx or no answer; the log keeps the final answer only)",
+    ),
+    (
+        "http_429",
+        "final 429s",
+        "deleted or failed records whose final answer was HTTP 429 (429s that a retry "
+        "overcame are not in the log: they are counted under retries)",
+    ),
+)
+
+
+def verdict_label(verdict: Verdict) -> str:
+    """``TAMPERED``, ``OK with warnings`` or ``OK``."""
+    if verdict.errors:
+        return "TAMPERED"
+    return "OK with warnings" if verdict.warnings else "OK"
+
+
+@dataclass(slots=True)
+class Run:
+    """One run as its ``run_started`` and ``run_finished`` records tell it."""
+
+    run_id: str
+    started: dict[str, Any] = field(default_factory=dict)
+    finished: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class Figures:
+    """What the page counts: per campaign, overall, per run, per time bucket."""
+
+    runs: dict[str, Run] = field(default_factory=dict)
+    campaigns: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    rejected: int = 0
+    records: int = 0
+    first_ts: datetime | None = None
+    last_ts: datetime | None = None
+    events: list[tuple[datetime, Counter[str]]] = field(default_factory=list)
+
+    @property
+    def totals(self) -> Counter[str]:
+        total: Counter[str] = Counter()
+        for counts in self.campaigns.values():
+            total.update(counts)
+        return total
+
+
+def _ts(record: dict[str, Any]) -> datetime | None:
+    value = record.get("ts")
+    if not isinstance(value, str):
+        return None
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        return None
+    return when if when.tzinfo is not None else None  # RFC 3339 UTC; naive ones do not compare
+
+
+def _count(value: Any) -> int:
+    return len(value) if isinstance(value, list) else 0
+
+
+def figures(records: Iterable[dict[str, Any]]) -> Figures:
+    """Count the records: a ``duplicates`` record counts its rows (``len(lines)``), an older
+    ``duplicate`` record one row; ``rejected`` records carry no campaign (counted overall)."""
+    found = Figures()
+    for record in records:
+        found.records += 1
+        event = record.get("event")
+        when = _ts(record)
+        if when is not None:
+            found.first_ts = when if found.first_ts is None else min(found.first_ts, when)
+            found.last_ts = when if found.last_ts is None else max(found.last_ts, when)
+        run_id = str(record.get("run_id"))
+        if event in ("run_started", "run_finished"):
+            run = found.runs.setdefault(run_id, Run(run_id))
+            if event == "run_started":
+                run.started = record
+            else:
+                run.finished = record
+            continue
+        if event == "rejected":
+            found.rejected += 1
+            continue
+        campaign = record.get("campaign_id")
+        if not isinstance(campaign, int):
+            continue
+        counts = found.campaigns[campaign]
+        point: Counter[str] = Counter()
+        if event in ("deleted", "failed"):
+            ids = _count(record.get("audience_ids"))
+            counts[event] += ids
+            point[event] += ids
+            attempts = record.get("attempts")
+            if isinstance(attempts, int) and attempts > 1:
+                point["retries"] += attempts - 1
+            if record.get("http_status") == 429:
+                point["http_429"] += 1
+        elif event == "duplicates":
+            counts["duplicates"] += _count(record.get("lines"))
+        elif event == "duplicate":
+            counts["duplicates"] += 1
+        elif event == "unconfirmed":
+            counts["unconfirmed"] += _count(record.get("audience_ids"))
+        elif event == "deleted_all":
+            counts["deleted_all"] += 1
+        if point and when is not None:
+            found.events.append((when, point))
+    return found
+
+
+def buckets(
+    events: Sequence[tuple[datetime, Counter[str]]], first: datetime, last: datetime
+) -> tuple[timedelta, list[Counter[str]]]:
+    """The events summed per time bucket: at most :data:`BUCKETS`, each a whole number of
+    seconds (one at least) long, the first starting at ``first``."""
+    span = (last - first).total_seconds()
+    width = max(1, int(-(-span // BUCKETS)))  # ceil
+    count = int(span // width) + 1
+    sums = [Counter[str]() for _ in range(count)]
+    for when, point in events:
+        index = min(count - 1, max(0, int((when - first).total_seconds() // width)))
+        sums[index].update(point)
+    return timedelta(seconds=width), sums
+
+
+def chart_svg(series: str, label: str, values: Sequence[int], *, width: int = 640) -> str:
+    """One bar chart (inline SVG) of ``values``, its largest value labelled."""
+    height, top, bottom = 90, 14, 4
+    peak = max(values, default=0)
+    step = width / max(1, len(values))
+    bars = []
+    for index, value in enumerate(values):
+        h = 0.0 if peak == 0 else (height - top - bottom) * value / peak
+        bars.append(
+            f'<rect class="bar {escape(series)}" x="{index * step + 1:.1f}" '
+            f'y="{height - bottom - h:.1f}" width="{max(1.0, step - 2):.1f}" height="{h:.1f}">'
+            f"<title>{value}</title></rect>"
+        )
+    return (
+        f'<svg role="img" width="{width}" '
+        f'height="{height}" viewBox="0 0 {width} {height}" aria-label="{escape(label)}">'
+        f'<line x1="0" y1="{height - bottom}" x2="{width}" y2="{height - bottom}" '
+        'stroke="#999"/>'
+        f'<text x="2" y="11" font-size="11">{escape(label)}: peak {peak} per bucket</text>'
+        + "".join(bars)
+        + "</svg>"
+    )
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em;max-width:60em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1em}
+th,td{border:1px solid #ccc;padding:.2em .6em;text-align:left;vertical-align:top}
+td.n{text-align:right;font-variant-numeric:tabular-nums}
+.verdict{font-size:1.4em;font-weight:bold;padding:.5em;border:3px solid}
+.ok{border-color:#2a2;background:#efe}.warn{border-color:#c80;background:#ffe}
+.bad{border-color:#c00;background:#fee}
+code,pre{background:#f4f4f4;padding:.1em .3em}
+rect.deleted{fill:#2a7}rect.failed{fill:#c33}rect.retries{fill:#c80}rect.http_429{fill:#63c}
+"""
+
+
+def _t(value: Any) -> str:
+    """Any value from the log, as escaped text."""
+    if value is None:
+        return "-"
+    if isinstance(value, str):
+        return escape(value)
+    return escape(orjson.dumps(value).decode())
+
+
+def _row(*cells: str, numeric: Sequence[int] = (), row_id: str | None = None) -> str:
+    return (
+        ("<tr>" if row_id is None else f'<tr id="{escape(row_id)}">')
+        + "".join(
+            f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>"
+            for i, c in enumerate(cells)
+        )
+        + "</tr>"
+    )
+
+
+_RUN_KEYS = ("run_id", "command", "version", "input", "input_sha256", "settings")
+_CHAIN_KEYS = ("ts", "event", "seq", "prev_hash", "hash", "previous", "head_hmac")
+
+
+def _runs(found: Figures) -> list[str]:
+    out = [f"<h2>Runs ({len(found.runs)})</h2>"]
+    if not found.runs:
+        return [*out, "<p>No run_started or run_finished record.</p>"]
+    ordered = sorted(found.runs.values(), key=lambda r: str(r.started.get("ts", "")))
+    for run in ordered:
+        started, finished = run.started, run.finished
+        out.append(f"<h3>Run {escape(run.run_id)}</h3><table>")
+        out.append(_row("command", _t(started.get("command"))))
+        out.append(_row("version", _t(started.get("version"))))
+        out.append(_row("started", _t(started.get("ts"))))
+        ended = finished.get("ts") if finished else None
+        out.append(
+            _row("finished", _t(ended) if finished else "no run_finished record (crash or running)")
+        )
+        out.append(_row("input", _t(started.get("input"))))
+        out.append(_row("input SHA-256", f"<code>{_t(started.get('input_sha256'))}</code>"))
+        out.append(_row("exit code", _t(finished.get("exit_code"))))
+        if finished.get("interrupted"):
+            out.append(_row("outcome", "interrupted"))
+        extra = {k: v for k, v in started.items() if k not in _RUN_KEYS and k not in _CHAIN_KEYS}
+        for key, value in extra.items():
+            out.append(_row(f"started: {escape(key)}", _t(value)))
+        finished_extra = {
+            k: v
+            for k, v in finished.items()
+            if k not in _RUN_KEYS and k not in _CHAIN_KEYS and k not in ("exit_code",)
+        }
+        for key, value in finished_extra.items():
+            out.append(_row(f"finished: {escape(key)}", _t(value)))
+        out.append("</table>")
+        settings = started.get("settings")
+        if isinstance(settings, dict) and settings:
+            out.append("<details><summary>settings recorded in run_started</summary><table>")
+            for key, value in settings.items():
+                out.append(_row(escape(str(key)), _t(value)))
+            out.append("</table></details>")
+    return out
+
+
+_COLUMNS = (
+    ("deleted", "ids deleted"),
+    ("failed", "ids failed"),
+    ("duplicates", "duplicate rows"),
+    ("unconfirmed", "ids unconfirmed"),
+    ("deleted_all", "delete_all answers"),
+)
+
+
+def _totals(found: Figures) -> list[str]:
+    head = "".join(f"<th>{label}</th>" for _, label in _COLUMNS)
+    out = [
+        "<h2>Totals</h2>",
+        f"<table><tr><th>campaign</th>{head}</tr>",
+    ]
+    numeric = range(1, len(_COLUMNS) + 1)
+    for campaign in sorted(found.campaigns):
+        counts = found.campaigns[campaign]
+        out.append(
+            _row(
+                str(campaign),
+                *(str(counts[k]) for k, _ in _COLUMNS),
+                numeric=numeric,
+                row_id=f"campaign-{campaign}",
+            )
+        )
+    total = found.totals
+    out.append(
+        _row(
+            "<b>all campaigns</b>",
+            *(str(total[k]) for k, _ in _COLUMNS),
+            numeric=numeric,
+            row_id="campaign-all",
+        )
+    )
+    out.append("</table>")
+    out.append(
+        f"<p>Rejected rows (all campaigns: a rejected row has no valid campaign or id): "
+        f'<b id="rejected">{found.rejected}</b>. Runs: <b id="runs">{len(found.runs)}</b>. '
+        f"Records: {found.records}. Time range: {_t(_iso(found.first_ts))} to "
+        f"{_t(_iso(found.last_ts))}.</p>"
+    )
+    return out
+
+
+def _iso(when: datetime | None) -> str | None:
+    return None if when is None else when.isoformat()
+
+
+def _chart(found: Figures) -> list[str]:
+    out = ["<h2>Over time</h2>"]
+    if not found.events or found.first_ts is None or found.last_ts is None:
+        return [*out, "<p>No deleted or failed record: nothing to chart.</p>"]
+    width, sums = buckets(found.events, found.first_ts, found.last_ts)
+    out.append(
+        f"<p>{len(sums)} bucket(s) of {int(width.total_seconds())} s from "
+        f"{_t(_iso(found.first_ts))}; each bar is one bucket.</p>"
+    )
+    for series, label, _ in SERIES:
+        out.append("<div>" + chart_svg(series, label, [s[series] for s in sums]) + "</div>")
+    out.append("<p>What each series counts:</p><ul>")
+    out += [
+        f'<li><b>{label}</b> (total <span id="total-{series}">'
+        f"{sum(s[series] for s in sums)}</span>): {escape(meaning)}</li>"
+        for series, label, meaning in SERIES
+    ]
+    out.append("</ul>")
+    return out
+
+
+def _verification(
+    verdict: Verdict, key_checked: bool, signatures: SignatureCheck | None
+) -> list[str]:
+    label = verdict_label(verdict)
+    css = {"TAMPERED": "bad", "OK with warnings": "warn"}.get(label, "ok")
+    records = sum(end.records for end in verdict.files)
+    out = [
+        "<h2>Chain verification</h2>",
+        f'<p class="verdict {css}" id="verdict">Verdict: {escape(label)}</p>',
+        f"<p>{len(verdict.files)} file(s), {records} records"
+        + ("; signed heads (HMAC) checked" if key_checked else "; HMAC heads not checked")
+        + ".</p>",
+    ]
+    if label == "TAMPERED":
+        out.append(
+            "<p><b>The chain does not verify: the figures on this page come from records that "
+            "may have been changed, removed or added. Do not rely on them.</b></p>"
+        )
+    head = verdict.head
+    if head is not None:
+        out.append(
+            f"<p>Head: seq {head.seq}, hash <code>{_t(head.hash)}</code> "
+            f"({_t(str(verdict.head_path))}:{head.line}, run {_t(head.run_id)}, "
+            f"{_t(head.ts)}).</p>"
+        )
+    if len(verdict.files) > 1:
+        out.append(
+            "<p>Files in chain order: "
+            + ", ".join(_t(str(end.path)) for end in verdict.files)
+            + "</p>"
+        )
+    for title, problems in (("Errors", verdict.errors), ("Warnings", verdict.warnings)):
+        if problems:
+            out.append(f"<h3>{title}</h3><ul>")
+            out += [f"<li>{_t(str(problem))}</li>" for problem in problems]
+            out.append("</ul>")
+    if signatures is None:
+        out.append("<p>Ed25519 signatures: not checked (no --public-key).</p>")
+    else:
+        ok = "verified" if not signatures.errors else "NOT verified"
+        out.append(
+            f"<p>Ed25519 signatures: {ok}; {signatures.verified} signature(s) verified under "
+            f"key {_t(signatures.key_id)}"
+        )
+        if signatures.last_signed is not None:
+            path, line, seq = signatures.last_signed
+            out.append(f"; last signed seq {seq} ({_t(str(path))}:{line})")
+        if signatures.unsigned_after:
+            out.append(f"; {signatures.unsigned_after} record(s) after it are unsigned")
+        out.append(".</p>")
+    return out
+
+
+def commands(paths: Sequence[Path], public_key: Path | None, key_file: Path | None) -> list[str]:
+    """The commands that re-check the page, as a shell takes them."""
+    files = " ".join(shlex.quote(str(p)) for p in paths)
+    options = ""
+    if key_file is not None:
+        options += f" --audit-key-file {shlex.quote(str(key_file))}"
+    if public_key is not None:
+        options += f" --public-key {shlex.quote(str(public_key))}"
+    return [
+        f"{PROG} audit verify{options} {files}",
+        f"{PROG} audit summary {files}",
+        f"{PROG} audit find ID {files}",
+    ]
+
+
+def render(
+    records: Iterable[dict[str, Any]],
+    verdict: Verdict,
+    *,
+    paths: Sequence[Path],
+    generated: str,
+    key_file: Path | None = None,
+    public_key: Path | None = None,
+    signatures: SignatureCheck | None = None,
+) -> str:
+    """The page, as one HTML string."""
+    found = figures(records)
+    body: list[str] = [
+        "<h1>Audience purge: audit evidence</h1>",
+        f"<p>Generated {escape(generated)} from "
+        + ", ".join(f"<code>{_t(str(p))}</code>" for p in paths)
+        + ".</p>",
+        "<p>This page lists no individual audience id, only counts. To see what happened "
+        "to one id, run <code>audit find ID</code> (below).</p>",
+        *_verification(verdict, key_file is not None, signatures),
+        *_totals(found),
+        *_chart(found),
+        *_runs(found),
+        "<h2>How to re-check it</h2><p>With the same files (and keys):</p><pre>",
+        "\n".join(escape(line) for line in commands(paths, public_key, key_file)),
+        "</pre>",
+    ]
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        "<title>Audit evidence</title>"
+        f"<style>{_CSS}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n"
+    )
