@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
@@ -11,6 +12,7 @@ import time
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 TOKEN = "bench-token"  # the sandbox's own; never a real credential
 PYTHON = sys.executable
@@ -141,3 +143,18 @@ def fast_purge(path: Path, base_url: str) -> list[str]:
         "--log-level",
         "warning",
     ]
+
+
+async def serve_until_terminated(app: Any, port: int) -> None:
+    """Serve an aiohttp ``app`` on 127.0.0.1:``port``, print "listening" (what the benchmark
+    that started this process waits for), and serve until the process is terminated."""
+    from aiohttp import web
+
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print("listening", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

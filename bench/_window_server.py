@@ -20,6 +20,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 
+from _common import serve_until_terminated
 from aiohttp import web
 
 from worker.sandbox import SandboxConfig, parse_campaign_spec
@@ -102,14 +103,7 @@ def build(args: argparse.Namespace) -> web.Application:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    runner = web.AppRunner(build(args), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    print("listening", flush=True)
-    try:
-        await asyncio.Event().wait()  # until terminated
-    finally:
-        await runner.cleanup()
+    await serve_until_terminated(build(args), args.port)
 
 
 def main() -> None:

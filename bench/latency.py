@@ -40,7 +40,13 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from _common import PYTHON, TOKEN, free_port, write_ids  # noqa: E402
+from _common import (  # noqa: E402
+    PYTHON,
+    TOKEN,
+    free_port,
+    serve_until_terminated,
+    write_ids,
+)
 
 OUT = BENCH / "out"
 VARIANTS = {
@@ -128,18 +134,7 @@ def build(args: argparse.Namespace) -> object:
 
 
 async def serve(args: argparse.Namespace) -> None:
-    from aiohttp import web
-
-    app = build(args)
-    assert isinstance(app, web.Application)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    print("listening", flush=True)
-    try:
-        await asyncio.Event().wait()  # until terminated
-    finally:
-        await runner.cleanup()
+    await serve_until_terminated(build(args), args.port)
 
 
 # -- the runs -------------------------------------------------------------------------------

@@ -431,6 +431,25 @@ class _IntermixedParser(argparse.ArgumentParser):
             self._in_a_pass = False
 
 
+def _chain_check_arguments(parser: argparse.ArgumentParser, *, public_key: str) -> None:
+    """What ``audit verify`` and ``audit report`` both check: the files of a chain, and the
+    keys of its heads."""
+    parser.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="PATH",
+        help="audit files, in any order (they are put in chain order by their links)",
+    )
+    parser.add_argument(
+        "--audit-key-file",
+        type=Path,
+        metavar="PATH",
+        help="HMAC key file: also check the signed chain heads",
+    )
+    parser.add_argument("--public-key", type=Path, metavar="PATH", help=public_key)
+
+
 def _add_audit_parser(commands: Any) -> None:
     """The ``audit`` command and its actions, on the CLI's subcommand parser."""
     audit = commands.add_parser("audit", help="verify, summarise or search audit logs")
@@ -442,24 +461,9 @@ def _add_audit_parser(commands: Any) -> None:
         parser_class=_IntermixedParser,
     )
     verify = audit_commands.add_parser("verify", help="check the hash chain of audit logs")
-    verify.add_argument(
-        "paths",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="audit files, in any order (they are put in chain order by their links)",
-    )
-    verify.add_argument(
-        "--audit-key-file",
-        type=Path,
-        metavar="PATH",
-        help="HMAC key file: also check the signed chain heads",
-    )
-    verify.add_argument(
-        "--public-key",
-        type=Path,
-        metavar="PATH",
-        help="Ed25519 public key (audit keygen's .pub): check every head_signature; a log "
+    _chain_check_arguments(
+        verify,
+        public_key="Ed25519 public key (audit keygen's .pub): check every head_signature; a log "
         "without one is an error",
     )
     verify.add_argument(
@@ -484,12 +488,9 @@ def _add_audit_parser(commands: Any) -> None:
     report = audit_commands.add_parser(
         "report", help="write one self-contained HTML page of evidence for a reviewer"
     )
-    report.add_argument(
-        "paths",
-        nargs="+",
-        type=Path,
-        metavar="PATH",
-        help="audit files, in any order (they are put in chain order by their links)",
+    _chain_check_arguments(
+        report,
+        public_key="Ed25519 public key (audit keygen's .pub): also check and show the signatures",
     )
     report.add_argument(
         "--html",
@@ -497,18 +498,6 @@ def _add_audit_parser(commands: Any) -> None:
         required=True,
         metavar="OUT",
         help="the page to write (0600, replaced at once): counts only, no audience id",
-    )
-    report.add_argument(
-        "--public-key",
-        type=Path,
-        metavar="PATH",
-        help="Ed25519 public key (audit keygen's .pub): also check and show the signatures",
-    )
-    report.add_argument(
-        "--audit-key-file",
-        type=Path,
-        metavar="PATH",
-        help="HMAC key file: also check the signed chain heads",
     )
     find = audit_commands.add_parser(
         "find", help="every record that mentions an audience id, or is about an input line"

@@ -672,24 +672,37 @@ _Fast = Callable[[bytes, int, int], Row | None]
 Block = list[Row | Rejected] | Chunk
 
 
-def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
-    """For the two common shapes, a parser of a line that is plainly valid: a Row, or None
-    to hand the line to the exact path (:meth:`_Rows._item`), which decides everything
-    else. One column of ids: the line is ASCII digits. ``campaign_id,audience_id`` (either
-    order): two cells of ASCII digits. Digits without a leading zero, fewer than 19 of
-    them, are always a valid id; the exact path would give the same Row."""
+def _shape(layout: Layout | None, default: int | None) -> int | None:
+    """The common shape the fast paths take: 1, one column of ids (the campaign given by
+    ``--campaign-id``); 2, ``campaign_id,audience_id`` in either order; None for any other."""
     if layout is None:
         return None
     if layout.campaign_col is None and layout.id_col == 0 and default is not None:
+        return 1
+    return 2 if {layout.campaign_col, layout.id_col} == {0, 1} else None
+
+
+def _plain_cell(cell: bytes) -> bool:
+    """ASCII digits, 1 to 18 of them, without a leading zero: always a valid id, which the
+    exact path would parse the same. (:func:`_plain` is the same rule over many cells.)"""
+    return cell.isdigit() and cell[0] != _ZERO and len(cell) < 19
+
+
+def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
+    """For the common shapes (:func:`_shape`), a parser of a line that is plainly valid
+    (:func:`_plain_cell`): a Row, or None to hand the line to the exact path
+    (:meth:`_Rows._item`), which decides everything else."""
+    shape = _shape(layout, default)
+    if shape == 1:
+        assert default is not None
         campaign = default
 
         def one_column(raw: bytes, number: int, offset: int) -> Row | None:
-            if raw.isdigit() and raw[0] != _ZERO and len(raw) < 19:
-                return Row(number, campaign, int(raw), offset)
-            return None
+            return Row(number, campaign, int(raw), offset) if _plain_cell(raw) else None
 
         return one_column
-    if {layout.campaign_col, layout.id_col} == {0, 1}:
+    if shape == 2:
+        assert layout is not None
         id_col = layout.id_col
 
         def two_columns(raw: bytes, number: int, offset: int) -> Row | None:
@@ -697,14 +710,7 @@ def _fast_path(layout: Layout | None, default: int | None) -> _Fast | None:
             if len(cells) != 2:
                 return None
             campaign, audience = cells[1 - id_col], cells[id_col]
-            if (
-                campaign.isdigit()
-                and audience.isdigit()
-                and campaign[0] != _ZERO
-                and audience[0] != _ZERO
-                and len(campaign) < 19
-                and len(audience) < 19
-            ):
+            if _plain_cell(campaign) and _plain_cell(audience):
                 return Row(number, int(campaign), int(audience), offset)
             return None
 
@@ -717,13 +723,14 @@ def _chunk(frame: _Lines, layout: Layout | None, default: int | None) -> Chunk |
     campaign in a common shape (see :func:`_fast_path`); None otherwise (the lines then go
     one by one). Every test runs over the whole block at C speed."""
     lines = frame.lines
-    if layout is None or not lines:
-        return None
-    if layout.campaign_col is None and layout.id_col == 0 and default is not None:
+    shape = _shape(layout, default) if lines else None
+    if shape == 1:
+        assert default is not None
         if not _plain(lines):
             return None
         campaign, ids = default, list(map(int, lines))
-    elif {layout.campaign_col, layout.id_col} == {0, 1}:
+    elif shape == 2:
+        assert layout is not None
         parts = list(map(bytes.split, lines, repeat(b",")))
         if set(map(len, parts)) != {2}:
             return None
@@ -740,7 +747,7 @@ def _chunk(frame: _Lines, layout: Layout | None, default: int | None) -> Chunk |
 
 
 def _plain(cells: list[bytes]) -> bool:
-    """Every cell is ASCII digits, 1 to 18 of them, without a leading zero."""
+    """:func:`_plain_cell` for every cell, tested over them all at once."""
     return (
         min(map(len, cells)) > 0
         and max(map(len, cells)) < 19
