@@ -679,6 +679,15 @@ def _repeats(record: dict[str, Any]) -> list[tuple[Any, Any]]:
     return list(zip(lines, _ids(record), strict=False)) if isinstance(lines, list) else []
 
 
+def duplicate_rows(record: dict[str, Any]) -> int:
+    """The input rows a record says were duplicates: those a ``duplicates`` record pairs,
+    or 1 for an older per-row ``duplicate`` record (0 for any other)."""
+    event = record.get("event")
+    if event == "duplicates":
+        return len(_repeats(record))
+    return 1 if event == "duplicate" else 0
+
+
 def _malformed(record: dict[str, Any]) -> str | None:
     """Why a ``duplicates`` record's rows cannot all be paired, or None when they can."""
     lines, ids = record.get("lines"), record.get("audience_ids")
@@ -728,7 +737,7 @@ def summarize(paths: Sequence[Path]) -> dict[str, Any]:
         event = str(record.get("event"))
         rows = 1
         if event == "duplicates":
-            event, rows = "duplicate", len(_repeats(record))
+            event, rows = "duplicate", duplicate_rows(record)
             reason = _malformed(record)
             if reason is not None:
                 warnings.append({"file": str(path), "line": number, "reason": reason})

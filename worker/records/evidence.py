@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from worker.records.audit_query import Verdict
+from worker.records.audit_query import Verdict, duplicate_rows
 
 if TYPE_CHECKING:
     from worker.records.signing import SignatureCheck
@@ -101,8 +101,9 @@ def _count(value: Any) -> int:
 
 
 def figures(records: Iterable[dict[str, Any]]) -> Figures:
-    """Count the records: a ``duplicates`` record counts its rows (``len(lines)``), an older
-    ``duplicate`` record one row; ``rejected`` records carry no campaign (counted overall)."""
+    """Count the records: duplicate rows as ``audit summary`` counts them
+    (:func:`~worker.records.audit_query.duplicate_rows`); ``rejected`` records carry no
+    campaign (counted overall)."""
     found = Figures()
     for record in records:
         found.records += 1
@@ -136,10 +137,8 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
                 point["retries"] += attempts - 1
             if record.get("http_status") == 429:
                 point["http_429"] += 1
-        elif event == "duplicates":
-            counts["duplicates"] += _count(record.get("lines"))
-        elif event == "duplicate":
-            counts["duplicates"] += 1
+        elif event in ("duplicates", "duplicate"):
+            counts["duplicates"] += duplicate_rows(record)
         elif event == "unconfirmed":
             counts["unconfirmed"] += _count(record.get("audience_ids"))
         elif event == "deleted_all":
