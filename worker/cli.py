@@ -130,6 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     from worker.commands.run import run_command
     from worker.records.report import STDOUT
 
+    _input_or_select(args)
     settings = _settings(args)
     if args.json or settings.report == STDOUT:
         return _run_for_a_pipe(settings, args)
@@ -152,6 +153,35 @@ def _run_for_a_pipe(settings: Settings, args: argparse.Namespace) -> int:
     if args.json:
         print_json(result, sys.stdout)
     return result.exit_code
+
+
+def _input_or_select(args: argparse.Namespace) -> None:
+    """``run`` reads ``--input`` or selects by rule (``--select``): exactly one of them.
+
+    Raises:
+        UsageError: neither or both, or rule flags without ``--select``.
+    """
+    from worker.input.selecting import rule_given
+
+    if args.select and args.input is not None:
+        raise UsageError("--input and --select both say what to delete: choose one")
+    if not args.select:
+        if args.input is None:
+            raise UsageError("say what to delete: --input PATH (or - for stdin), or --select")
+        if rule_given(args) or args.selection is not None:
+            raise UsageError("rule flags (--status, --older-than, ...) select only with --select")
+
+
+def _select(args: argparse.Namespace) -> int:
+    from worker.commands.select import select_command
+
+    return select_command(_settings(args), args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from worker.commands.verify import verify_command
+
+    return verify_command(_settings(args), args.audit)
 
 
 def _enqueue(args: argparse.Namespace) -> int:
@@ -231,6 +261,8 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "completion": _completion,
     "status": _status,
     "redrive": _redrive,
+    "select": _select,
+    "verify": _verify,
 }
 
 

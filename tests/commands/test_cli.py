@@ -361,9 +361,12 @@ REFUSED = [
 # The command line is part of the interface: a flag that moves or disappears is a change to
 # call out, not a side effect of editing a declaration.
 SURFACE = {
-    RUN: "--input --shard --json --config --base-url --token-file --rate --concurrency "
+    RUN: "--input --select --selection --status --call-status --attempt --older-than "
+    "--last-attempt-before --include-never-attempted --shard --json --config --base-url "
+    "--token-file --rate --concurrency "
     "--concurrency-mode --batch-size --timeout --max-attempts --campaign-id --audit-log "
-    "--audit-key-file --sign-key --report --failed-out --state-dir --fresh --no-retry-failed "
+    "--audit-key-file --sign-key --report --failed-out --results --verify --page-size "
+    "--state-dir --fresh --no-retry-failed "
     "--grace "
     "--shard-count --redis "
     "--redis-backoff-initial --redis-backoff-max --rate-scope --rate-key --insecure-http "

@@ -39,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_audit_parser(commands)
     _add_status_parser(commands)
     _add_redrive_parser(commands)
+    _add_select_parser(commands)
+    _add_verify_parser(commands)
     demo = commands.add_parser("demo", help="run a real purge against the embedded sandbox")
     demo.add_argument(
         "--dir",
@@ -123,6 +125,14 @@ _EXAMPLES: dict[str, tuple[str, ...]] = {
         f"{PROG} audit report --html evidence.html --public-key audit-sign.pub purge-audit/*.jsonl",
     ),
     "demo": (f"{PROG} demo", f"{PROG} demo --dir /tmp/purge-demo"),
+    "select": (
+        f"{PROG} select --campaign-id 42 --status completed --older-than 180d --out old.csv",
+        f"{PROG} select --campaign-id 42 --status halted --attempt 3 --out - | wc -l",
+    ),
+    "verify": (
+        f"{PROG} verify --audit purge-audit/audit-20260301T101500Z-1a2b3c.jsonl",
+        f"{PROG} verify --audit purge-audit/*.jsonl --campaign-id 42 --failed-out still.csv",
+    ),
     "status": (
         f"{PROG} status",
         f"{PROG} status --state-dir purge-state/ids-1a2b3c4d5e6f --json | jq .input.bytes_left",
@@ -215,6 +225,25 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
         ExitCode.IO_ERROR: "the audit log could not be written: moving stopped",
         ExitCode.INTERRUPTED: "interrupted by SIGINT/SIGTERM: re-run to move the rest",
     },
+    "select": {
+        ExitCode.OK: "the selection is written (even an empty one)",
+        ExitCode.USAGE: "usage or configuration error, or an answer that does not match the "
+        "rule: nothing was written",
+        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign)",
+        ExitCode.IO_ERROR: "the selection could not be written",
+        ExitCode.INTERRUPTED: "interrupted by SIGINT/SIGTERM: nothing was written",
+        **_BUG,
+    },
+    "verify": {
+        ExitCode.OK: "none of the ids recorded as deleted is still in its campaign",
+        ExitCode.FAILED: "some are still there (the audit log, report and --failed-out list "
+        "them, reason still_present)",
+        ExitCode.USAGE: "usage or configuration error, or an audit log that cannot be read",
+        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign)",
+        ExitCode.IO_ERROR: "a file of the run could not be written",
+        ExitCode.INTERRUPTED: "interrupted by SIGINT/SIGTERM: re-run to verify",
+        **_BUG,
+    },
     "completion": {
         ExitCode.OK: "the script is on stdout",
         ExitCode.USAGE: "a shell it cannot complete for",
@@ -258,11 +287,30 @@ def _epilog(path: str) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     """The command's own arguments, ``--config``, then the flags of its settings."""
-    if command in (RUN, ENQUEUE):
+    if command == ENQUEUE:
         parser.add_argument(
             "--input", required=True, metavar="PATH|-", help="CSV file, or - for stdin"
         )
     if command == RUN:
+        parser.add_argument(
+            "--input",
+            metavar="PATH|-",
+            help="CSV file, or - for stdin (required unless --select)",
+        )
+        parser.add_argument(
+            "--select",
+            action="store_true",
+            help="purge the records of --campaign-id that the rule flags below select: "
+            "collected first (audience-list) into --selection, then deleted",
+        )
+        parser.add_argument(
+            "--selection",
+            type=Path,
+            metavar="PATH",
+            help="where --select keeps what it collected (default: "
+            "purge-selections/select-CAMPAIGN-RULEHASH.csv); a re-run resumes from it",
+        )
+        add_rule_arguments(parser)
         parser.add_argument(
             "--shard",
             metavar="INDEX/COUNT",
@@ -343,7 +391,12 @@ def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
         help="token the sandbox accepts (default: $UNLEASHX_TOKEN or 'sandbox')",
     )
     sandbox.add_argument(
-        "--seed", type=int, default=0, metavar="N", help="fault injection seed (default 0)"
+        "--seed",
+        type=int,
+        default=0,
+        metavar="N",
+        help="seed of the fault injection and of the synthetic audience records (their "
+        "statuses, attempts and last_attempt times; default 0)",
     )
     sandbox.add_argument(
         "--error-ratio",
@@ -383,11 +436,64 @@ def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
         help="answer 413 to a request of more than N ids (default: no limit)",
     )
     sandbox.add_argument(
+        "--ack-without-delete",
+        type=float,
+        default=0.0,
+        metavar="SHARE",
+        help="share of delete requests answered with success but not applied, 0..1: what "
+        "run --verify must catch (default 0)",
+    )
+    sandbox.add_argument(
         "--error-status",
         type=int,
         default=400,
         metavar="STATUS",
         help="HTTP status of the documented API errors (default 400)",
+    )
+
+
+STATUS_NAMES = ("fresh", "completed", "halted", "inqueue")  # audience-list codes 0..3
+
+
+def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a selection rule (``select``, ``run --select``): each narrows it."""
+    parser.add_argument(
+        "--status",
+        action="append",
+        choices=STATUS_NAMES,
+        metavar="STATUS",
+        help="audience status: " + ", ".join(STATUS_NAMES) + " (repeatable: any of them)",
+    )
+    parser.add_argument(
+        "--call-status",
+        action="append",
+        metavar="TEXT",
+        help="the record's call_status, exactly (repeatable: any of them)",
+    )
+    parser.add_argument(
+        "--attempt",
+        action="append",
+        type=int,
+        metavar="N",
+        help="the record's number of attempts, exactly (repeatable: any of them)",
+    )
+    age = parser.add_mutually_exclusive_group()
+    age.add_argument(
+        "--older-than",
+        metavar="AGE",
+        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m (days are 24 h)",
+    )
+    age.add_argument(
+        "--last-attempt-before",
+        metavar="TIME",
+        help="last attempt before TIME: 2026-06-01, or RFC 3339 such as 2026-06-01T00:00:00Z "
+        "(the API's times are read as UTC)",
+    )
+    parser.add_argument(
+        "--include-never-attempted",
+        action="store_true",
+        help="with an age rule, also select records never attempted (no last_attempt); "
+        "by default an age rule leaves them out",
     )
 
 
@@ -569,4 +675,56 @@ def _add_redrive_parser(commands: Any) -> None:
         ),
         required=("redis_url", "stream"),
         helps={"dry_run": "list the dead letters that would move; move nothing"},
+    )
+
+
+_LISTING = ("base_url", "token_file", "rate", "timeout", "max_attempts", "page_size")
+_LISTING_TAIL = ("insecure_http", "log_level", "log_format")
+
+
+def _add_select_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "select", help="list the audience records a rule selects, as a CSV run --input takes"
+    )
+    add_rule_arguments(parser)
+    parser.add_argument(
+        "--out",
+        default="-",
+        metavar="PATH|-",
+        help="the CSV to write (default -: stdout): campaign_id, audience_id and the fields "
+        "the rule was checked on",
+    )
+    _setting_flags(
+        parser,
+        ("campaign_id", *_LISTING, *_LISTING_TAIL),
+        required=("campaign_id",),
+        helps={"campaign_id": "the campaign to select from"},
+    )
+
+
+def _add_verify_parser(commands: Any) -> None:
+    parser = commands.add_parser(
+        "verify", help="read campaigns back to prove the ids an audit log deleted are gone"
+    )
+    parser.add_argument(
+        "--audit",
+        nargs="+",
+        required=True,
+        type=Path,
+        metavar="PATH",
+        help="audit logs whose deleted ids to look for (a purge's files, in any order)",
+    )
+    _setting_flags(
+        parser,
+        (
+            "campaign_id",
+            *_LISTING,
+            "audit_log",
+            "audit_key_file",
+            "sign_key",
+            "report",
+            "failed_out",
+            *_LISTING_TAIL,
+        ),
+        helps={"campaign_id": "only this campaign of the audit logs"},
     )

@@ -68,6 +68,7 @@ async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.st
             "state": directory,
             "--report": settings.report,
             "--failed-out": settings.failed_out,
+            "--results": settings.results,
         }
     check_distinct(input_path, outputs)
     counted = await _count_for_guards(settings, input_path)

@@ -255,6 +255,44 @@ class Recorder:
                 BitMap64(batch.audience_ids)
             )
 
+    def verified(
+        self,
+        campaign_id: int,
+        *,
+        checked: int,
+        still_present: Sequence[int],
+        listed: int,
+        pages: int,
+    ) -> None:
+        """A read-back of a campaign through audience-list: ``checked`` ids recorded as
+        deleted were looked for among the ``listed`` records it still holds (read in
+        ``pages`` pages). The ids ``still_present`` failed after all: they join the failed
+        pairs (a resume retries them; the failed-out file lists them, reason
+        ``still_present``)."""
+        self._record(
+            "verified",
+            campaign_id=campaign_id,
+            checked=checked,
+            listed=listed,
+            pages=pages,
+            still_present=list(still_present),
+        )
+        if still_present:
+            self.failed_pairs.setdefault(campaign_id, BitMap64()).update(BitMap64(still_present))
+
+    def audience_stats(
+        self, campaign_id: int, moment: str, stats: Mapping[str, Any] | None, error: str | None
+    ) -> None:
+        """The campaign's campaign-audience-stats answer ``before`` or ``after`` the purge
+        (``stats`` None and ``error`` why, when it could not be read: that never fails a run)."""
+        self._record(
+            "audience_stats",
+            campaign_id=campaign_id,
+            moment=moment,
+            stats=None if stats is None else dict(stats),
+            error=error,
+        )
+
     def deleted_all(self, campaign_id: int, verdict: Verdict | None, **request: Any) -> None:
         """The answer to a ``delete_all`` request (no ids: the whole campaign)."""
         self._record("deleted_all", **_request_fields(campaign_id, verdict, **request))

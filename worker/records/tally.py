@@ -33,6 +33,12 @@ class Tally:
     deleted_by_campaign: Counter[int] = field(default_factory=Counter)
     failed_by_campaign: Counter[int] = field(default_factory=Counter)
     failure_reasons: Counter[str] = field(default_factory=Counter)
+    # Read-back (run --verify, verify): ids looked for, and those found still present.
+    verified: int = 0
+    still_present: int = 0
+    still_present_by_campaign: Counter[int] = field(default_factory=Counter)
+    # campaign-audience-stats answers, per campaign and moment ("before", "after").
+    audience_stats: dict[int, dict[str, Any]] = field(default_factory=dict)
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "rejected":
@@ -71,3 +77,12 @@ class Tally:
                 self.dead_lettered += 1
             case "enqueued":
                 self.enqueued += 1
+            case "verified":
+                self.verified += fields["checked"]
+                self.still_present += len(fields["still_present"])
+                self.still_present_by_campaign[fields["campaign_id"]] += len(
+                    fields["still_present"]
+                )
+            case "audience_stats":
+                moments = self.audience_stats.setdefault(fields["campaign_id"], {})
+                moments[fields["moment"]] = fields["stats"]

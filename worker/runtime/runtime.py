@@ -67,6 +67,7 @@ class Runtime:
         *,
         needs_token: bool = True,
         plans: bool = True,
+        outputs: tuple[str, ...] = (),
     ) -> None:
         """Read the token now: without one, nothing (state, outputs) is touched.
 
@@ -81,6 +82,9 @@ class Runtime:
             )
         self.settings = settings
         self.command = command
+        # Outputs (report, failed_out, ...) a command that is not in their settings'
+        # ``commands`` offers through flags of its own (verify).
+        self._outputs = frozenset(outputs)
         self.tokens = (
             TokenSource(settings.token, None if settings.token else settings.token_file)
             if needs_token
@@ -92,6 +96,7 @@ class Runtime:
         self._stack = AsyncExitStack()
         self._background: list[Work] = []
         self._recorder: Recorder | None = None
+        self._api: tuple[UnleashXClient, RateGate] | None = None
         self._stopper: Stopper | None = None
         self._under_way = False
         self._finished = False
@@ -228,7 +233,7 @@ class Runtime:
         return None
 
     def _offers(self, setting: str) -> bool:
-        return self.command in DECLARATIONS[setting].commands
+        return self.command in DECLARATIONS[setting].commands or setting in self._outputs
 
     def start(self, **fields: Any) -> None:
         """Write ``run_started``: the version, the command, the effective settings, and what
@@ -276,13 +281,18 @@ class Runtime:
         return result
 
     async def api(self, concurrency: int) -> tuple[UnleashXClient, RateGate]:
-        """The API client (on a pooled session) and the rate gate, for the rest of the run."""
+        """The API client (on a pooled session) and the rate gate, for the rest of the run:
+        built once, so that every request of the run (listing, stats, deleting) spends the
+        one rate budget."""
+        if self._api is not None:
+            return self._api
         if self.tokens is None:
             raise RuntimeError(f"{self.command} was built without a token")
         settings = self.settings
         session = await self._stack.enter_async_context(http_session(settings.timeout, concurrency))
         gate = await self._stack.enter_async_context(rate_gate(settings))
-        return UnleashXClient(session, settings.base_url, self.tokens), gate
+        self._api = UnleashXClient(session, settings.base_url, self.tokens), gate
+        return self._api
 
     async def dispatcher(self, *, on_settled: Callable[[Batch], None]) -> Dispatcher:
         """The dispatcher of the run: ``concurrency`` senders recording through the recorder,

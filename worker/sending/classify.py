@@ -136,6 +136,11 @@ def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
         if any(word in said for word in _AUTH_WORDS):
             return Verdict(Kind.FATAL, status, f"authentication refused (HTTP {status})", message)
         return Verdict(Kind.PERMANENT, status, "unrecognised success answer", message)
+    return _refusal(status, message, wait)
+
+
+def _refusal(status: int, message: str | None, wait: float | None) -> Verdict:
+    """What a non-2xx answer means, for every endpoint alike."""
     if 300 <= status < 400:
         # Redirects are not followed: the token must not travel to another address.
         return Verdict(Kind.FATAL, status, f"redirected (HTTP {status}): check base_url", message)
@@ -153,6 +158,26 @@ def classify(status: int, body: bytes, headers: Mapping[str, str]) -> Verdict:
             Kind.FATAL, status, f"endpoint not found (HTTP {status}): check base_url", message
         )
     return Verdict(Kind.PERMANENT, status, f"request refused (HTTP {status})", message)
+
+
+def classify_read(
+    status: int, body: bytes, headers: Mapping[str, str]
+) -> Verdict | Mapping[str, object]:
+    """Classify one answer to a read (audience-list, campaign-audience-stats): its JSON
+    object when it is one and says nothing of failure, else the :class:`Verdict` of why not.
+    A documented error message is a refusal whatever the status, as for deletions; a 2xx
+    that is not a JSON object is retried (a proxy's page), never read as an empty list."""
+    parsed, message, data = _message_of(body)
+    known = DOCUMENTED_ERRORS.get(normalise(message)) if message else None
+    if known is not None:
+        return Verdict(Kind.PERMANENT, status, known, message)
+    if 200 <= status < 300:
+        if not parsed or not data:
+            return Verdict(Kind.RETRYABLE, status, "unparseable answer", message)
+        if _declares_failure(data):
+            return Verdict(Kind.PERMANENT, status, "API reported failure", message)
+        return data
+    return _refusal(status, message, parse_retry_after(headers.get("Retry-After")))
 
 
 def transport_failure(exc: BaseException) -> Verdict:

@@ -12,7 +12,7 @@ dropped rather than drained.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -22,13 +22,15 @@ import orjson
 
 from worker import __version__
 from worker.errors import Kind
-from worker.sending.classify import Verdict, classify, transport_failure
+from worker.sending.classify import Verdict, classify, classify_read, transport_failure
 from worker.sending.credentials import Secret, TokenSource
 
 USER_AGENT = f"audience-purge/{__version__}"
 # The API answers with a few dozen bytes of JSON; 1 MiB is generous, and bounds the memory
 # of `concurrency` answers in flight whatever a server sends.
 MAX_BODY = 1 << 20
+# A page of audience-list holds up to 10,000 records of a few hundred bytes each.
+MAX_READ_BODY = 64 << 20
 
 
 class BodyTooLarge(aiohttp.ClientPayloadError):
@@ -43,13 +45,58 @@ class Reply:
     latency_ms: float
 
 
+@dataclass(frozen=True, slots=True)
+class ReadReply:
+    """A read's JSON object, or the verdict of why there is none, and its latency."""
+
+    data: Mapping[str, object] | None
+    verdict: Verdict | None
+    latency_ms: float
+
+
 class UnleashXClient:
-    """Sends delete-audience requests with the current token in the ``token`` header."""
+    """Sends requests with the current token in the ``token`` header: delete-audience, and
+    the reads a retention purge needs (audience-list, campaign-audience-stats)."""
 
     def __init__(self, session: aiohttp.ClientSession, base_url: str, tokens: TokenSource) -> None:
         self._session = session
-        self._url = f"{base_url.rstrip('/')}/delete-audience"
+        self._base = base_url.rstrip("/")
+        self._url = f"{self._base}/delete-audience"
         self._tokens = tokens
+
+    async def read(self, endpoint: str, params: Sequence[tuple[str, str]]) -> ReadReply:
+        """GET ``endpoint`` with ``params``; one retry with a rotated token after a 401."""
+        token = self._tokens.current()
+        reply = await self._get(endpoint, params, token)
+        verdict = reply.verdict
+        unauthorised = verdict is not None and verdict.kind is Kind.FATAL and verdict.status == 401
+        if unauthorised and (self._tokens.current() != token or self._tokens.rotate()):
+            reply = await self._get(endpoint, params, self._tokens.current())
+        return reply
+
+    async def _get(
+        self, endpoint: str, params: Sequence[tuple[str, str]], token: Secret
+    ) -> ReadReply:
+        headers = {"token": token.reveal(), "Accept": "application/json"}
+        started = time.perf_counter()
+        answer: Verdict | Mapping[str, object]
+        try:
+            async with self._session.get(
+                f"{self._base}/{endpoint}",
+                params=list(params),
+                headers=headers,
+                allow_redirects=False,
+            ) as response:
+                body = await _read_capped(response, MAX_READ_BODY)
+                answer = classify_read(response.status, body, response.headers)
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            answer = transport_failure(exc)
+        latency = round((time.perf_counter() - started) * 1000, 1)
+        if not isinstance(answer, Verdict):
+            return ReadReply(answer, None, latency)
+        if answer.message is not None:
+            answer = replace(answer, message=self._tokens.redact(answer.message))
+        return ReadReply(None, answer, latency)
 
     async def delete_audience(self, campaign_id: int, audience_ids: Sequence[int]) -> Reply:
         """Ask the API to delete ``audience_ids`` from ``campaign_id``."""
@@ -88,7 +135,7 @@ class UnleashXClient:
         return Reply(verdict, round((time.perf_counter() - started) * 1000, 1))
 
 
-async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
+async def _read_capped(response: aiohttp.ClientResponse, cap: int = MAX_BODY) -> bytes:
     """The body, read in pieces up to MAX_BODY + 1 bytes: Content-Length is checked first but
     not trusted (a chunked answer has none).
 
@@ -96,15 +143,15 @@ async def _read_capped(response: aiohttp.ClientResponse) -> bytes:
         BodyTooLarge: the body is longer than MAX_BODY; the connection is closed.
     """
     body = bytearray()
-    if (response.content_length or 0) <= MAX_BODY:
-        while piece := await response.content.read(MAX_BODY + 1 - len(body)):
+    if (response.content_length or 0) <= cap:
+        while piece := await response.content.read(cap + 1 - len(body)):
             body += piece
-            if len(body) > MAX_BODY:
+            if len(body) > cap:
                 break
         else:
             return bytes(body)
     response.close()
-    raise BodyTooLarge(f"response body over {MAX_BODY} bytes")
+    raise BodyTooLarge(f"response body over {cap} bytes")
 
 
 @asynccontextmanager

@@ -169,6 +169,30 @@ class Settings:
         flag="--failed-out PATH",
         commands=(RUN,),
     )
+    results: Path | None = setting(
+        None,
+        path,
+        "write one CSV row per input row here: line, campaign_id, audience_id, outcome "
+        "(deleted, failed, rejected, duplicate, still_present), reason, http_status, "
+        "attempts, batch_id, run_id",
+        flag="--results PATH",
+        commands=(RUN,),
+    )
+    verify: bool = setting(
+        False,
+        boolean,
+        "after the purge, read each campaign back (audience-list) and check that no id "
+        "recorded as deleted is still there; one still there fails (reason still_present)",
+        flag="--verify",
+        commands=(RUN,),
+    )
+    page_size: int = setting(
+        1000,
+        integer(1, 10_000),
+        "records per audience-list page when selecting or verifying",
+        flag="--page-size N",
+        commands=(RUN,),
+    )
     state_dir: Path | None = setting(
         None,
         path,

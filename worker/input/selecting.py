@@ -1,0 +1,411 @@
+"""Selecting what to purge by rule: pages of audience-list, checked record by record, into a CSV.
+
+A retention purge starts from a rule ("Completed records of campaign 42 whose last attempt
+is older than 180 days"). The API filters what it can (status, call_status, attempt); the
+age rule is applied here on ``last_attempt``, and so is every other part of the rule again,
+on each record: an API that ignored a filter must not make us delete what was not asked for.
+
+Records never attempted (attempt 0, or no ``last_attempt``) have no age: an age rule leaves
+them out unless ``--include-never-attempted`` says otherwise. ``last_attempt`` is read as
+UTC (the vendor does not say; its examples carry no zone).
+
+Paging is by offset, and offsets shift when records are deleted, by this purge or by
+another one beside it. So the whole selection is collected before anything is deleted, and
+a listing whose ``totalRecords`` changed while it was read is read again from page 1: ids
+already seen are skipped (none repeated), and a pass during which nothing changed saw every
+record (none skipped). The selection streams to disk, so a large campaign does not sit in
+memory: only a bitmap of the ids seen does.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import hashlib
+import io
+import os
+import re
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import structlog
+from pyroaring import BitMap64
+
+from worker.errors import OutputError, UsageError
+from worker.files import make_dirs, open_private
+from worker.sending.listing import Filters, Page
+
+STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
+HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
+MAX_PASSES = 5
+_AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*", re.IGNORECASE)
+_AGE_UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
+_NEVER = ("", "0000-00-00 00:00:00", "0000-00-00")
+log = structlog.get_logger("audience_purge.select")
+
+
+class SelectionError(UsageError):
+    """The selection cannot be trusted (the campaign kept changing, or a record cannot be
+    checked against the rule): nothing is written and nothing deleted."""
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """What to select from one campaign; every part given narrows it."""
+
+    campaign_id: int
+    statuses: tuple[str, ...] = ()
+    call_statuses: tuple[str, ...] = ()
+    attempts: tuple[int, ...] = ()
+    older_than: str | None = None  # as given (180d): the rule, whatever day it runs
+    before: datetime | None = None  # the cutoff: last_attempt strictly before it
+    include_never_attempted: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The rule as the audit records it (``run_started.selection.rule``)."""
+        return {
+            "campaign_id": self.campaign_id,
+            "status": list(self.statuses),
+            "call_status": list(self.call_statuses),
+            "attempt": list(self.attempts),
+            "older_than": self.older_than,
+            "last_attempt_before": _stamp(self.before),
+            "include_never_attempted": self.include_never_attempted,
+        }
+
+    def digest(self) -> str:
+        """12 hex digits naming the rule as given: the same flags on another day (an
+        ``--older-than`` moves its cutoff) name the same selection, so a re-run resumes."""
+        text = self.describe()
+        if self.older_than is not None:
+            text["last_attempt_before"] = None
+        return hashlib.sha256(orjson.dumps(text, option=orjson.OPT_SORT_KEYS)).hexdigest()[:12]
+
+    def filters(self) -> Filters:
+        """The API's own filters for the rule (the age it cannot filter by)."""
+        out = [("status", ",".join(str(STATUS_CODES[s]) for s in self.statuses))]
+        out += [("call_status", value) for value in self.call_statuses]
+        out += [("attempt", ",".join(map(str, self.attempts)))] if self.attempts else []
+        return [item for item in out if item[1]]
+
+    def why_not(self, record: Mapping[str, Any]) -> str | None:
+        """None if the record matches the rule, else which part it fails.
+
+        Raises:
+            SelectionError: the record lacks a field the rule needs (it cannot be checked).
+        """
+        if self.statuses and _status(record) not in self.statuses:
+            return "status"
+        if self.call_statuses and _field(record, "call_status") not in self.call_statuses:
+            return "call_status"
+        if self.attempts and _attempts(record) not in self.attempts:
+            return "attempt"
+        if self.before is not None:
+            when = last_attempt(record)
+            if when is None:
+                return None if self.include_never_attempted else "never_attempted"
+            if when >= self.before:
+                return "age"
+        return None
+
+
+def rule_given(args: argparse.Namespace) -> bool:
+    """Whether any rule flag is on the command line."""
+    return any(
+        getattr(args, name, None)
+        for name in (
+            "status",
+            "call_status",
+            "attempt",
+            "older_than",
+            "last_attempt_before",
+            "include_never_attempted",
+        )
+    )
+
+
+def rule_from(args: argparse.Namespace, campaign_id: int | None, now: datetime) -> Rule:
+    """The rule of a command line, its age cutoff taken from ``now``.
+
+    Raises:
+        UsageError: no campaign, no rule at all, or an unreadable age or time.
+    """
+    if campaign_id is None:
+        raise UsageError("selecting needs --campaign-id N: the campaign to select from")
+    if not rule_given(args):
+        raise UsageError(
+            "a selection needs a rule: --status, --call-status, --attempt, --older-than or "
+            "--last-attempt-before (a whole campaign is delete-all's job)"
+        )
+    if args.include_never_attempted and not (args.older_than or args.last_attempt_before):
+        raise UsageError(
+            "--include-never-attempted goes with --older-than or --last-attempt-before"
+        )
+    before = None
+    if args.older_than:
+        before = now - parse_age(args.older_than)
+    elif args.last_attempt_before:
+        before = parse_time(args.last_attempt_before, "--last-attempt-before")
+    attempts = tuple(sorted(set(args.attempt or ())))
+    if any(n < 0 for n in attempts):
+        raise UsageError("--attempt takes a number of attempts, 0 or more")
+    return Rule(
+        campaign_id=campaign_id,
+        statuses=tuple(sorted(set(args.status or ()), key=STATUS_CODES.__getitem__)),
+        call_statuses=tuple(sorted(set(args.call_status or ()))),
+        attempts=attempts,
+        older_than=args.older_than.strip() if args.older_than else None,
+        before=before,
+        include_never_attempted=bool(args.include_never_attempted),
+    )
+
+
+def parse_age(text: str) -> timedelta:
+    """``180d``, ``12w``, ``36h``, ``90m``.
+
+    Raises:
+        UsageError: anything else, or zero.
+    """
+    found = _AGE.fullmatch(text)
+    if found is None or int(found[1]) == 0:
+        raise UsageError(
+            f"--older-than: expected an age such as 180d, 12w, 36h or 90m, got {text!r}"
+        )
+    return timedelta(seconds=int(found[1]) * _AGE_UNITS[found[2].lower()])
+
+
+def parse_time(text: str, flag: str) -> datetime:
+    """A date (midnight UTC) or an RFC 3339 time; a time without a zone is UTC.
+
+    Raises:
+        UsageError: not a date or time.
+    """
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"{flag}: expected a date (2026-06-01) or a time (2026-06-01T00:00:00Z), got {text!r}"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def last_attempt(record: Mapping[str, Any]) -> datetime | None:
+    """When the record was last attempted, None if never.
+
+    Raises:
+        SelectionError: the record has no ``last_attempt`` field, or one that is no time.
+    """
+    value = _field(record, "last_attempt")
+    if value is None or (isinstance(value, str) and value.strip() in _NEVER):
+        return None
+    if not isinstance(value, str):
+        raise SelectionError(f"record {record['id']}: last_attempt {value!r} is not a time")
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise SelectionError(
+            f"record {record['id']}: last_attempt {value!r} is not a time"
+        ) from None
+    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+
+
+def _field(record: Mapping[str, Any], name: str) -> Any:
+    if name not in record:
+        raise SelectionError(
+            f"the API's records carry no {name}: the rule cannot be checked on record "
+            f"{record['id']}, so nothing is selected"
+        )
+    return record[name]
+
+
+def _status(record: Mapping[str, Any]) -> str | None:
+    """The status as a rule names it: the API gives a name (``Completed``) or a code."""
+    value = _field(record, "status")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return next((name for name, code in STATUS_CODES.items() if code == value), None)
+    return value.strip().lower() if isinstance(value, str) else None
+
+
+def _attempts(record: Mapping[str, Any]) -> int | None:
+    value = _field(record, "attempt")
+    if isinstance(value, str) and value.strip().isdigit():
+        return int(value)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _stamp(when: datetime | None) -> str | None:
+    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass(slots=True)
+class Selection:
+    """What a collection read and kept: the counts a report and the audit show."""
+
+    selected: int = 0
+    listed: int = 0
+    pages: int = 0
+    passes: int = 0
+    left_out: dict[str, int] = field(default_factory=dict)
+    sha256: str = ""
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "selected": self.selected,
+            "listed": self.listed,
+            "pages": self.pages,
+            "passes": self.passes,
+            "left_out": dict(sorted(self.left_out.items())),
+            "sha256": self.sha256,
+        }
+
+
+PageReader = Callable[[int, int, Filters], Any]  # (page, limit, filters) -> Awaitable[Page]
+
+
+async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: int) -> Selection:
+    """Write the records the rule selects to ``out`` as CSV (:data:`HEADER`), each once.
+
+    Raises:
+        SelectionError: the listing kept changing for :data:`MAX_PASSES` passes, or a
+            record cannot be checked.
+        ApiError: a read failed for good (from ``read_page``).
+    """
+    result = Selection()
+    seen = BitMap64()
+    digest = hashlib.sha256()
+    _write(out, digest, HEADER)
+    while True:
+        result.passes += 1
+        totals = await _one_pass(rule, read_page, out, digest, seen, result, page_size)
+        if len(totals) <= 1:
+            break
+        log.info(
+            "the campaign changed while it was listed: listing it again", totals=sorted(totals)
+        )
+        if result.passes >= MAX_PASSES:
+            raise SelectionError(
+                f"campaign {rule.campaign_id} kept changing while it was listed "
+                f"({result.passes} passes): run the selection again when it is quiet"
+            )
+    result.sha256 = digest.hexdigest()
+    return result
+
+
+async def _one_pass(
+    rule: Rule,
+    read_page: PageReader,
+    out: IO[bytes],
+    digest: Any,
+    seen: BitMap64,
+    result: Selection,
+    page_size: int,
+) -> set[int]:
+    """Read every page once; the ``totalRecords`` values the pages gave."""
+    totals: set[int] = set()
+    number = 1
+    while True:
+        page: Page = await read_page(number, page_size, rule.filters())
+        result.pages += 1
+        totals.add(page.total_records)
+        for record in page.records:
+            audience_id = record["id"]
+            if audience_id in seen:
+                continue
+            seen.add(audience_id)
+            result.listed += 1
+            why = rule.why_not(record)
+            if why is not None:
+                result.left_out[why] = result.left_out.get(why, 0) + 1
+                continue
+            result.selected += 1
+            _write(out, digest, _row(rule, record))
+        if not page.records or number >= page.total_pages:
+            return totals
+        number += 1
+
+
+def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
+    def cell(name: str) -> object:
+        value = record.get(name)
+        return "" if value is None else value
+
+    return (
+        rule.campaign_id,
+        record["id"],
+        cell("status"),
+        cell("attempt"),
+        cell("last_attempt"),
+        cell("call_status"),
+    )
+
+
+def _write(out: IO[bytes], digest: Any, cells: Sequence[object]) -> None:
+    text = io.StringIO()
+    csv.writer(text, lineterminator="\n").writerow(cells)
+    data = text.getvalue().encode()
+    digest.update(data)
+    out.write(data)
+
+
+class SelectionFile:
+    """Where a selection is written: ``-`` (stdout), or a file that appears whole or not at
+    all (written private under a temporary name, fsynced, renamed), so a selection cut off
+    by an error or a signal never looks like a complete one to a later ``run --input``.
+
+    Raises (from the block or :meth:`commit`):
+        OutputError: it could not be written.
+    """
+
+    def __init__(self, target: str | Path) -> None:
+        self.path = None if str(target) == "-" else Path(target)
+        self._tmp: Path | None = None
+        self.file: IO[bytes] = sys.stdout.buffer
+
+    def __enter__(self) -> SelectionFile:
+        if self.path is not None:
+            if self.path.is_dir():
+                raise UsageError(f"the selection {self.path} is a directory: name a file")
+            self._tmp = self.path.with_name(f".{self.path.name}.partial")
+            with self.writing():
+                make_dirs(self.path.parent)
+                self._tmp.unlink(missing_ok=True)
+                self.file = open_private(self._tmp, "wb")
+        return self
+
+    def commit(self) -> None:
+        """Make the selection the file at :attr:`path` (or flush it to stdout)."""
+        with self.writing():
+            self.file.flush()
+            if self.path is None or self._tmp is None:
+                return
+            os.fsync(self.file.fileno())
+            self.file.close()
+            os.replace(self._tmp, self.path)
+            self._tmp = None
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path is None:
+            return
+        with contextlib.suppress(OSError):
+            self.file.close()
+        if self._tmp is not None:
+            self._tmp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def writing(self) -> Iterator[None]:
+        """Around writes to :attr:`file`: an OSError becomes an :class:`OutputError`; a
+        closed pipe (``select --out - | head``) also stops later writes to stdout, so that
+        the interpreter's own flush at exit does not fail a second time."""
+        try:
+            yield
+        except OSError as exc:
+            if self.path is None and isinstance(exc, BrokenPipeError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            shown = self.path if self.path is not None else "to stdout"
+            raise OutputError("the selection", shown, exc) from None
