@@ -21,12 +21,16 @@ import re
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from worker.commands.parsers import PROG, add_arguments, build_parser, walk
 from worker.errors import ConfigError, PurgeError, UsageError
 from worker.exit_codes import exit_code_for
 from worker.settings import DECLARATIONS, RUN, Declaration, Settings
 from worker.settings.resolve import as_given, refused, resolve_settings
+
+if TYPE_CHECKING:
+    from worker.input.selecting import Selecting
 
 _SHARD = re.compile(r"([0-9]{1,6})\s*/\s*([0-9]{1,6})")  # ASCII digits, as everywhere
 
@@ -132,12 +136,30 @@ def _run(args: argparse.Namespace) -> int:
 
     _input_or_select(args)
     settings = _settings(args)
+    selecting = _selecting(args, settings)
     if args.json or settings.report == STDOUT:
-        return _run_for_a_pipe(settings, args)
-    return run_command(settings, args.input)
+        return _run_for_a_pipe(settings, args, selecting)
+    return run_command(settings, _input(args, selecting), selecting)
 
 
-def _run_for_a_pipe(settings: Settings, args: argparse.Namespace) -> int:
+def _selecting(args: argparse.Namespace, settings: Settings) -> Selecting | None:
+    """``run --select``'s rule and selection file, its age cutoff taken now."""
+    if not args.select:
+        return None
+    from datetime import UTC, datetime
+
+    from worker.input.selecting import Selecting, rule_from
+
+    return Selecting.of(rule_from(args, settings.campaign_id, datetime.now(UTC)), args.selection)
+
+
+def _input(args: argparse.Namespace, selecting: Selecting | None) -> str:
+    return str(args.input) if selecting is None else str(selecting.path)
+
+
+def _run_for_a_pipe(
+    settings: Settings, args: argparse.Namespace, selecting: Selecting | None
+) -> int:
     """``run --json`` or ``--report -``: stdout carries one JSON document and nothing else;
     the plan of a dry run and the human summary go to stderr."""
     import asyncio
@@ -147,7 +169,9 @@ def _run_for_a_pipe(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.json and settings.report == STDOUT:
         raise UsageError("--json and --report - both write to stdout: choose one")
-    result = asyncio.run(run_purge(settings, args.input, out=sys.stderr))
+    result = asyncio.run(
+        run_purge(settings, _input(args, selecting), out=sys.stderr, selecting=selecting)
+    )
     if not settings.dry_run:
         print_summary(result, sys.stderr)
     if args.json:

@@ -190,9 +190,9 @@ async def test_permanent_failure_exits_1_and_writes_failed_out(
     assert done.code == 1
     assert "Traceback" not in done.err
     assert (tmp_path / "failed.csv").read_text(encoding="utf-8").splitlines() == [
-        "campaign_id,audience_id",
-        "999,1",
-        "999,2",
+        "campaign_id,audience_id,reason",
+        "999,1,unknown campaign",
+        "999,2,unknown campaign",
     ]
     assert not sandbox.state.campaigns[42].alive(3)
 

@@ -78,8 +78,9 @@ def audited_ids(records: list[dict[str, Any]], event: str) -> list[int]:
 
 
 def failed_out_rows(path: Path) -> tuple[str, list[tuple[int, int]]]:
+    """The failed-out file's header, and its (campaign_id, audience_id) pairs, sorted."""
     header, *lines = path.read_text(encoding="utf-8").splitlines()
-    rows = [tuple(int(cell) for cell in line.split(",")) for line in lines]
+    rows = [tuple(int(cell) for cell in line.split(",")[:2]) for line in lines]
     return header, sorted(rows)  # type: ignore[arg-type]
 
 
@@ -170,6 +171,14 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "failed_left": 0,
         "duration_s": finished["duration_s"],
         "failure_reasons": {},
+        # No --verify, no --select: no read-back, no stats, no selection.
+        "verified": 0,
+        "still_present": 0,
+        "unproven": {},
+        "total_audience_before": None,
+        "total_audience_after": None,
+        "audience": {},
+        "selection": None,
         "campaigns": {"42": {"deleted": 25, "failed": 0}},
         "input_sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
         "input_bytes": path.stat().st_size,
@@ -191,7 +200,7 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
     assert isinstance(report["duration_s"], float)
     assert report["audit_log"] == str(settings.audit_log)
     assert settings.failed_out is not None
-    assert failed_out_rows(settings.failed_out) == ("campaign_id,audience_id", [])
+    assert failed_out_rows(settings.failed_out) == ("campaign_id,audience_id,reason", [])
 
 
 async def test_requests_never_mix_campaigns(
@@ -455,7 +464,7 @@ async def test_unknown_campaign_fails_permanently_and_goes_to_failed_out(
         "retryable": False,
     }
     assert settings.failed_out is not None
-    assert failed_out_rows(settings.failed_out) == ("campaign_id,audience_id", unknown)
+    assert failed_out_rows(settings.failed_out) == ("campaign_id,audience_id,reason", unknown)
     assert result.tally.retries == 0
 
 
@@ -489,7 +498,7 @@ async def test_failed_out_file_is_accepted_as_input_by_the_next_run(
         (r["campaign_id"], r["reason"], r["message"], r["retryable"]) for r in of(records, "failed")
     ] == [(999, "unknown campaign", NOT_EXIST, False)]
     assert again.failed_out is not None
-    assert failed_out_rows(again.failed_out) == ("campaign_id,audience_id", unknown)
+    assert failed_out_rows(again.failed_out) == ("campaign_id,audience_id,reason", unknown)
 
 
 async def test_wrong_token_aborts_with_exit_3_without_a_retry_storm_and_a_rerun_finishes(
@@ -816,3 +825,28 @@ async def test_a_dry_run_on_saved_progress_plans_what_remains_and_writes_no_stat
     assert "  saved progress: 50 ids deleted by earlier runs, 0 rows done out of order;" in text
     assert sorted((p.name, p.stat().st_mtime_ns) for p in settings.state_dir.iterdir()) == state
     assert "previous" not in read_audit(tmp_path / "dry.jsonl", chain=True)[0]
+
+
+async def test_a_dry_run_leaves_the_failed_and_results_files_of_the_real_run_alone(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    path = write_csv(tmp_path / "ids.csv", ["5", "6"])
+    failed = write_csv(tmp_path / "failed.csv", ["campaign_id,audience_id,reason", "42,9,x"])
+    results = write_csv(tmp_path / "results.csv", ["line,campaign_id", "2,42"])
+    kept = failed.read_bytes(), results.read_bytes()
+    settings = make_settings(
+        campaign_id=42, dry_run=True, failed_out=failed, results=results, report=None
+    )
+    await run_purge(settings, str(path), out=io.StringIO())
+    assert (failed.read_bytes(), results.read_bytes()) == kept
+    # Named as the input, they are not the input's end either.
+    await run_purge(
+        make_settings(campaign_id=42, dry_run=True, failed_out=path, report=None),
+        str(path),
+        out=io.StringIO(),
+    )
+    assert path.read_text() == "5\n6\n"
+    with pytest.raises(UsageError, match="--report"):
+        await run_purge(
+            make_settings(campaign_id=42, dry_run=True, report=path), str(path), out=io.StringIO()
+        )

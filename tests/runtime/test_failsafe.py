@@ -193,7 +193,7 @@ def test_a_bug_ends_the_cli_with_exit_70_and_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The run itself records exit_code 70 (tests/runtime/test_runtime.py); here, the line.
-    def broken(settings: Settings, input_path: str) -> int:
+    def broken(settings: Settings, input_path: str, selecting: object = None) -> int:
         raise KeyError("a bug")
 
     monkeypatch.setattr(run_module, "run_command", broken)

@@ -102,6 +102,7 @@ async def test_the_report_is_written_by_its_observer_from_run_finished(
         **{k: v for k, v in finished.items() if k not in ("ts", "event", "run_id")},
         "audit_log": str(settings.audit_log),
         "failed_out": str(settings.failed_out),
+        "results": None,
         "state_dir": str(settings.state_dir),
     }
     assert report == {**result.summary(), "duration_s": report["duration_s"]}

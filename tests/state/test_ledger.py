@@ -51,7 +51,7 @@ def test_rows_waiting_in_the_batcher_hold_the_watermark_back() -> None:
     batch settled after it."""
     plan = Plan(Ledger(0), Batcher(100), Deduper())
     waiting = Batch(7, (1,), 0, 0)
-    for _ in plan.batcher.extend(7, [1], [0]):
+    for _ in plan.batcher.extend(7, [1], [0], first_line=1):
         pass  # campaign 7's row waits at offset 0
     done = [batch(100 * n, range(10 * n, 10 * n + 10)) for n in range(1, 6)]
     plan.ledger.read_pos = 600

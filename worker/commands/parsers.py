@@ -229,7 +229,8 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
         ExitCode.OK: "the selection is written (even an empty one)",
         ExitCode.USAGE: "usage or configuration error, or an answer that does not match the "
         "rule: nothing was written",
-        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign)",
+        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign), or it "
+        "kept failing",
         ExitCode.IO_ERROR: "the selection could not be written",
         ExitCode.INTERRUPTED: "interrupted by SIGINT/SIGTERM: nothing was written",
         **_BUG,
@@ -237,9 +238,11 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     "verify": {
         ExitCode.OK: "none of the ids recorded as deleted is still in its campaign",
         ExitCode.FAILED: "some are still there (the audit log, report and --failed-out list "
-        "them, reason still_present)",
+        "them, reason still_present), or a campaign could not be read completely (it kept "
+        "changing, or listed fewer records than it reports)",
         ExitCode.USAGE: "usage or configuration error, or an audit log that cannot be read",
-        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign)",
+        ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign), or it "
+        "kept failing",
         ExitCode.IO_ERROR: "a file of the run could not be written",
         ExitCode.INTERRUPTED: "interrupted by SIGINT/SIGTERM: re-run to verify",
         **_BUG,

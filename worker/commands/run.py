@@ -9,26 +9,34 @@ It runs inside the one :class:`~worker.runtime.runtime.Runtime`; progress is che
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator
-from dataclasses import replace
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
 from worker.commands.findings import Findings, print_findings
-from worker.errors import InputError, UsageError
+from worker.commands.select import describe
+from worker.errors import ApiError, InputError, StateError, UsageError
 from worker.exit_codes import ExitCode
 from worker.input.batching import Batch
 from worker.input.planning import Count, Plan, count_input, plan_batches
+from worker.input.selecting import Selecting, Selection, SelectionFile, collect
 from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
 from worker.records.report import RunResult, plural, print_plan, print_summary
 from worker.runtime.guards import count_refusal
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
+from worker.runtime.stopping import Abandoned
+from worker.sending.listing import Reader, refused
+from worker.sending.readback import ReadBack, deleted_by_campaign, read_back, take_stats
+from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
 from worker.state.replay import Replayed, apply, replay
@@ -45,65 +53,109 @@ from worker.state.resume import (
 log = structlog.get_logger("audience_purge.run")
 
 
-def run_command(settings: Settings, input_path: str) -> int:
+def run_command(settings: Settings, input_path: str, selecting: Selecting | None = None) -> int:
     """``audience-purge run``: purge (or plan) and print the summary."""
-    result = asyncio.run(run_purge(settings, input_path))
+    result = asyncio.run(run_purge(settings, input_path, selecting=selecting))
     if not settings.dry_run:
         print_summary(result, sys.stdout)
     return result.exit_code
 
 
-async def run_purge(settings: Settings, input_path: str, *, out: TextIO = sys.stdout) -> RunResult:
+async def run_purge(
+    settings: Settings,
+    input_path: str,
+    *,
+    out: TextIO = sys.stdout,
+    selecting: Selecting | None = None,
+) -> RunResult:
     """Run one purge (or, with ``settings.dry_run``, plan it) and return its result.
+
+    With ``selecting`` (``run --select``), ``input_path`` is the selection's file: it is
+    collected first, unless an unfinished purge of the same rule already collected it.
 
     Raises:
         UsageError: the input, the settings or the saved state are unusable; nothing was
             sent.
     """
-    runtime = Runtime(settings, "run", needs_token=not settings.dry_run)
+    runtime = Runtime(settings, "run", needs_token=not settings.dry_run or selecting is not None)
     directory = state_directory(settings, input_path)
-    outputs: dict[str, Path | None] = {"--audit-log": runtime.audit_path}
+    outputs: dict[str, Path | None] = {
+        "--audit-log": runtime.audit_path,
+        "--report": settings.report,
+    }
     if not settings.dry_run:
         outputs |= {
             "state": directory,
-            "--report": settings.report,
             "--failed-out": settings.failed_out,
             "--results": settings.results,
         }
     check_distinct(input_path, outputs)
-    counted = await _count_for_guards(settings, input_path)
+    counted = None if selecting is not None else await _count_for_guards(settings, input_path)
     store: StateStore | None = None
     if settings.dry_run:
         point = None if settings.fresh else peek_state(directory, run_target(settings))
     else:
         store, point = open_state(directory, fresh=settings.fresh, target=run_target(settings))
     try:
+        if selecting is not None:
+            point = _selection_state(selecting, store, point)
         replayed = replay(point) if point is not None else Replayed()
         if point is not None:
             apply(point, replayed)
         plan = make_plan(point, settings)
-        source = await open_input(input_path)
         try:
-            return await _purge(runtime, plan, source, store, point, replayed, counted, out)
+            job = _Job(input_path, selecting, counted)
+            return await _purge(runtime, plan, job, store, point, replayed, out)
         except UsageError:
             if point is None and store is not None:
                 store.clear()  # nothing was sent: a corrected input must not look "changed"
             raise
-        finally:
-            source.close()
     finally:
         if store is not None:
             store.unlock()
 
 
+def _selection_state(
+    selecting: Selecting, store: StateStore | None, point: Checkpoint | None
+) -> Checkpoint | None:
+    """The saved progress a ``run --select`` continues: an unfinished purge's, from the
+    selection it collected; none after a finished one (the rule is collected anew, a new
+    purge of what matches it now).
+
+    Raises:
+        StateError: the unfinished purge's selection file is gone.
+    """
+    if point is None:
+        return None
+    if point.complete:
+        if store is not None:
+            store.clear()
+        return None
+    if not selecting.path.is_file():
+        raise StateError(
+            f"the purge under way ({store.directory if store else 'its state'}) was selected "
+            f"into {selecting.path}, which is gone: restore it to continue, or add --fresh to "
+            "select anew"
+        )
+    return point
+
+
+@dataclass(frozen=True, slots=True)
+class _Job:
+    """What a purge reads: its input, and for ``run --select`` the rule that makes it."""
+
+    input_path: str
+    selecting: Selecting | None
+    counted: Count | None
+
+
 async def _purge(
     runtime: Runtime,
     plan: Plan,
-    source: ByteSource,
+    job: _Job,
     store: StateStore | None,
     point: Checkpoint | None,
     replayed: Replayed,
-    counted: Count | None,
     out: TextIO,
 ) -> RunResult:
     settings = runtime.settings
@@ -119,60 +171,154 @@ async def _purge(
         previous=link,
         failed_pairs=dict(point.failed) if point else None,
         state_dir=store.directory if store else None,
-    ) as recorder:
-        # The input is bound to the state by its verified prefix (checked as it is read),
-        # not by the whole file: rows appended to a finished input are picked up.
-        input_sha256, input_lines = await source.survey()
-        runtime.input_lines = input_lines
-        if runtime.metrics is not None and input_lines is not None:
-            runtime.metrics.input_rows.set(input_lines)
-        batches = plan_batches(plan, source, digest, recorder, settings)
-        checkpoints = None
-        if store is not None:
-            checkpoints = Checkpointer(
-                store,
-                plan,
-                digest,
-                recorder,
-                source.name,
-                point,
-                input_sha256,
-                link=link,
-                target=run_target(settings),
-            )
-            # Before the first audit record: a crash from here on leaves a state whose audit
-            # head names this run's file, so the next run's chain links to it.
-            checkpoints.save()
-        runtime.start(
-            dry_run=settings.dry_run,
-            input=source.name,
-            input_size=source.size,
-            input_sha256=input_sha256,
-            state_dir=str(store.directory) if store else None,
-            resumed=_resumed(point, replayed),
-        )
-        if store is None or checkpoints is None:
-            findings = Findings()
-            recorder.subscribe(findings)
-            await _dry_run(batches, settings, out)
-            print_findings(findings, recorder.tally, point, settings, counted, out)
-            return runtime.finish_with(runtime.result(interrupted=False, fatal=None, **read()))
+    ):
+        started: dict[str, Any] = {}
+        counted = job.counted
+        if job.selecting is not None:
+            collected = None if point is not None else await _collect(runtime, job.selecting)
+            started["selection"] = job.selecting.record(collected)
+            counted = await _count_for_guards(settings, job.input_path)
+        source = await open_input(job.input_path)
         try:
-            sent = await _send(runtime, plan, batches, checkpoints, input_lines)
-        except Exception:
-            checkpoints.last_words()
-            raise
-        _refuse_all_rejected(sent)
-        result = runtime.finish_with(
-            replace(
-                sent,
-                state_dir=store.directory,
-                already_complete=_already_complete(point, sent),
-                **read(),
+            return await _read_and_send(
+                runtime,
+                plan,
+                source,
+                digest,
+                read,
+                store,
+                point,
+                replayed,
+                counted,
+                out,
+                started,
+                link,
             )
+        finally:
+            source.close()
+
+
+async def _collect(runtime: Runtime, selecting: Selecting) -> Selection:
+    """Collect the selection into its file, with the run's client and rate gate (listing
+    spends the deletions' budget); a signal stops it with nothing written.
+
+    Raises:
+        FatalError: the API refused the listing.
+        KeyboardInterrupt: SIGINT or SIGTERM during the collection.
+    """
+    reader = await _reader(runtime)
+    rule = selecting.rule
+    found: list[Selection] = []
+
+    async def work() -> None:
+        with SelectionFile(selecting.path) as target:
+            try:
+                with target.writing():
+                    found.append(
+                        await collect(
+                            rule,
+                            partial(reader.page, rule.campaign_id),
+                            target.file,
+                            runtime.settings.page_size,
+                        )
+                    )
+            except ApiError as exc:
+                raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
+            target.commit()
+
+    try:
+        interrupted = await runtime.supervise(work(), reader.stop.set)
+    except Abandoned:
+        interrupted = True
+    if interrupted or not found:
+        raise KeyboardInterrupt
+    log.info(describe(rule, found[0]), selection=str(selecting.path), sha256=found[0].sha256)
+    return found[0]
+
+
+async def _reader(runtime: Runtime) -> Reader:
+    """A reader of the API on the run's own client and rate gate."""
+    settings = runtime.settings
+    client, gate = await runtime.api(settings.concurrency)
+    return Reader(client, gate, RetryPolicy.from_settings(settings))
+
+
+async def _read_and_send(
+    runtime: Runtime,
+    plan: Plan,
+    source: ByteSource,
+    digest: InputDigest,
+    read: Callable[[], dict[str, Any]],
+    store: StateStore | None,
+    point: Checkpoint | None,
+    replayed: Replayed,
+    counted: Count | None,
+    out: TextIO,
+    started: dict[str, Any],
+    link: dict[str, Any] | None,
+) -> RunResult:
+    settings = runtime.settings
+    recorder = runtime.recorder
+    # The input is bound to the state by its verified prefix (checked as it is read),
+    # not by the whole file: rows appended to a finished input are picked up.
+    input_sha256, input_lines = await source.survey()
+    runtime.input_lines = input_lines
+    if runtime.metrics is not None and input_lines is not None:
+        runtime.metrics.input_rows.set(input_lines)
+    batches = plan_batches(plan, source, digest, recorder, settings)
+    checkpoints = None
+    if store is not None:
+        checkpoints = Checkpointer(
+            store,
+            plan,
+            digest,
+            recorder,
+            source.name,
+            point,
+            input_sha256,
+            link=link,
+            target=run_target(settings),
         )
-        checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
-        return result
+        # Before the first audit record: a crash from here on leaves a state whose audit
+        # head names this run's file, so the next run's chain links to it.
+        checkpoints.save()
+    runtime.start(
+        dry_run=settings.dry_run,
+        input=source.name,
+        input_size=source.size,
+        input_sha256=input_sha256,
+        state_dir=str(store.directory) if store else None,
+        resumed=_resumed(point, replayed),
+        **started,
+    )
+    if store is None or checkpoints is None:
+        findings = Findings()
+        recorder.subscribe(findings)
+        await _dry_run(batches, settings, out)
+        print_findings(findings, recorder.tally, point, settings, counted, out)
+        planned = runtime.result(interrupted=False, fatal=None, **read())
+        return runtime.finish_with(replace(planned, selection=started.get("selection")))
+    proof = _Proof.of(runtime, started)
+    try:
+        await proof.before()
+        sent = await _send(runtime, plan, batches, checkpoints, input_lines)
+        if sent.exit_code in (ExitCode.OK, ExitCode.FAILED) and not sent.halted:
+            sent = await proof.after(sent)
+    except Exception:
+        checkpoints.last_words()
+        raise
+    _refuse_all_rejected(sent)
+    result = runtime.finish_with(
+        replace(
+            sent,
+            state_dir=store.directory,
+            already_complete=_already_complete(point, sent),
+            selection=started.get("selection"),
+            **read(),
+        )
+    )
+    checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
+    return result
 
 
 async def _send(
@@ -197,6 +343,68 @@ async def _send(
     )
     interrupted = await runtime.supervise(dispatcher.run(batches), dispatcher.stop)
     return runtime.result(interrupted=interrupted, fatal=dispatcher.fatal)
+
+
+@dataclass(slots=True)
+class _Proof:
+    """What a run proves beyond the API's answers: the campaigns' campaign-audience-stats
+    before and after (with ``--verify`` or ``--select``, for the campaign named up front),
+    and with ``--verify`` a read-back of every campaign this run deleted from."""
+
+    runtime: Runtime
+    campaigns: tuple[int, ...]
+    verify: bool
+    reader: Reader | None = None
+
+    @classmethod
+    def of(cls, runtime: Runtime, started: dict[str, Any]) -> _Proof:
+        settings = runtime.settings
+        wanted = settings.verify or "selection" in started
+        campaign = settings.campaign_id
+        return cls(runtime, (campaign,) if campaign is not None and wanted else (), settings.verify)
+
+    async def _read(self) -> Reader:
+        if self.reader is None:
+            self.reader = await _reader(self.runtime)
+        return self.reader
+
+    async def before(self) -> None:
+        if self.campaigns:
+            await take_stats(await self._read(), self.runtime.recorder, self.campaigns, "before")
+
+    async def after(self, sent: RunResult) -> RunResult:
+        """Verify and take the stats after; the result again, since ids still present make
+        it fail. A signal during the read-back ends the run as interrupted (resumable)."""
+        runtime = self.runtime
+        campaigns = set(self.campaigns)
+        checked: list[ReadBack] = []
+        if self.verify:
+            reader = await self._read()
+            runtime.recorder.audit.sync()
+            deleted = deleted_by_campaign([runtime.audit_path])
+            campaigns |= set(deleted.campaigns)
+            work = read_back(reader, runtime.recorder, deleted, runtime.settings.page_size)
+            if await runtime.supervise(_settled(work, checked), reader.stop.set) or not checked:
+                return runtime.result(interrupted=True, fatal=None)
+        if campaigns:
+            await take_stats(await self._read(), runtime.recorder, sorted(campaigns), "after")
+        result = runtime.result(interrupted=False, fatal=None)
+        unproven = checked[0].unproven if checked else {}
+        if not unproven:
+            return result
+        # A campaign that could not be read completely proves nothing either way.
+        return replace(
+            result,
+            exit_code=max(result.exit_code, ExitCode.FAILED),
+            unproven={str(c): why for c, why in sorted(unproven.items())},
+        )
+
+
+async def _settled(work: Awaitable[ReadBack], into: list[ReadBack]) -> None:
+    """``work`` to its end, its result kept in ``into``; a stop while it waits at the gate
+    ends it quietly (``into`` stays empty)."""
+    with contextlib.suppress(Abandoned):
+        into.append(await work)
 
 
 async def _count_for_guards(settings: Settings, input_path: str) -> Count | None:

@@ -36,11 +36,12 @@ def sandbox_command(args: argparse.Namespace) -> int:
             limit_per_minute=args.limit_per_minute,
             max_batch=args.max_batch,
             error_status=args.error_status,
+            ack_without_delete=args.ack_without_delete,
         )
     except ValueError as exc:
         raise UsageError(_as_flag(str(exc))) from None
     token = args.token or os.environ.get("UNLEASHX_TOKEN") or "sandbox"
-    config = SandboxConfig(campaigns=campaigns, token=token, faults=faults)
+    config = SandboxConfig(campaigns=campaigns, token=token, faults=faults, seed=args.seed)
     try:
         serve(config, args.host, args.port)
     except OSError as exc:

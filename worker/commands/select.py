@@ -12,7 +12,7 @@ import sys
 from datetime import UTC, datetime
 from functools import partial
 
-from worker.errors import PermanentError
+from worker.errors import ApiError
 from worker.input.selecting import Rule, Selection, SelectionFile, collect, rule_from
 from worker.records.report import plural
 from worker.runtime.signals import signal_handlers
@@ -42,11 +42,10 @@ async def select(settings: Settings, rule: Rule, out: str) -> Selection:
         KeyboardInterrupt: SIGINT or SIGTERM.
     """
     tokens = TokenSource(settings.token, None if settings.token else settings.token_file)
-    stop = asyncio.Event()
     async with http_session(settings.timeout, 1) as session, rate_gate(settings) as gate:
         client = UnleashXClient(session, settings.base_url, tokens)
-        reader = Reader(client, gate, RetryPolicy.from_settings(settings), stop=stop)
-        with signal_handlers(lambda _signal: stop.set()), SelectionFile(out) as target:
+        reader = Reader(client, gate, RetryPolicy.from_settings(settings))
+        with signal_handlers(lambda _signal: reader.stop.set()), SelectionFile(out) as target:
             try:
                 with target.writing():
                     selection = await collect(
@@ -57,7 +56,7 @@ async def select(settings: Settings, rule: Rule, out: str) -> Selection:
                     )
             except Abandoned:
                 raise KeyboardInterrupt from None
-            except PermanentError as exc:
+            except ApiError as exc:
                 raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
             target.commit()
     return selection

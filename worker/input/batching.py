@@ -30,7 +30,9 @@ def shard_of(audience_id: int, count: int) -> int:
 class Batch:
     """One delete-audience request's worth of ids, in input order.
 
-    ``first_offset``/``last_offset`` are the byte offsets of its first and last input rows.
+    ``first_offset``/``last_offset`` are the byte offsets of its first and last input rows;
+    ``lines[i]`` is the input line of ``audience_ids[i]`` (for the per-row results file),
+    None for a batch that is not input rows (a resumed run's retries, a queue entry).
     """
 
     campaign_id: int
@@ -39,6 +41,7 @@ class Batch:
     last_offset: int = field(default=0, compare=False)
     entry_id: str | None = field(default=None, compare=False)  # queue mode: its stream entry
     ref: str | None = field(default=None, compare=False)  # queue mode: the producer's ref
+    lines: tuple[int, ...] | None = field(default=None, compare=False, repr=False)
     # Deterministic: the same campaign and ids always give the same id. Computed once: the
     # audit names it in two records of every batch.
     batch_id: str = field(init=False, compare=False, repr=False)
@@ -48,11 +51,13 @@ class Batch:
         object.__setattr__(self, "batch_id", hashlib.sha256(text.encode()).hexdigest()[:24])
 
     def halves(self) -> tuple[Batch, Batch]:
+        """The batch in two (a 413), each id keeping its line."""
         middle = len(self.audience_ids) // 2
-        return (
-            replace(self, audience_ids=self.audience_ids[:middle]),
-            replace(self, audience_ids=self.audience_ids[middle:]),
-        )
+        return self._part(slice(None, middle)), self._part(slice(middle, None))
+
+    def _part(self, part: slice) -> Batch:
+        lines = None if self.lines is None else self.lines[part]
+        return replace(self, audience_ids=self.audience_ids[part], lines=lines)
 
 
 class Deduper:
@@ -97,6 +102,13 @@ class _Open:
     ids: list[int]
     first_offset: int
     first_row: int
+    lines: list[int] = field(default_factory=list)
+
+    def batch(self, campaign: int, last_offset: int) -> Batch:
+        """These rows as a batch, the last of them at ``last_offset``."""
+        return Batch(
+            campaign, tuple(self.ids), self.first_offset, last_offset, lines=tuple(self.lines)
+        )
 
 
 class Batcher:
@@ -117,17 +129,21 @@ class Batcher:
         if entry is None:
             entry = self._open[row.campaign_id] = _Open([], row.offset, self._rows)
         entry.ids.append(row.audience_id)
+        entry.lines.append(row.line)
         done: list[Batch] | tuple[()] = ()
         if len(entry.ids) >= self._size:
             del self._open[row.campaign_id]
-            done = [Batch(row.campaign_id, tuple(entry.ids), entry.first_offset, row.offset)]
+            done = [entry.batch(row.campaign_id, row.offset)]
         if self._rows % 1024 == 0:
             done = [*done, *self._flush_stale(row.offset)]
         return done
 
-    def extend(self, campaign: int, ids: Sequence[int], offsets: Sequence[int]) -> list[Batch]:
-        """:meth:`add` for consecutive rows of one campaign (``offsets`` theirs): the same
-        batches, the stale ones flushed at the same rows, without a call per row."""
+    def extend(
+        self, campaign: int, ids: Sequence[int], offsets: Sequence[int], first_line: int
+    ) -> list[Batch]:
+        """:meth:`add` for rows of one campaign on consecutive lines from ``first_line``
+        (``offsets`` theirs): the same batches, the stale ones flushed at the same rows,
+        without a call per row."""
         done: list[Batch] = []
         i, n = 0, len(ids)
         while i < n:
@@ -136,12 +152,13 @@ class Batcher:
                 entry = self._open[campaign] = _Open([], offsets[i], self._rows + 1)
             take = min(self._size - len(entry.ids), 1024 - self._rows % 1024, n - i)
             entry.ids.extend(ids[i : i + take])
+            entry.lines.extend(range(first_line + i, first_line + i + take))
             self._rows += take
             i += take
             last = offsets[i - 1]
             if len(entry.ids) >= self._size:
                 del self._open[campaign]
-                done.append(Batch(campaign, tuple(entry.ids), entry.first_offset, last))
+                done.append(entry.batch(campaign, last))
             if self._rows % 1024 == 0:
                 done.extend(self._flush_stale(last))
         return done
@@ -149,8 +166,7 @@ class Batcher:
     def _flush_stale(self, offset: int) -> Iterator[Batch]:
         stale = [c for c, e in self._open.items() if self._rows - e.first_row >= self._stale]
         for campaign in stale:
-            entry = self._open.pop(campaign)
-            yield Batch(campaign, tuple(entry.ids), entry.first_offset, offset)
+            yield self._open.pop(campaign).batch(campaign, offset)
 
     def oldest_open(self) -> int | None:
         """Byte offset of the first row still waiting in a partial batch: the first entry's,
@@ -165,5 +181,5 @@ class Batcher:
     def flush(self, last_offset: int = 0) -> Iterator[Batch]:
         """The partial batches left when the input ended."""
         for campaign_id, entry in self._open.items():
-            yield Batch(campaign_id, tuple(entry.ids), entry.first_offset, last_offset)
+            yield entry.batch(campaign_id, last_offset)
         self._open.clear()

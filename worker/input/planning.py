@@ -124,7 +124,7 @@ def _plan_chunk(
     if finished:
         recorder.already_done(len(ids))
         return
-    batches = plan.batcher.extend(campaign, ids, chunk.offsets)
+    batches = plan.batcher.extend(campaign, ids, chunk.offsets, chunk.first_line)
     recorder.accepted(len(ids))
     yield from _pending(plan.ledger, batches)
 

@@ -27,11 +27,11 @@ import io
 import os
 import re
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import orjson
 import structlog
@@ -39,11 +39,14 @@ from pyroaring import BitMap64
 
 from worker.errors import OutputError, UsageError
 from worker.files import make_dirs, open_private
-from worker.sending.listing import Filters, Page
+
+if TYPE_CHECKING:
+    from worker.sending.listing import Filters, Page
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
 MAX_PASSES = 5
+SELECTIONS = Path("purge-selections")  # where run --select keeps its selections by default
 _AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*", re.IGNORECASE)
 _AGE_UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _NEVER = ("", "0000-00-00 00:00:00", "0000-00-00")
@@ -265,7 +268,8 @@ class Selection:
         }
 
 
-PageReader = Callable[[int, int, Filters], Any]  # (page, limit, filters) -> Awaitable[Page]
+# (page, limit, filters) -> the page: Reader.page with its campaign bound.
+PageReader = Callable[[int, int, "Filters"], Awaitable["Page"]]
 
 
 async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: int) -> Selection:
@@ -310,7 +314,7 @@ async def _one_pass(
     totals: set[int] = set()
     number = 1
     while True:
-        page: Page = await read_page(number, page_size, rule.filters())
+        page = await read_page(number, page_size, rule.filters())
         result.pages += 1
         totals.add(page.total_records)
         for record in page.records:
@@ -409,3 +413,25 @@ class SelectionFile:
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             shown = self.path if self.path is not None else "to stdout"
             raise OutputError("the selection", shown, exc) from None
+
+
+@dataclass(frozen=True, slots=True)
+class Selecting:
+    """``run --select``: the rule, and the file its selection is collected into (the purge's
+    input, so a re-run resumes from it rather than collecting again)."""
+
+    rule: Rule
+    path: Path
+
+    @classmethod
+    def of(cls, rule: Rule, given: Path | None) -> Selecting:
+        return cls(rule, given or SELECTIONS / f"select-{rule.campaign_id}-{rule.digest()}.csv")
+
+    def record(self, selection: Selection | None) -> dict[str, Any]:
+        """What ``run_started`` says of the selection: the rule, the file, and what the
+        collection found (None when a re-run took the file an earlier run collected)."""
+        return {
+            "rule": self.rule.describe(),
+            "path": str(self.path),
+            "collected": None if selection is None else selection.as_record(),
+        }

@@ -76,6 +76,10 @@ class Figures:
     first_ts: datetime | None = None
     last_ts: datetime | None = None
     events: list[tuple[datetime, Counter[str]]] = field(default_factory=list)
+    # Read-backs (``verified``) summed per campaign: checked, listed, still_present, reads.
+    readback: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    # campaign-audience-stats per campaign: the first "before" and the last "after".
+    audience: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
     @property
     def totals(self) -> Counter[str]:
@@ -143,9 +147,32 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
             counts["unconfirmed"] += _count(record.get("audience_ids"))
         elif event == "deleted_all":
             counts["deleted_all"] += 1
+        elif event == "verified":
+            _count_readback(found.readback[campaign], record)
+        elif event == "audience_stats":
+            _note_stats(found.audience[campaign], record)
         if point and when is not None:
             found.events.append((when, point))
     return found
+
+
+def _count_readback(counts: Counter[str], record: dict[str, Any]) -> None:
+    """A ``verified`` record, counted: its ids still present are counted, never shown."""
+    counts["reads"] += 1
+    counts["still_present"] += _count(record.get("still_present"))
+    for name in ("checked", "listed"):
+        value = record.get(name)
+        counts[name] += value if isinstance(value, int) else 0
+
+
+def _note_stats(moments: dict[str, int], record: dict[str, Any]) -> None:
+    """The campaign's total_audience before its first run and after its last."""
+    stats, moment = record.get("stats"), record.get("moment")
+    total = stats.get("total_audience") if isinstance(stats, dict) else None
+    if not isinstance(total, int) or moment not in ("before", "after"):
+        return
+    if moment == "after" or "before" not in moments:
+        moments[moment] = total
 
 
 def buckets(
@@ -309,6 +336,57 @@ def _totals(found: Figures) -> list[str]:
     return out
 
 
+def _proof(found: Figures) -> list[str]:
+    """What the runs proved beyond the API's answers: the read-back of the ids deleted,
+    and the campaigns' sizes before and after."""
+    out = ["<h2>Proof that the records are gone</h2>"]
+    campaigns = sorted(set(found.readback) | set(found.audience))
+    if not campaigns:
+        return [
+            *out,
+            "<p>No read-back and no campaign statistics were recorded: the deletions rest "
+            "on the API's answers alone. Run <code>audience-purge verify --audit FILES</code> "
+            "(or purge with <code>--verify</code>) to read the campaigns back.</p>",
+        ]
+    out.append(
+        "<table><tr><th>campaign</th><th>ids deleted</th><th>ids looked for</th>"
+        "<th>still present</th><th>records listed</th><th>total before</th>"
+        "<th>total after</th><th>verdict</th></tr>"
+    )
+    for campaign in campaigns:
+        read, sizes = found.readback.get(campaign, Counter()), found.audience.get(campaign, {})
+        out.append(
+            _row(
+                str(campaign),
+                str(found.campaigns[campaign]["deleted"]),
+                str(read["checked"]) if read["reads"] else "not read back",
+                str(read["still_present"]) if read["reads"] else "",
+                str(read["listed"]) if read["reads"] else "",
+                _t(sizes.get("before")),
+                _t(sizes.get("after")),
+                _readback_verdict(read),
+                numeric=range(1, 7),
+                row_id=f"proof-{campaign}",
+            )
+        )
+    out.append(
+        "</table><p>“Ids looked for” are the ids the audit records as deleted, searched for "
+        "in a listing of the whole campaign (audience-list); ids still present are listed by "
+        "<code>audit find</code> and in the verify run's failed-out file. The totals are "
+        "campaign-audience-stats before the first run and after the last: other activity "
+        "on a campaign also moves them.</p>"
+    )
+    return out
+
+
+def _readback_verdict(read: Counter[str]) -> str:
+    if not read["reads"]:
+        return "no read-back"
+    if read["still_present"]:
+        return '<span class="bad">ids still present</span>'
+    return '<span class="ok">gone</span>'
+
+
 def _iso(when: datetime | None) -> str | None:
     return None if when is None else when.isoformat()
 
@@ -399,6 +477,7 @@ def commands(paths: Sequence[Path], public_key: Path | None, key_file: Path | No
         f"{PROG} audit verify{options} {files}",
         f"{PROG} audit summary {files}",
         f"{PROG} audit find ID {files}",
+        f"{PROG} verify --audit {files}",
     ]
 
 
@@ -423,6 +502,7 @@ def render(
         "to one id, run <code>audit find ID</code> (below).</p>",
         *_verification(verdict, key_file is not None, signatures),
         *_totals(found),
+        *_proof(found),
         *_chart(found),
         *_runs(found),
         "<h2>How to re-check it</h2><p>With the same files (and keys):</p><pre>",

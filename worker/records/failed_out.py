@@ -4,6 +4,14 @@ It lists the ids still failed: the ones carried over from earlier runs of a resu
 (kept even with ``--no-retry-failed``, which does not send them again), then each failure
 as it is recorded (so a crash leaves the list so far). When the run ends the file is
 replaced at once by exactly the ids still failed, which drops the ones a retry deleted.
+
+Each row says why (``reason``): the ``failed`` record's reason, or ``still_present`` for an
+id a read-back found still there after its deletion (``verified``). A carried-over id says
+:data:`CARRIED`: the checkpoint keeps the failed pairs as bitmaps, without reasons, and by
+default a resumed run retries them first, so only ids it did not send again
+(``--no-retry-failed``, a stop before their turn) keep it; ``audit find --id`` on the
+earlier runs' audit logs gives their reason. ``run --input`` takes the file as it is: the
+header names campaign_id and audience_id, and a third column is ignored.
 """
 
 from __future__ import annotations
@@ -11,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -21,31 +29,46 @@ from pyroaring import BitMap64
 from worker.errors import OutputError
 from worker.files import make_dirs, open_private, write_atomic
 
-HEADER = ("campaign_id", "audience_id")
+HEADER = ("campaign_id", "audience_id", "reason")
+CARRIED = "failed in an earlier run (see its audit log)"
+STILL_PRESENT = "still_present"
 log = structlog.get_logger("audience_purge.failed_out")
+
+Pairs = Mapping[int, BitMap64]
 
 
 class FailedOut:
-    """Observer: the failed ids as a CSV that ``run --input`` accepts as is."""
+    """Observer: the failed ids and why, as a CSV that ``run --input`` accepts as is."""
 
-    def __init__(self, path: Path, failed: Mapping[int, BitMap64] | None = None) -> None:
+    def __init__(self, path: Path, failed: Pairs | None = None) -> None:
         self.path = path
-        self._failed: Mapping[int, BitMap64] = failed if failed is not None else {}
+        self._failed: Pairs = failed if failed is not None else {}
+        # This run's reason for each pair that failed in it (disjoint: the last one wins).
+        self._reasons: dict[str, dict[int, BitMap64]] = {}
         with self._writing():
             make_dirs(path.parent)
             path.unlink(missing_ok=True)  # created anew, private
             self._file: IO[str] = open_private(path, "w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._file)
             self._csv.writerow(HEADER)
-            self._csv.writerows(_rows(self._failed))
+            self._csv.writerows(_rows(self._failed, CARRIED))
             self._file.flush()
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "failed" and fields.get("audience_ids"):
-            campaign = fields["campaign_id"]
-            with self._writing():
-                self._csv.writerows((campaign, i) for i in fields["audience_ids"])
-                self._file.flush()
+            self._add(fields["campaign_id"], fields["audience_ids"], fields["reason"])
+        elif event == "verified" and fields["still_present"]:
+            self._add(fields["campaign_id"], fields["still_present"], STILL_PRESENT)
+
+    def _add(self, campaign: int, ids: Sequence[int], reason: str) -> None:
+        fresh = BitMap64(ids)
+        for other, pairs in self._reasons.items():
+            if other != reason and campaign in pairs:
+                pairs[campaign].difference_update(fresh)
+        self._reasons.setdefault(reason, {}).setdefault(campaign, BitMap64()).update(fresh)
+        with self._writing():
+            self._csv.writerows((campaign, i, reason) for i in ids)
+            self._file.flush()
 
     def close(self) -> None:
         """Close, then replace the file with exactly the ids still failed."""
@@ -54,7 +77,7 @@ class FailedOut:
         text = io.StringIO(newline="")
         writer = csv.writer(text)
         writer.writerow(HEADER)
-        writer.writerows(_rows(self._failed))
+        writer.writerows(self._still_failed())
         try:
             write_atomic(self.path, text.getvalue().encode())
         except OSError as exc:
@@ -65,6 +88,19 @@ class FailedOut:
                 error=exc.strerror,
             )
 
+    def _still_failed(self) -> Iterator[tuple[int, int, str]]:
+        """Per campaign: the ids carried over and not settled since, then this run's
+        failures, grouped by reason in the order the reasons were first met."""
+        for campaign, ids in sorted(self._failed.items()):
+            carried = ids.copy()
+            for pairs in self._reasons.values():
+                if campaign in pairs:
+                    carried.difference_update(pairs[campaign])
+            yield from ((campaign, i, CARRIED) for i in carried)
+            for reason, pairs in self._reasons.items():
+                if campaign in pairs:
+                    yield from ((campaign, i, reason) for i in ids & pairs[campaign])
+
     @contextlib.contextmanager
     def _writing(self) -> Iterator[None]:
         try:
@@ -73,7 +109,7 @@ class FailedOut:
             raise OutputError("the failed-id file", self.path, exc) from None
 
 
-def _rows(failed: Mapping[int, BitMap64]) -> Iterable[tuple[int, int]]:
+def _rows(failed: Pairs, reason: str) -> Iterable[tuple[int, int, str]]:
     for campaign, ids in sorted(failed.items()):
         for audience in ids:
-            yield campaign, audience
+            yield campaign, audience, reason

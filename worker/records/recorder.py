@@ -49,7 +49,9 @@ class Observer(Protocol):
 
     ``fields`` are the record's own fields (not ``ts``, ``event``, ``run_id`` or the chain
     fields); events that are not audited (``accepted``, ``already_done``, ``other_shard``,
-    ``admitted``, ``request``, ``input_read``) carry what counting them needs.
+    ``admitted``, ``request``, ``input_read``) carry what counting them needs. A batch's
+    ``deleted``, ``failed`` and ``unconfirmed`` also carry ``lines``, the input line of each
+    of its ids (None for a batch that is not input rows), which the record does not keep.
     """
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None: ...
@@ -88,6 +90,13 @@ class Recorder:
 
     def _record(self, event: str, **fields: Any) -> None:
         self._audit.write(event, **fields)
+        self._tell(event, fields)
+
+    def _record_batch(self, event: str, batch: Batch, **fields: Any) -> None:
+        """A batch's record; the observers are told its ids' input lines too (``lines``):
+        per-row results need them, the audit names rows by id and keeps no lines."""
+        self._audit.write(event, **fields)
+        fields["lines"] = batch.lines
         self._tell(event, fields)
 
     def _tell(self, event: str, fields: Mapping[str, Any]) -> None:
@@ -222,8 +231,9 @@ class Recorder:
 
     def unconfirmed(self, batch: Batch, reason: str) -> None:
         """A batch that was (or may have been) sent, without a final answer: sent again later."""
-        self._record(
+        self._record_batch(
             "unconfirmed",
+            batch,
             campaign_id=batch.campaign_id,
             batch_id=batch.batch_id,
             audience_ids=batch.audience_ids,
@@ -231,7 +241,7 @@ class Recorder:
         )
 
     def deleted(self, batch: Batch, verdict: Verdict, *, attempts: int, latency_ms: float) -> None:
-        self._record("deleted", **_batch_fields(batch, verdict, attempts, latency_ms))
+        self._record_batch("deleted", batch, **_batch_fields(batch, verdict, attempts, latency_ms))
         failed = self.failed_pairs.get(batch.campaign_id)
         if failed is not None:
             failed.difference_update(BitMap64(batch.audience_ids))
@@ -249,7 +259,7 @@ class Recorder:
         """Audit a failure. A fatal one leaves the batch unsettled (it is sent again once the
         cause is fixed), so it is not added to the failed pairs that a resume retries."""
         fields = _batch_fields(batch, verdict, attempts, latency_ms)
-        self._record("failed", **fields, reason=reason, retryable=error.kind.retryable)
+        self._record_batch("failed", batch, **fields, reason=reason, retryable=error.kind.retryable)
         if not error.kind.stops_run:
             self.failed_pairs.setdefault(batch.campaign_id, BitMap64()).update(
                 BitMap64(batch.audience_ids)
@@ -263,11 +273,14 @@ class Recorder:
         still_present: Sequence[int],
         listed: int,
         pages: int,
+        passes: int = 1,
+        unproven: str | None = None,
     ) -> None:
         """A read-back of a campaign through audience-list: ``checked`` ids recorded as
         deleted were looked for among the ``listed`` records it still holds (read in
-        ``pages`` pages). The ids ``still_present`` failed after all: they join the failed
-        pairs (a resume retries them; the failed-out file lists them, reason
+        ``pages`` pages over ``passes`` listings; ``unproven`` says why no listing read it
+        completely, if none did). The ids ``still_present`` failed after all: they join the
+        failed pairs (a resume retries them; the failed-out file lists them, reason
         ``still_present``)."""
         self._record(
             "verified",
@@ -275,6 +288,8 @@ class Recorder:
             checked=checked,
             listed=listed,
             pages=pages,
+            passes=passes,
+            unproven=unproven,
             still_present=list(still_present),
         )
         if still_present:

@@ -43,6 +43,9 @@ class RunResult:
     halted: str | None = None  # why --halt-on-failure-rate stopped the run
     stopped_by: str | None = None  # "deadline" when --deadline stopped it
     already_complete: str | None = None  # a rerun of a finished purge: who finished it
+    selection: Mapping[str, Any] | None = None  # run --select: the rule and its file
+    unproven: Mapping[str, str] | None = None  # --verify: campaigns not read completely, why
+    results: Path | None = None  # --results: one row per input row
 
     def summary(self) -> dict[str, Any]:
         """The report's content: totals first, then where to look."""
@@ -70,21 +73,56 @@ class RunResult:
             "failed_left": self.failed_left,
             "duration_s": self.duration_s,
             "failure_reasons": dict(t.failure_reasons),
+            "verified": t.verified,
+            "still_present": t.still_present,
+            "unproven": dict(self.unproven or {}),
+            **audience_totals(t),
             "campaigns": {
                 str(c): {"deleted": t.deleted_by_campaign[c], "failed": t.failed_by_campaign[c]}
                 for c in campaigns
             },
+            "selection": self.selection,
             "input_sha256": self.input_sha256,
             "input_bytes": self.input_bytes,
             "audit_log": str(self.audit_log),
             "failed_out": str(self.failed_out) if self.failed_out else None,
+            "results": str(self.results) if self.results else None,
             "state_dir": str(self.state_dir) if self.state_dir else None,
         }
 
     def audit_totals(self) -> dict[str, Any]:
         """The summary as ``run_finished`` carries it (the record names the run already)."""
-        skip = ("run_id", "audit_log", "failed_out", "state_dir")
+        skip = ("run_id", "audit_log", "failed_out", "results", "state_dir")
         return {k: v for k, v in self.summary().items() if k not in skip}
+
+
+def audience_totals(t: Tally) -> dict[str, Any]:
+    """campaign-audience-stats before and after, summed over the campaigns read at both
+    moments (None when none was), and each campaign's figures with what they should be."""
+    both = {c: m for c, m in t.audience_stats.items() if m.get("before") and m.get("after")}
+    before = sum(m["before"]["total_audience"] for m in both.values()) if both else None
+    after = sum(m["after"]["total_audience"] for m in both.values()) if both else None
+    return {
+        "total_audience_before": before,
+        "total_audience_after": after,
+        "audience": {
+            str(c): audience_check(c, moments, t) for c, moments in sorted(t.audience_stats.items())
+        },
+    }
+
+
+def audience_check(campaign: int, moments: Mapping[str, Any], t: Tally) -> dict[str, Any]:
+    """One campaign's before/after, and the difference from what the run's deletions
+    explain (see :func:`worker.sending.readback.explain`)."""
+    from worker.sending.readback import explain
+
+    before, after = moments.get("before"), moments.get("after")
+    return explain(
+        before,
+        after,
+        deleted=t.deleted_by_campaign[campaign],
+        still_present=t.still_present_by_campaign[campaign],
+    )
 
 
 class ReportFile:
@@ -98,6 +136,7 @@ class ReportFile:
         audit_log: Path,
         failed_out: Path | None,
         state_dir: Path | None,
+        results: Path | None = None,
     ) -> None:
         self.path = path
         self._finished: Mapping[str, Any] | None = None
@@ -105,6 +144,7 @@ class ReportFile:
         self._where = {
             "audit_log": str(audit_log),
             "failed_out": str(failed_out) if failed_out else None,
+            "results": str(results) if results else None,
             "state_dir": str(state_dir) if state_dir else None,
         }
 
@@ -179,6 +219,18 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
         f"  failed: {plural(count, 'id')}, {reason}"
         for reason, count in t.failure_reasons.most_common(5)
     ]
+    if t.verified or result.unproven:
+        lines.append(
+            f"  read back   {t.verified:>10} ids   still present {t.still_present:>7}"
+            + (f"    NOT PROVEN: {', '.join(sorted(result.unproven))}" if result.unproven else "")
+        )
+    for campaign, moments in sorted(t.audience_stats.items()):
+        check = audience_check(campaign, moments, t)
+        if check.get("total_audience_before") is not None:
+            lines.append(
+                f"  campaign {campaign}: {check['total_audience_before']} records before, "
+                f"{check['total_audience_after']} after: {check['explanation']}"
+            )
     if result.failed_left > t.failed:
         earlier = plural(result.failed_left - t.failed, "id")
         lines.append(f"  failed in earlier runs, not retried: {earlier}")
@@ -189,6 +241,8 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
         lines.append(f"  report      {'stdout' if result.report == STDOUT else result.report}")
     if result.failed_out:
         lines.append(f"  failed ids  {result.failed_out}")
+    if result.results:
+        lines.append(f"  results     {result.results}")
     if result.state_dir:
         lines.append(f"  state       {result.state_dir}")
     print("\n".join(lines), file=out)

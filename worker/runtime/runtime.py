@@ -36,6 +36,7 @@ from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_
 from worker.records.failed_out import FailedOut
 from worker.records.recorder import Recorder
 from worker.records.report import ReportFile, RunResult
+from worker.records.results import ResultsFile
 from worker.runtime.early import deferring_signals
 from worker.runtime.guards import FailureRateGuard, watch_deadline
 from worker.runtime.signals import Stopper, signal_handlers
@@ -173,20 +174,28 @@ class Runtime:
             log.error("run_finished could not be written", error=str(broken))
 
     def _attach_outputs(self, state_dir: Path | None) -> None:
-        """The failed-out file and the report, for a command that offers them: a config
-        file shared by several commands must not let one overwrite another's outputs."""
+        """The failed-out file, the results file and the report, for a command that offers
+        them: a config file shared by several commands must not let one overwrite another's
+        outputs. A dry run writes neither the failed-out nor the results file: it sends
+        nothing, so nothing fails and no row has an outcome (and opening them would empty
+        the files of the real run the dry run rehearses, or its input)."""
         settings, recorder = self.settings, self.recorder
-        if settings.failed_out is not None and self._offers("failed_out"):
+        if settings.failed_out is not None and self._offers("failed_out") and not settings.dry_run:
             failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
             self._stack.callback(failed_out.close)
             recorder.subscribe(failed_out)
+        if settings.results is not None and self._offers("results") and not settings.dry_run:
+            results = ResultsFile(settings.results, self.run_id)
+            self._stack.callback(results.close)
+            recorder.subscribe(results)
         if settings.report is not None and self._offers("report"):
             report = ReportFile(
                 settings.report,
                 run_id=self.run_id,
                 audit_log=self.audit_path,
-                failed_out=settings.failed_out,
+                failed_out=settings.failed_out if not settings.dry_run else None,
                 state_dir=state_dir,
+                results=settings.results if not settings.dry_run else None,
             )
             # Written when the stack unwinds: after the run's last checkpoint, as the last
             # thing a run does, even when it ends in an error.
@@ -232,6 +241,11 @@ class Runtime:
                 return reason
         return None
 
+    def _written(self, setting: str) -> Path | None:
+        """The path of an output this run writes (not on a dry run, which sends nothing)."""
+        path: Path | None = getattr(self.settings, setting)
+        return path if self._offers(setting) and not self.settings.dry_run else None
+
     def _offers(self, setting: str) -> bool:
         return self.command in DECLARATIONS[setting].commands or setting in self._outputs
 
@@ -266,7 +280,8 @@ class Runtime:
             duration_s=self.elapsed(),
             audit_log=self.audit_path,
             report=self.settings.report,
-            failed_out=self.settings.failed_out,
+            failed_out=self._written("failed_out"),
+            results=self._written("results"),
             interrupted=interrupted,
             fatal_reason=fatal.reason if fatal else None,
             dry_run=self.settings.dry_run,

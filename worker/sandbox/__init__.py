@@ -2,7 +2,9 @@
 
 Used for demos, the client's integration tests and benchmarks with millions of ids. Start it with
 :func:`running_sandbox` (in-process, async) or :func:`serve` (foreground, blocking); inspect what a
-client did through ``GET /_sandbox/state`` or ``SandboxHandle.state``.
+client did through ``GET /_sandbox/state`` or ``SandboxHandle.state``. The records it serves are
+described in ``records`` (deterministic from ``--seed``), the list and stats filters in
+``filters``, the faults (``ack_without_delete`` included) in ``faults``.
 """
 
 from worker.sandbox.faults import FaultConfig

@@ -2,8 +2,12 @@
 
 Randomness comes from one ``random.Random(seed)``; every API request draws exactly three numbers
 in arrival order, whatever path it takes, so the same seed and the same request sequence give the
-same faults. The rate limit is a sliding-window log, not a fixed window that resets on the
-minute, so a client cannot burst 2x its budget across a window edge.
+same faults. ``ack_without_delete`` draws from a second generator, derived from the same seed,
+once per delete request that would be applied (a known campaign and ids): switching it on leaves
+the other faults of a seed exactly as they were.
+
+The rate limit is a sliding-window log, not a fixed window that resets on the minute, so a
+client cannot burst 2x its budget across a window edge.
 
 Counting rule: only requests that the limiter *accepts* enter the window. A refused request (429)
 does not, so a client that keeps hammering is not locked out forever; it gets back in as soon as
@@ -19,6 +23,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 
 SERVER_ERRORS = (500, 502, 503)
+RATIOS = ("error_ratio", "drop_ratio", "ack_without_delete")
 SERVER_ERROR_MESSAGES = {
     500: "Internal Server Error",
     502: "Bad Gateway",
@@ -32,6 +37,8 @@ class FaultConfig:
 
     ``error_status`` is the HTTP status of the three documented API errors, which the vendor does
     not specify; run the client against both 400 and 200 to cover either answer.
+    ``ack_without_delete`` is the share of delete requests with ids that are answered exactly
+    like a success but delete nothing: what reading the campaign back must catch.
     """
 
     seed: int = 0
@@ -43,9 +50,10 @@ class FaultConfig:
     max_batch: int | None = None
     error_status: int = 400
     retry_after_on_5xx: bool = False
+    ack_without_delete: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("error_ratio", "drop_ratio"):
+        for name in RATIOS:
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name} must be between 0 and 1, got {value}")
@@ -85,7 +93,7 @@ def _check_type(name: str, value: object) -> object:
         return value
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
-    if name in ("error_ratio", "drop_ratio", "latency_ms"):
+    if name in (*RATIOS, "latency_ms"):
         if not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number")
         return float(value)
@@ -105,13 +113,15 @@ class Verdict:
 
 
 class FaultInjector:
-    """Decides per request, deterministically from the seed, whether to drop it or fail it."""
+    """Decides per request, deterministically from the seed, whether to drop it or fail it,
+    and per applicable delete whether to acknowledge it without applying it."""
 
-    __slots__ = ("_rng", "config")
+    __slots__ = ("_ack_rng", "_rng", "config")
 
     def __init__(self, config: FaultConfig) -> None:
         self.config = config
         self._rng = random.Random(config.seed)
+        self._ack_rng = random.Random(f"ack_without_delete:{config.seed}")
 
     def decide(self) -> Verdict:
         """Draw the fate of the next request; always consumes three random numbers."""
@@ -122,6 +132,10 @@ class FaultInjector:
             drop=drop_roll < self.config.drop_ratio,
             server_error=status if error_roll < self.config.error_ratio else None,
         )
+
+    def ack_without_delete(self) -> bool:
+        """Whether to acknowledge the next applicable delete without applying it."""
+        return self._ack_rng.random() < self.config.ack_without_delete
 
 
 class SlidingWindowLimiter:

@@ -1,24 +1,33 @@
-"""Campaigns as the sandbox models them: a spec, deterministic synthetic records, deletion state.
+"""Campaigns as the sandbox models them: a spec, its deletion state, and filtered counts.
 
-Records are pure functions of ``(campaign id, audience id)`` so that 10-million-id campaigns cost
-two bitmaps and nothing else. Every per-record figure repeats with period ``PERIOD`` along the id
-axis, which lets the campaign derive its initial statistics arithmetically and keep them exact by
-subtracting each record as it is deleted.
+A campaign stores no record: records are functions of the id (see ``records``), whose class
+(what filters test and statistics add up) depends on the id only through ``id % PERIOD``. So the
+campaign keeps a deletion bitmap plus, per block of ``BLOCK`` ids, how many ids of each residue
+survive (0.6 MB for 10 million ids, half the bitmap). Any filter on the record class then
+counts and sums exactly in O(PERIOD) and finds the n-th match of a page by skipping whole blocks
+(O(ids / BLOCK) per page), whatever was deleted. A ``mobile_no`` filter, a partial match on a
+per-id value, scans the surviving ids instead, like an unindexed ``LIKE``.
+
+``record``, ``figures`` and ``AUDIENCE_STATUSES`` are re-exported from ``records``, where the
+record model now lives.
 """
 
 from __future__ import annotations
 
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from itertools import islice
 
 from worker.sandbox.bitmap import Bitmap
+from worker.sandbox.filters import AudienceFilter
+from worker.sandbox.records import AUDIENCE_STATUSES as AUDIENCE_STATUSES
+from worker.sandbox.records import PERIOD, RecordFigures, class_table, mobile_no
+from worker.sandbox.records import figures as figures
+from worker.sandbox.records import record as record
 
 CAMPAIGN_STATUSES = ("draft", "inprogress", "hold", "pause")
-AUDIENCE_STATUSES = ("Fresh", "Completed", "Halted", "Inqueue")
-PERIOD = 12
-_EPOCH_2025 = 1_735_689_600
-_YEAR_SECONDS = 365 * 86_400
+BLOCK = 64 * PERIOD  # ids per block of per-residue counts: whole periods
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,53 +76,9 @@ def parse_campaign_spec(text: str) -> CampaignSpec:
         raise ValueError(f"campaign spec {text!r}: {exc}") from None
 
 
-@dataclass(frozen=True, slots=True)
-class RecordFigures:
-    """The per-record numbers that statistics add up."""
-
-    status_code: int
-    attempt: int
-    duration: int
-
-    @property
-    def attempted(self) -> bool:
-        return self.attempt > 0
-
-    @property
-    def successful(self) -> bool:
-        return self.status_code == 1
-
-
-def figures(campaign_id: int, audience_id: int) -> RecordFigures:
-    """Status code (0 Fresh, 1 Completed, 2 Halted, 3 Inqueue), attempts and call seconds."""
-    key = (audience_id * 5 + campaign_id * 7) % PERIOD
-    code, tier = key % 4, key // 4
-    if code == 1:
-        return RecordFigures(code, 1 + tier, 30 + 45 * tier)
-    if code == 2:
-        return RecordFigures(code, 3, 0)
-    if code == 3:
-        return RecordFigures(code, tier, 0)
-    return RecordFigures(code, 0, 0)
-
-
-def record(campaign_id: int, audience_id: int) -> dict[str, object]:
-    """The audience-list row for one id."""
-    fig = figures(campaign_id, audience_id)
-    seconds = (audience_id * 2_654_435_761 + campaign_id * 40_503) % _YEAR_SECONDS
-    stamp = datetime.fromtimestamp(_EPOCH_2025 + seconds, UTC)
-    return {
-        "id": audience_id,
-        "mobile_no": f"+1202555{(audience_id * 7 + campaign_id) % 10_000:04d}",
-        "status": AUDIENCE_STATUSES[fig.status_code],
-        "attempt": fig.attempt,
-        "last_attempt": stamp.strftime("%Y-%m-%d %H:%M:%S"),
-    }
-
-
 @dataclass(slots=True)
-class StatusTotals:
-    """Running sums over the surviving records of one audience status."""
+class Totals:
+    """Sums over some surviving records: what campaign-audience-stats reports."""
 
     count: int = 0
     attempts: int = 0
@@ -126,26 +91,44 @@ class StatusTotals:
         self.attempts += fig.attempt * times
         self.duration += fig.duration * times
         self.attempted += int(fig.attempted) * times
-        self.successful += int(fig.successful) * times
+        self.successful += fig.answered * times
+
+
+def residue_counts(start: int, size: int) -> list[int]:
+    """How many of the ids ``start .. start+size-1`` have each residue modulo PERIOD."""
+    counts = [size // PERIOD] * PERIOD
+    for k in range(size % PERIOD):
+        counts[(start + k) % PERIOD] += 1
+    return counts
 
 
 class Campaign:
-    """Mutable state of one campaign: its status and which of its ids are deleted."""
+    """Mutable state of one campaign: its status, which ids are deleted, what survives."""
 
-    __slots__ = ("_by_residue", "_deleted", "_totals", "first", "id", "last", "status")
+    __slots__ = (
+        "_alive",
+        "_classes",
+        "_deleted",
+        "first",
+        "id",
+        "last",
+        "seed",
+        "status",
+    )
 
-    def __init__(self, spec: CampaignSpec) -> None:
+    def __init__(self, spec: CampaignSpec, seed: int = 0) -> None:
         self.id = spec.id
         self.status = spec.status
         self.first = spec.first
         self.last = spec.last
+        self.seed = seed
+        self._classes = class_table(seed, spec.id)
         self._deleted = Bitmap(spec.last - spec.first + 1)
-        # Figures depend on the audience id only through ``id % PERIOD``.
-        self._by_residue = [figures(self.id, residue) for residue in range(PERIOD)]
-        self._totals = [StatusTotals() for _ in AUDIENCE_STATUSES]
-        for offset in range(min(PERIOD, self.total)):
-            fig = self._by_residue[(self.first + offset) % PERIOD]
-            self._totals[fig.status_code].add(fig, (self.total - 1 - offset) // PERIOD + 1)
+        full, tail = divmod(self.total, BLOCK)
+        # Surviving ids per (block, residue), at [block * PERIOD + residue].
+        self._alive = array("i", [BLOCK // PERIOD]) * (full * PERIOD)
+        if tail:
+            self._alive.extend(residue_counts(self.first + full * BLOCK, tail))
 
     @property
     def total(self) -> int:
@@ -170,29 +153,21 @@ class Campaign:
 
     def delete(self, ids: Iterable[int]) -> int:
         """Delete the ids that are in range and alive; return how many were removed."""
-        first, last, mark = self.first, self.last, self._deleted.set
-        removed = [0] * PERIOD
+        first, last, mark, alive = self.first, self.last, self._deleted.set, self._alive
+        removed = 0
         for audience_id in ids:
-            if first <= audience_id <= last and mark(audience_id - first):
-                removed[audience_id % PERIOD] += 1
-        for residue, count in enumerate(removed):
-            fig = self._by_residue[residue]
-            self._totals[fig.status_code].add(fig, -count)
-        return sum(removed)
+            offset = audience_id - first
+            if first <= audience_id <= last and mark(offset):
+                alive[offset // BLOCK * PERIOD + audience_id % PERIOD] -= 1
+                removed += 1
+        return removed
 
     def delete_all(self) -> int:
         """Delete every remaining id; return how many were removed."""
         removed = self.alive_count
         self._deleted.set_all()
-        self._totals = [StatusTotals() for _ in AUDIENCE_STATUSES]
+        self._alive = array("i", [0]) * len(self._alive)
         return removed
-
-    def alive_ids(self, statuses: frozenset[int] | None = None) -> Iterator[int]:
-        """Surviving ids in ascending order, optionally only those with the given status codes."""
-        for offset in self._deleted.iter_clear():
-            audience_id = self.first + offset
-            if statuses is None or self._by_residue[audience_id % PERIOD].status_code in statuses:
-                yield audience_id
 
     def nth_alive(self, n: int) -> int | None:
         """The ``n``-th (0-based) surviving id, found without walking the ids before it."""
@@ -204,18 +179,103 @@ class Campaign:
         for offset in self._deleted.iter_clear(audience_id - self.first):
             yield self.first + offset
 
+    def alive_ids(self, statuses: frozenset[int] | None = None) -> Iterator[int]:
+        """Surviving ids in ascending order, optionally only those with the given status codes."""
+        return self.matching(AudienceFilter(statuses=statuses))
+
     def deleted_ids(self) -> Iterator[int]:
         for offset in self._deleted.iter_set():
             yield self.first + offset
 
-    def totals(self, statuses: frozenset[int] | None = None) -> StatusTotals:
-        """Exact sums over surviving records, optionally restricted to some status codes."""
-        out = StatusTotals()
-        for code, part in enumerate(self._totals):
-            if statuses is None or code in statuses:
-                out.count += part.count
-                out.attempts += part.attempts
-                out.duration += part.duration
-                out.attempted += part.attempted
-                out.successful += part.successful
+    def count(self, where: AudienceFilter | None = None) -> int:
+        """Surviving records that match ``where``."""
+        if where is not None and where.mobile_no is not None:
+            return sum(1 for _ in self.matching(where))
+        passes = self._passes(where)
+        if passes is None:
+            return self.alive_count
+        return sum(n for n, ok in zip(self._by_residue(), passes, strict=True) if ok)
+
+    def totals(self, where: AudienceFilter | None = None) -> Totals:
+        """Exact sums over the surviving records that match ``where``."""
+        out = Totals()
+        if where is not None and where.mobile_no is not None:
+            for audience_id in self.matching(where):
+                out.add(self._classes[audience_id % PERIOD], 1)
+            return out
+        passes = self._passes(where)
+        for residue, alive in enumerate(self._by_residue()):
+            if passes is None or passes[residue]:
+                out.add(self._classes[residue], alive)
         return out
+
+    def page(self, where: AudienceFilter | None, skip: int, limit: int) -> tuple[list[int], int]:
+        """Up to ``limit`` matching surviving ids after the first ``skip``, and how many match."""
+        if where is None or where.mobile_no is None:
+            return list(islice(self.matching(where, skip), limit)), self.count(where)
+        ids: list[int] = []
+        total = 0
+        for audience_id in self.matching(where):  # one scan both pages and counts
+            if skip <= total < skip + limit:
+                ids.append(audience_id)
+            total += 1
+        return ids, total
+
+    def matching(self, where: AudienceFilter | None = None, skip: int = 0) -> Iterator[int]:
+        """Surviving ids that match ``where``, ascending, from the ``skip``-th (0-based) on."""
+        passes = self._passes(where)
+        if where is None or where.mobile_no is None:
+            yield from self._by_class(passes, skip)
+            return
+        seed, campaign_id = self.seed, self.id
+        found = (
+            audience_id
+            for audience_id in self._by_class(passes, 0)
+            if where.admits_mobile(mobile_no(seed, campaign_id, audience_id))
+        )
+        yield from islice(found, skip, None)
+
+    def _by_residue(self) -> list[int]:
+        """Surviving ids per residue (a strided sum per residue, in C)."""
+        return [sum(self._alive[residue::PERIOD]) for residue in range(PERIOD)]
+
+    def _passes(self, where: AudienceFilter | None) -> list[bool] | None:
+        """Per residue, whether its class passes ``where``; None when every class does."""
+        if where is None or not where.by_class:
+            return None
+        return [where.admits(fig) for fig in self._classes]
+
+    def _by_class(self, passes: list[bool] | None, skip: int) -> Iterator[int]:
+        """Surviving ids whose class passes, from the ``skip``-th on, skipping whole blocks."""
+        if passes is None:
+            start = self.nth_alive(skip)
+            if start is not None:
+                yield from self.alive_from(start)
+            return
+        wanted = [residue for residue, ok in enumerate(passes) if ok]
+        alive = self._alive
+        for block in range(len(alive) // PERIOD):
+            base = block * PERIOD
+            here = sum(alive[base + residue] for residue in wanted)
+            if skip >= here:
+                skip -= here
+                continue
+            yield from islice(self._in_block(block, passes, wanted), skip, None)
+            skip = 0
+
+    def _in_block(self, block: int, passes: list[bool], wanted: list[int]) -> Iterator[int]:
+        """Surviving ids of one block whose class passes, ascending."""
+        low = block * BLOCK
+        high = min(low + BLOCK, self.total)
+        if sum(self._alive[block * PERIOD : (block + 1) * PERIOD]) == high - low:  # by arithmetic
+            start, end = self.first + low, self.first + high
+            for cycle in range(start - start % PERIOD, end, PERIOD):
+                for residue in wanted:
+                    if start <= cycle + residue < end:
+                        yield cycle + residue
+            return
+        for offset in self._deleted.iter_clear(low):
+            if offset >= high:
+                return
+            if passes[(self.first + offset) % PERIOD]:
+                yield self.first + offset

@@ -3,36 +3,42 @@
 Request pipeline for API routes (``faults_middleware``): count → fault draw → latency → drop →
 401 → (delete-audience only) 429 limit → injected 5xx → the handler, which validates the body.
 Injected 5xx and drops happen *before* anything is applied, so a retried request is the only way
-its ids get deleted. Control routes under ``/_sandbox`` bypass faults and auth.
+its ids get deleted. A valid delete with ids may then be acknowledged without being applied
+(``ack_without_delete``): the one fault a client sees only by reading the campaign back. Control
+routes under ``/_sandbox`` bypass faults and auth.
+
+audience-list pages by offset over the surviving records that match the filters (``filters``),
+in ascending id order: page P of limit L holds the matches at positions (P-1)*L .. P*L-1 *at the
+time of the request*, so deleting records of page 1 moves later records onto earlier pages, as
+with any offset-paginated API. A page past the end is empty. campaign-audience-stats sums the
+same matches: ``successful_calls`` counts answered calls and ``coverage`` is
+``successful_calls / total_attempt * 100`` (2 decimals, 0 without attempts), as the vendor defines
+them.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import secrets
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from itertools import islice
 from math import ceil
 
 from aiohttp import web
 
 from worker.sandbox.control import CONTROL_PREFIX, add_control_routes, json_object
 from worker.sandbox.faults import SERVER_ERROR_MESSAGES, FaultConfig
-from worker.sandbox.model import (
-    AUDIENCE_STATUSES,
-    CAMPAIGN_STATUSES,
-    Campaign,
-    CampaignSpec,
-    record,
-)
+from worker.sandbox.filters import AudienceFilter, parse_filter
+from worker.sandbox.model import CAMPAIGN_STATUSES, Campaign, CampaignSpec
+from worker.sandbox.records import headers, record
 from worker.sandbox.state import STATE_KEY, SandboxState
 
 DELETE_ROUTE = "delete-audience"
 MAX_PAGE_LIMIT = 10_000
 MAX_BODY_BYTES = 64 * 1024 * 1024
-LIST_HEADERS = ["id", "mobile_no", "status", "attempt", "last_attempt"]
+DELETED = "Audience deleted successfully"
 
 NOT_EXIST = "Campaign not exist"
 AUDIENCE_REQUIRED = "Audience array is required"
@@ -43,12 +49,17 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class SandboxConfig:
-    """Campaigns, the accepted API token, faults, and where the API is mounted."""
+    """Campaigns, the accepted API token, faults, and where the API is mounted.
+
+    ``seed`` seeds the synthetic records; None takes the fault seed, so that one ``--seed``
+    reproduces a whole rehearsal. Faults swapped at runtime never change the records.
+    """
 
     campaigns: tuple[CampaignSpec, ...]
     token: str
     faults: FaultConfig = field(default_factory=FaultConfig)
     base_path: str = "/api/v1/global"
+    seed: int | None = None
 
     def __post_init__(self) -> None:
         ids = [spec.id for spec in self.campaigns]
@@ -59,6 +70,10 @@ class SandboxConfig:
         if not self.base_path.startswith("/") or self.base_path.startswith(CONTROL_PREFIX):
             raise ValueError(f"base_path must start with / and not {CONTROL_PREFIX}")
         object.__setattr__(self, "base_path", self.base_path.rstrip("/"))
+
+    @property
+    def records_seed(self) -> int:
+        return self.faults.seed if self.seed is None else self.seed
 
 
 CONFIG_KEY = web.AppKey("sandbox_config", SandboxConfig)
@@ -152,8 +167,11 @@ async def delete_audience(request: web.Request) -> web.Response:
     if ids is None:
         return _message("Audience must be an array of integers", 400)
     state.record_received(campaign.id, ids)
-    campaign.delete(ids)
-    return _message("Audience deleted successfully", 200)
+    if state.injector.ack_without_delete():
+        state.record_acked_not_applied(campaign.id, ids)
+    else:
+        campaign.delete(ids)
+    return _message(DELETED, 200)
 
 
 def _int_list(value: object) -> list[int] | None:
@@ -170,24 +188,22 @@ def _campaign(request: web.Request, campaign_id: int | None) -> Campaign | None:
     return request.app[STATE_KEY].campaigns.get(campaign_id)
 
 
-def _status_filter(request: web.Request) -> frozenset[int] | None:
-    """Status codes from ``status=1``, ``status=1,2`` or repeated ``status``/``status[]``.
+def _listing_filter(request: web.Request) -> AudienceFilter:
+    """The request's filters.
 
     Raises:
-        ValueError: a value is not one of the codes 0..3.
+        web.HTTPBadRequest: a filter value is invalid; the JSON message names the filter.
     """
-    raw = request.query.getall("status", []) + request.query.getall("status[]", [])
-    parts = [part.strip() for value in raw for part in value.split(",") if part.strip()]
-    if not parts:
-        return None
-    codes = {_query_int(part) for part in parts}
-    if not codes <= set(range(len(AUDIENCE_STATUSES))):
-        raise ValueError(f"status must be 0..{len(AUDIENCE_STATUSES) - 1}")
-    return frozenset(code for code in codes if code is not None)
+    try:
+        return parse_filter(request.query)
+    except ValueError as exc:
+        raise web.HTTPBadRequest(
+            text=json.dumps({"message": str(exc)}), content_type="application/json"
+        ) from None
 
 
 async def audience_list(request: web.Request) -> web.Response:
-    """GET audience-list: one page of surviving records, optionally filtered by status."""
+    """GET audience-list: one page (by offset) of the surviving records that match the filters."""
     campaign = _campaign(request, _query_int(request.query.get("campaign_id")))
     if campaign is None:
         return _message(NOT_EXIST, request.app[STATE_KEY].faults.error_status)
@@ -195,21 +211,13 @@ async def audience_list(request: web.Request) -> web.Response:
     limit = _query_int(request.query.get("limit", "10"))
     if page is None or limit is None or page < 1 or not 1 <= limit <= MAX_PAGE_LIMIT:
         return _message(f"page must be >= 1 and limit between 1 and {MAX_PAGE_LIMIT}", 400)
-    try:
-        statuses = _status_filter(request)
-    except ValueError as exc:
-        return _message(str(exc), 400)
-    skip = (page - 1) * limit
-    if statuses is None:
-        start = campaign.nth_alive(skip)
-        ids = [] if start is None else list(islice(campaign.alive_from(start), limit))
-    else:
-        ids = list(islice(campaign.alive_ids(statuses), skip, skip + limit))
-    total = campaign.totals(statuses).count
+    where = _listing_filter(request)
+    ids, total = campaign.page(where, (page - 1) * limit, limit)
+    seed, simple = campaign.seed, where.is_new
     return web.json_response(
         {
-            "datalist": [record(campaign.id, audience_id) for audience_id in ids],
-            "headers": LIST_HEADERS,
+            "datalist": [record(campaign.id, i, seed=seed, simple=simple) for i in ids],
+            "headers": headers(simple=simple),
             "pagination": {
                 "totalRecords": total,
                 "totalPages": ceil(total / limit),
@@ -221,16 +229,12 @@ async def audience_list(request: web.Request) -> web.Response:
 
 
 async def audience_stats(request: web.Request) -> web.Response:
-    """GET campaign-audience-stats: exact sums over surviving records."""
+    """GET campaign-audience-stats: exact sums over the surviving records that match."""
     campaign = _campaign(request, _query_int(request.query.get("campaign_id")))
     if campaign is None:
         return _message(NOT_EXIST, request.app[STATE_KEY].faults.error_status)
-    try:
-        statuses = _status_filter(request)
-    except ValueError as exc:
-        return _message(str(exc), 400)
-    totals = campaign.totals(statuses)
-    coverage = round(100 * totals.attempted / totals.count, 2) if totals.count else 0.0
+    totals = campaign.totals(_listing_filter(request))
+    coverage = round(100 * totals.successful / totals.attempts, 2) if totals.attempts else 0.0
     return web.json_response(
         {
             "total_audience": totals.count,
@@ -263,7 +267,9 @@ def create_app(
     """Build the sandbox app; ``clock`` drives the rate limiter (tests may pass a fake one)."""
     app = web.Application(middlewares=[faults_middleware], client_max_size=MAX_BODY_BYTES)
     app[CONFIG_KEY] = config
-    app[STATE_KEY] = SandboxState(config.campaigns, config.faults, clock)
+    app[STATE_KEY] = SandboxState(
+        config.campaigns, config.faults, clock, records_seed=config.records_seed
+    )
     base = config.base_path
     app.router.add_post(f"{base}/delete-audience", delete_audience, name=DELETE_ROUTE)
     app.router.add_get(f"{base}/audience-list", audience_list)

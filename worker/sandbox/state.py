@@ -2,7 +2,9 @@
 
 The bookkeeping exists for tests and benchmarks, which ask the sandbox afterwards what the client
 actually did: which ids arrived, how often an id was resent, how large batches were, and when
-accepted requests came in (to prove a client never outran its rate).
+accepted requests came in (to prove a client never outran its rate). It also says what the
+sandbox did wrong on purpose that a client cannot see in the answers: the deletes it acknowledged
+without applying (``acked_not_applied``), which a read-back must find.
 """
 
 from __future__ import annotations
@@ -63,8 +65,10 @@ class SandboxState:
         campaigns: Iterable[CampaignSpec],
         faults: FaultConfig,
         clock: Callable[[], float],
+        *,
+        records_seed: int = 0,
     ) -> None:
-        self.campaigns = {spec.id: Campaign(spec) for spec in campaigns}
+        self.campaigns = {spec.id: Campaign(spec, records_seed) for spec in campaigns}
         self.receipts: dict[int, Receipts] = {}
         self.injector = FaultInjector(faults)
         self.limiter = SlidingWindowLimiter(clock)
@@ -75,6 +79,9 @@ class SandboxState:
         self.dropped = 0
         self.max_audience_len = 0
         self.accepted_times: deque[float] = deque(maxlen=MAX_ACCEPTED_TIMES)
+        self.acked_requests = 0
+        self.acked_ids = 0
+        self.acked_by_campaign: dict[int, Bitmap] = {}
 
     @property
     def faults(self) -> FaultConfig:
@@ -99,8 +106,25 @@ class SandboxState:
             self.receipts[campaign_id] = receipts
         receipts.record(ids)
 
+    def record_acked_not_applied(self, campaign_id: int, ids: list[int]) -> None:
+        """Note a delete answered as a success but not applied (``ack_without_delete``)."""
+        self.acked_requests += 1
+        self.acked_ids += len(ids)
+        campaign = self.campaigns[campaign_id]
+        skipped = self.acked_by_campaign.get(campaign_id)
+        if skipped is None:
+            skipped = self.acked_by_campaign[campaign_id] = Bitmap(campaign.total)
+        for audience_id in ids:
+            if campaign.contains(audience_id):
+                skipped.set(audience_id - campaign.first)
+
     def snapshot(self, *, ids: bool = False, times: bool = False) -> dict[str, object]:
-        """The ``/_sandbox/state`` document; ``ids`` and ``times`` add the bulky parts."""
+        """The ``/_sandbox/state`` document; ``ids`` and ``times`` add the bulky parts.
+
+        ``acked_not_applied`` counts the requests acknowledged without being applied and the ids
+        they carried (as sent); with ``ids``, each campaign lists those ids that are in its range
+        (distinct, ascending) as ``acked_not_applied_ids``, deleted since by another request or not.
+        """
         campaigns: dict[str, object] = {}
         for campaign in self.campaigns.values():
             entry: dict[str, object] = {
@@ -114,6 +138,10 @@ class SandboxState:
                 entry["deleted_ids"] = list(campaign.deleted_ids())
                 receipts = self.receipts.get(campaign.id)
                 entry["received_ids"] = receipts.received_ids() if receipts else []
+                skipped = self.acked_by_campaign.get(campaign.id)
+                entry["acked_not_applied_ids"] = (
+                    [campaign.first + offset for offset in skipped.iter_set()] if skipped else []
+                )
             campaigns[str(campaign.id)] = entry
         doc: dict[str, object] = {
             "campaigns": campaigns,
@@ -127,6 +155,7 @@ class SandboxState:
                 for cid, r in sorted(self.receipts.items())
             },
             "max_audience_len": self.max_audience_len,
+            "acked_not_applied": {"requests": self.acked_requests, "ids": self.acked_ids},
         }
         if times:
             doc["accepted_times"] = list(self.accepted_times)

@@ -16,7 +16,7 @@ from typing import Any
 
 import structlog
 
-from worker.errors import FatalError, PermanentError
+from worker.errors import ApiError, FatalError, PermanentError
 from worker.runtime.stopping import unless_stopped
 from worker.sending.client import ReadReply, UnleashXClient
 from worker.sending.ratelimit import RateGate
@@ -57,7 +57,9 @@ class Reader:
         self._client = client
         self._gate = gate
         self._policy = policy
-        self._stop = stop
+        # Set to stop: no read starts, and one waiting at the gate or in a backoff ends
+        # (Abandoned).
+        self.stop = stop if stop is not None else asyncio.Event()
         self.requests = 0
 
     async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
@@ -87,8 +89,7 @@ class Reader:
         """
 
         async def attempt(number: int) -> Mapping[str, Any]:
-            waiting = self._gate.acquire()
-            await (waiting if self._stop is None else unless_stopped(waiting, self._stop))
+            await unless_stopped(self._gate.acquire(), self.stop)
             self.requests += 1
             reply: ReadReply = await self._client.read(endpoint, params)
             if reply.verdict is not None:
@@ -100,7 +101,7 @@ class Reader:
             return reply.data
 
         return await with_retries(
-            attempt, self._policy, self._gate, context={"endpoint": endpoint}, stop=self._stop
+            attempt, self._policy, self._gate, context={"endpoint": endpoint}, stop=self.stop
         )
 
 
@@ -128,7 +129,12 @@ def _count(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
-def refused(exc: PermanentError, what: str) -> FatalError:
-    """A refusal of a read ends the command: its answer is what the person must see."""
-    said = f": {exc.message}" if exc.message else ""
-    return FatalError(f"{what}: {exc.reason}{said}", status=exc.status, message=exc.message)
+def refused(exc: ApiError, what: str) -> FatalError:
+    """A read that failed for good ends the command (a selection or a read-back without it
+    proves nothing): a refusal, or retries run out, as the one line the person sees."""
+    if isinstance(exc, FatalError):
+        return exc
+    said = exc.reason + (f": {exc.message}" if exc.message and exc.message != exc.reason else "")
+    if exc.kind.transient:
+        said = f"still failing after its retries: {said}"
+    return FatalError(f"{what}: {said}", status=exc.status, message=exc.message)

@@ -1,0 +1,119 @@
+"""run --verify against the real sandbox: a clean purge proven, deletes acknowledged but not
+applied caught, retried by a re-run, and the evidence page showing what the report says."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import orjson
+import pytest
+from conftest import LIVE, read_audit, write_csv
+
+from worker.commands.run import run_purge
+from worker.records.audit_query import check, read_records
+from worker.records.evidence import render
+from worker.sandbox import FaultConfig
+from worker.sandbox.runner import SandboxHandle
+from worker.settings import Settings
+
+IDS = range(1, 1001)
+
+
+def ids_file(tmp_path: Path) -> Path:
+    return write_csv(tmp_path / "ids.csv", ["audience_id", *map(str, IDS)])
+
+
+def report(settings: Settings) -> dict[str, object]:
+    assert settings.report is not None
+    data = orjson.loads(settings.report.read_bytes())
+    assert isinstance(data, dict)
+    return data
+
+
+async def test_a_clean_purge_is_proven_gone_with_its_campaign_sizes(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(campaign_id=LIVE.id, verify=True, page_size=300)
+    result = await run_purge(settings, str(ids_file(tmp_path)))
+    assert result.exit_code == 0
+    records = read_audit(settings.audit_log)
+    verified = [r for r in records if r["event"] == "verified"]
+    assert len(verified) == 1
+    assert verified[0]["campaign_id"] == LIVE.id
+    assert verified[0]["checked"] == len(IDS)
+    assert verified[0]["still_present"] == []
+    left = LIVE.last - LIVE.first + 1 - len(IDS)
+    assert verified[0]["listed"] == left
+    assert verified[0]["pages"] == -(-left // 300)
+    finished = records[-1]
+    assert finished["event"] == "run_finished"
+    assert finished["verified"] == len(IDS)
+    assert finished["still_present"] == 0
+    assert finished["total_audience_before"] == LIVE.last - LIVE.first + 1
+    assert finished["total_audience_after"] == left
+    audience = finished["audience"][str(LIVE.id)]
+    assert audience["expected_after"] == left
+    assert audience["difference"] == 0
+    assert report(settings)["total_audience_after"] == left
+    assert check([settings.audit_log]).errors == []
+
+
+@pytest.mark.parametrize("faults", [FaultConfig(ack_without_delete=0.3, seed=7)])
+async def test_deletes_acknowledged_but_not_applied_are_caught_and_retried(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    settings = make_settings(campaign_id=LIVE.id, verify=True, batch_size=20)
+    source = ids_file(tmp_path)
+    first = await run_purge(settings, str(source))
+    acked = sandbox.state.snapshot()["acked_not_applied"]
+    assert isinstance(acked, dict)
+    assert acked["ids"] > 0
+    assert first.exit_code == 1
+    assert first.tally.deleted == len(IDS)  # the API said so for every id
+    assert first.tally.still_present == acked["ids"]
+    assert first.failed_left == acked["ids"]
+    verified = [r for r in read_audit(settings.audit_log) if r["event"] == "verified"]
+    still = verified[0]["still_present"]
+    alive = {i for i in IDS if sandbox.state.campaigns[LIVE.id].alive(i)}
+    assert set(still) == alive
+    assert len(alive) == acked["ids"]
+    assert settings.failed_out is not None
+    failed_rows = settings.failed_out.read_text().splitlines()[1:]
+    assert sorted(int(row.split(",")[1]) for row in failed_rows) == sorted(alive)
+    assert all(row.endswith(",still_present") for row in failed_rows)
+    audience = report(settings)["audience"]
+    assert isinstance(audience, dict)
+    assert audience[str(LIVE.id)]["difference"] == 0  # still present ids explain the gap
+
+    # The evidence page shows the report's figures.
+    page = render(
+        (r for _, _, r in read_records([settings.audit_log])),
+        check([settings.audit_log]),
+        paths=[settings.audit_log],
+        generated="now",
+    )
+    row = f'<tr id="proof-{LIVE.id}">'
+    assert row in page
+    cells = page.split(row, 1)[1].split("</tr>", 1)[0]
+    assert f">{len(IDS)}<" in cells
+    assert f">{acked['ids']}<" in cells
+    assert "ids still present" in cells
+
+    # The same command again, once the API applies deletes: the ids still present are
+    # retried, and proven gone.
+    sandbox.state.replace_faults(FaultConfig())
+    again = await run_purge(
+        make_settings(
+            campaign_id=LIVE.id,
+            verify=True,
+            batch_size=20,
+            audit_log=tmp_path / "again.jsonl",
+            report=tmp_path / "again.json",
+        ),
+        str(source),
+    )
+    assert again.exit_code == 0
+    assert again.tally.deleted == len(alive)
+    assert again.tally.still_present == 0
+    assert not any(sandbox.state.campaigns[LIVE.id].alive(i) for i in IDS)

@@ -1,0 +1,225 @@
+"""select and run --select against the real sandbox: what a rule selects, paging while another
+purge deletes, and a retention purge from a rule end to end."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import read_audit
+
+from worker.commands.parsers import build_parser
+from worker.commands.run import run_purge
+from worker.commands.select import select
+from worker.errors import FatalError, StateError
+from worker.input.selecting import Rule, Selecting, rule_from
+from worker.records.audit_query import check
+from worker.sandbox.runner import SandboxHandle
+from worker.settings import Settings
+
+LIVE = 77  # conftest's campaign 77: ids 1-5000, in progress
+NOW = datetime(2026, 11, 30, tzinfo=UTC)
+
+
+async def listing(sandbox: SandboxHandle, token: str, campaign: int) -> list[dict[str, Any]]:
+    """Every surviving record of the campaign, unfiltered, in one page."""
+    async with (
+        aiohttp.ClientSession() as session,
+        session.get(
+            f"{sandbox.url}/audience-list",
+            params={"campaign_id": campaign, "page": 1, "limit": 10_000},
+            headers={"token": token},
+        ) as response,
+    ):
+        assert response.status == 200
+        body = await response.json()
+    records: list[dict[str, Any]] = body["datalist"]
+    return records
+
+
+def rule(*flags: str) -> Rule:
+    args = build_parser().parse_args(["select", "--campaign-id", str(LIVE), *flags])
+    return rule_from(args, LIVE, NOW)
+
+
+def selected(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def when(record: dict[str, Any]) -> datetime | None:
+    stamp = record.get("last_attempt")
+    return None if not stamp else datetime.fromisoformat(stamp).replace(tzinfo=UTC)
+
+
+async def test_select_by_status_takes_exactly_the_matching_records(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    everything = await listing(sandbox, token, LIVE)
+    expected = sorted(r["id"] for r in everything if r["status"] in ("Completed", "Halted"))
+    out = tmp_path / "selection.csv"
+    chosen = rule("--status", "completed", "--status", "halted")
+    result = await select(make_settings(page_size=333), chosen, str(out))
+    rows = selected(out)
+    assert sorted(int(r["audience_id"]) for r in rows) == expected
+    assert {r["campaign_id"] for r in rows} == {str(LIVE)}
+    assert {r["status"] for r in rows} == {"Completed", "Halted"}
+    assert result.selected == len(expected)
+    assert result.pages == -(-len(expected) // 333)
+    assert result.sha256 == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert out.stat().st_mode & 0o777 == 0o600
+
+
+async def test_select_by_age_is_strict_at_its_boundary(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    everything = await listing(sandbox, token, LIVE)
+    attempted = sorted((r for r in everything if when(r)), key=lambda r: when(r) or NOW)
+    pivot = attempted[len(attempted) // 2]
+    cutoff = when(pivot)
+    assert cutoff is not None
+    stamp = cutoff.strftime("%Y-%m-%dT%H:%M:%SZ")
+    out = tmp_path / "old.csv"
+    await select(make_settings(), rule("--last-attempt-before", stamp), str(out))
+    ids = {int(r["audience_id"]) for r in selected(out)}
+    older = {r["id"] for r in everything if (w := when(r)) is not None and w < cutoff}
+    assert ids == older
+    assert pivot["id"] not in ids
+    # One second later, the pivot is older than the cutoff.
+    later = (cutoff + timedelta(seconds=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    await select(make_settings(), rule("--last-attempt-before", later), str(out))
+    assert pivot["id"] in {int(r["audience_id"]) for r in selected(out)}
+    never = {r["id"] for r in everything if when(r) is None}
+    assert never
+    assert not never & ids
+    await select(
+        make_settings(),
+        rule("--last-attempt-before", stamp, "--include-never-attempted"),
+        str(out),
+    )
+    assert {int(r["audience_id"]) for r in selected(out)} == older | never
+
+
+async def test_paging_while_another_purge_deletes_skips_and_repeats_nothing(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    everything = await listing(sandbox, token, LIVE)
+    matching = {r["id"] for r in everything if r["status"] == "Completed"}
+    doomed = sorted(matching)[::3][:400]  # another purge deletes these, early ids first
+    done = asyncio.Event()
+
+    async def other_purge() -> None:
+        async with aiohttp.ClientSession() as session:
+            for start in range(0, len(doomed), 20):
+                async with session.post(
+                    f"{sandbox.url}/delete-audience",
+                    json={"campaign_id": LIVE, "audience": doomed[start : start + 20]},
+                    headers={"token": token},
+                ) as response:
+                    assert response.status == 200
+                await asyncio.sleep(0.002)
+        done.set()
+
+    out = tmp_path / "selection.csv"
+    deleting = asyncio.create_task(other_purge())
+    result = await select(make_settings(page_size=50), rule("--status", "completed"), str(out))
+    await deleting
+    ids = [int(r["audience_id"]) for r in selected(out)]
+    assert len(ids) == len(set(ids)), "a record was selected twice"
+    assert set(ids) <= matching
+    assert matching - set(doomed) <= set(ids), "a record that stayed was skipped"
+    assert result.passes >= 2  # the listing shifted under the first pass
+
+
+async def test_an_unknown_campaign_or_a_bad_token_writes_nothing(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    out = tmp_path / "selection.csv"
+    missing = Rule(campaign_id=4040, statuses=("fresh",))
+    with pytest.raises(FatalError, match="cannot list campaign 4040: unknown campaign"):
+        await select(make_settings(), missing, str(out))
+    from worker.sending.credentials import Secret
+
+    with pytest.raises(FatalError, match="authentication refused"):
+        await select(make_settings(token=Secret("wrong")), rule("--status", "fresh"), str(out))
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_retention_purge_from_a_rule_deletes_the_selection_and_audits_the_rule(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    everything = await listing(sandbox, token, LIVE)
+    cutoff = NOW - timedelta(days=180)
+    expected = {
+        r["id"]
+        for r in everything
+        if r["status"] == "Completed" and (w := when(r)) is not None and w < cutoff
+    }
+    assert 0 < len(expected) < len(everything)
+    chosen = rule("--status", "completed", "--older-than", "180d")
+    selecting = Selecting.of(chosen, tmp_path / "selection.csv")
+    settings = make_settings(campaign_id=LIVE, page_size=400, batch_size=50)
+    result = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert result.exit_code == 0
+    assert result.tally.deleted == len(expected)
+    remaining = {r["id"] for r in await listing(sandbox, token, LIVE)}
+    assert not remaining & expected
+    assert remaining == {r["id"] for r in everything} - expected
+    records = read_audit(settings.audit_log)
+    started = records[0]
+    assert started["event"] == "run_started"
+    selection = started["selection"]
+    assert selection["rule"]["status"] == ["completed"]
+    assert selection["rule"]["older_than"] == "180d"
+    assert selection["rule"]["last_attempt_before"] == "2026-06-03T00:00:00Z"
+    digest = hashlib.sha256(selecting.path.read_bytes()).hexdigest()
+    assert selection["collected"]["sha256"] == digest == started["input_sha256"]
+    assert selection["collected"]["selected"] == len(expected)
+    assert check([settings.audit_log]).errors == []
+    stats = [r for r in records if r["event"] == "audience_stats"]
+    assert [(r["moment"], r["stats"]["total_audience"]) for r in stats] == [
+        ("before", len(everything)),
+        ("after", len(everything) - len(expected)),
+    ]
+
+
+async def test_a_finished_selection_purge_run_again_selects_anew(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    chosen = rule("--status", "halted")
+    selecting = Selecting.of(chosen, tmp_path / "selection.csv")
+    settings = make_settings(campaign_id=LIVE)
+    first = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert first.exit_code == 0
+    assert first.tally.deleted > 0
+    again = await run_purge(
+        make_settings(campaign_id=LIVE, audit_log=tmp_path / "again.jsonl"),
+        str(selecting.path),
+        selecting=selecting,
+    )
+    assert again.exit_code == 0
+    assert again.tally.deleted == 0
+    assert selected(selecting.path) == []  # collected anew: nothing halted is left
+
+
+async def test_an_unfinished_purge_whose_selection_is_gone_is_refused(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    selecting = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
+    settings = make_settings(campaign_id=LIVE, deadline=datetime.now(UTC) - timedelta(seconds=1))
+    stopped = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert stopped.exit_code == 75  # the deadline had passed: nothing sent, state unfinished
+    selecting.path.unlink()
+    with pytest.raises(StateError, match="is gone"):
+        await run_purge(
+            make_settings(campaign_id=LIVE, audit_log=tmp_path / "b.jsonl"),
+            str(selecting.path),
+            selecting=selecting,
+        )

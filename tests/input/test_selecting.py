@@ -1,0 +1,224 @@
+"""The selection rule, record by record, and the collection's paging, on pages made here."""
+
+from __future__ import annotations
+
+import argparse
+import io
+from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from worker.commands.parsers import build_parser
+from worker.errors import OutputError, UsageError
+from worker.input.selecting import (
+    Rule,
+    Selecting,
+    SelectionError,
+    SelectionFile,
+    collect,
+    parse_age,
+    parse_time,
+    rule_from,
+)
+from worker.sending.listing import Page
+
+NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
+
+
+def args(*flags: str) -> argparse.Namespace:
+    return build_parser().parse_args(["run", "--select", *flags])
+
+
+def record(audience_id: int, **fields: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "id": audience_id,
+        "status": "Completed",
+        "attempt": 2,
+        "last_attempt": "2026-01-01 00:00:00",
+        "call_status": "answered",
+    }
+    return base | fields
+
+
+def test_age_units() -> None:
+    assert parse_age("180d") == timedelta(days=180)
+    assert parse_age("12w") == timedelta(weeks=12)
+    assert parse_age("36h") == timedelta(hours=36)
+    assert parse_age("90M") == timedelta(minutes=90)
+    for bad in ("", "180", "0d", "1y", "-3d", "1.5d", "d"):
+        with pytest.raises(UsageError, match="--older-than"):
+            parse_age(bad)
+
+
+def test_times_are_utc_unless_they_say_otherwise() -> None:
+    assert parse_time("2026-06-01", "--x") == datetime(2026, 6, 1, tzinfo=UTC)
+    assert parse_time("2026-06-01T02:00:00+02:00", "--x") == datetime(2026, 6, 1, tzinfo=UTC)
+    assert parse_time("2026-06-01T00:00:00Z", "--x") == datetime(2026, 6, 1, tzinfo=UTC)
+    with pytest.raises(UsageError, match="--x"):
+        parse_time("June 1st", "--x")
+
+
+def test_older_than_counts_back_from_now_and_the_boundary_is_not_older() -> None:
+    rule = rule_from(args("--older-than", "30d"), 42, NOW)
+    cutoff = NOW - timedelta(days=30)
+    assert rule.before == cutoff
+    just = cutoff.strftime("%Y-%m-%d %H:%M:%S")
+    second_before = (cutoff - timedelta(seconds=1)).strftime("%Y-%m-%d %H:%M:%S")
+    assert rule.why_not(record(1, last_attempt=just)) == "age"
+    assert rule.why_not(record(1, last_attempt=second_before)) is None
+
+
+def test_records_never_attempted_are_left_out_of_an_age_rule_unless_included() -> None:
+    never = [
+        record(1, attempt=0, last_attempt=None),
+        record(2, attempt=0, last_attempt=""),
+        record(3, attempt=0, last_attempt="0000-00-00 00:00:00"),
+    ]
+    plain = rule_from(args("--older-than", "30d"), 42, NOW)
+    included = rule_from(args("--older-than", "30d", "--include-never-attempted"), 42, NOW)
+    assert [plain.why_not(r) for r in never] == ["never_attempted"] * 3
+    assert [included.why_not(r) for r in never] == [None] * 3
+
+
+def test_every_part_of_the_rule_is_checked_on_the_record_itself() -> None:
+    rule = rule_from(
+        args("--status", "completed", "--call-status", "answered", "--attempt", "2"), 42, NOW
+    )
+    assert rule.why_not(record(1)) is None
+    assert rule.why_not(record(1, status=1)) is None  # the code of Completed
+    assert rule.why_not(record(1, status="Halted")) == "status"
+    assert rule.why_not(record(1, status=2)) == "status"
+    assert rule.why_not(record(1, call_status="busy")) == "call_status"
+    assert rule.why_not(record(1, attempt=3)) == "attempt"
+    assert rule.why_not(record(1, attempt="2")) is None
+
+
+def test_a_record_without_a_field_the_rule_needs_cannot_be_selected() -> None:
+    rule = rule_from(args("--call-status", "answered"), 42, NOW)
+    bare = {"id": 5, "status": "Completed"}
+    with pytest.raises(SelectionError, match="call_status"):
+        rule.why_not(bare)
+    with pytest.raises(SelectionError, match="not a time"):
+        rule_from(args("--older-than", "1d"), 42, NOW).why_not(record(5, last_attempt="soon"))
+
+
+def test_the_api_filters_carry_what_the_api_can_filter() -> None:
+    rule = rule_from(
+        args("--status", "halted", "--status", "completed", "--attempt", "3", "--older-than", "9d"),
+        42,
+        NOW,
+    )
+    assert rule.filters() == [("status", "1,2"), ("attempt", "3")]
+
+
+def test_rules_are_refused_without_a_campaign_a_rule_or_an_age() -> None:
+    with pytest.raises(UsageError, match="--campaign-id"):
+        rule_from(args("--status", "fresh"), None, NOW)
+    with pytest.raises(UsageError, match="needs a rule"):
+        rule_from(args(), 42, NOW)
+    with pytest.raises(UsageError, match="goes with"):
+        rule_from(args("--status", "fresh", "--include-never-attempted"), 42, NOW)
+    with pytest.raises(SystemExit):
+        args("--older-than", "3d", "--last-attempt-before", "2026-01-01")
+
+
+def test_the_rule_names_the_same_selection_on_another_day() -> None:
+    today = rule_from(args("--older-than", "180d"), 42, NOW)
+    tomorrow = rule_from(args("--older-than", "180d"), 42, NOW + timedelta(days=1))
+    other = rule_from(args("--older-than", "181d"), 42, NOW)
+    assert today.before != tomorrow.before
+    assert today.digest() == tomorrow.digest() != other.digest()
+    path = Selecting.of(today, None).path
+    assert path == Path("purge-selections") / f"select-42-{today.digest()}.csv"
+    assert Selecting.of(today, Path("mine.csv")).path == Path("mine.csv")
+
+
+class ShiftingCampaign:
+    """A campaign listed by offset, from which ``delete_after_page`` ids vanish once the
+    first page has been read (another purge at work): later pages shift back."""
+
+    def __init__(self, ids: Sequence[int], vanish: Sequence[int]) -> None:
+        self.alive = list(ids)
+        self.vanish = list(vanish)
+        self.calls = 0
+
+    async def page(self, number: int, limit: int, _filters: object) -> Page:
+        self.calls += 1
+        if self.calls == 2:
+            self.alive = [i for i in self.alive if i not in set(self.vanish)]
+        start = (number - 1) * limit
+        chunk = self.alive[start : start + limit]
+        pages = -(-len(self.alive) // limit)
+        return Page([record(i) for i in chunk], len(self.alive), pages)
+
+
+async def test_a_listing_that_shifts_is_read_again_and_nothing_is_skipped_or_repeated() -> None:
+    campaign = ShiftingCampaign(range(1, 101), vanish=range(1, 6))
+    out = io.BytesIO()
+    rule = Rule(campaign_id=42, statuses=("completed",))
+    selection = await collect(rule, campaign.page, out, page_size=10)
+    ids = [int(line.split(b",")[1]) for line in out.getvalue().splitlines()[1:]]
+    assert len(ids) == len(set(ids))
+    # Ids 1-5 were seen on page 1 before they vanished; every id still there is selected.
+    assert set(ids) == set(range(1, 101))
+    assert selection.passes == 2
+    assert selection.selected == 100
+
+
+async def test_a_listing_that_never_settles_is_refused() -> None:
+    class Restless:
+        calls = 0
+
+        async def page(self, number: int, limit: int, _filters: object) -> Page:
+            self.calls += 1
+            return Page([record(self.calls)], 1000 - self.calls, 2)
+
+    with pytest.raises(SelectionError, match="kept changing"):
+        await collect(Rule(campaign_id=42, statuses=("fresh",)), Restless().page, io.BytesIO(), 1)
+
+
+async def test_what_a_record_fails_on_is_counted() -> None:
+    campaign = ShiftingCampaign([], [])
+
+    async def page(number: int, limit: int, _filters: object) -> Page:
+        records = [record(1), record(2, status="Halted"), record(3, attempt=0, last_attempt=None)]
+        return Page(records, 3, 1)
+
+    del campaign
+    out = io.BytesIO()
+    rule = Rule(campaign_id=7, statuses=("completed",), before=NOW)
+    selection = await collect(rule, page, out, page_size=10)
+    assert selection.left_out == {"status": 1, "never_attempted": 1}
+    assert out.getvalue().decode().splitlines() == [
+        "campaign_id,audience_id,status,attempt,last_attempt,call_status",
+        "7,1,Completed,2,2026-01-01 00:00:00,answered",
+    ]
+
+
+def test_a_selection_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    path = tmp_path / "sel" / "out.csv"
+    with SelectionFile(path) as target:
+        target.file.write(b"campaign_id,audience_id\n")
+        assert not path.exists()
+    assert not path.exists()
+    assert list(path.parent.iterdir()) == []
+    with SelectionFile(path) as target:
+        target.file.write(b"campaign_id,audience_id\n42,1\n")
+        target.commit()
+    assert path.read_bytes() == b"campaign_id,audience_id\n42,1\n"
+    assert path.stat().st_mode & 0o777 == 0o600
+    with pytest.raises(UsageError, match="directory"), SelectionFile(tmp_path):
+        pass
+
+
+def test_a_selection_that_cannot_be_written_is_an_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    with (
+        pytest.raises(OutputError, match="cannot write the selection"),
+        SelectionFile(blocker / "out.csv"),
+    ):
+        pass

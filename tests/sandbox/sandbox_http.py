@@ -1,0 +1,81 @@
+"""Talking to a running sandbox over loopback, as a client does: shared by the sandbox tests."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import aiohttp
+
+from worker.sandbox.runner import SandboxHandle
+
+TOKEN = "test-token"
+DELETED = {"message": "Audience deleted successfully"}
+
+Params = Sequence[tuple[str, str]]
+
+
+async def get(session: aiohttp.ClientSession, url: str, params: Params) -> tuple[int, Any]:
+    async with session.get(url, params=list(params)) as response:
+        return response.status, await response.json()
+
+
+async def post(session: aiohttp.ClientSession, url: str, body: object) -> tuple[int, Any]:
+    async with session.post(url, json=body) as response:
+        return response.status, await response.json()
+
+
+async def delete(
+    session: aiohttp.ClientSession, sb: SandboxHandle, campaign_id: int, ids: list[int]
+) -> tuple[int, Any]:
+    body = {"campaign_id": campaign_id, "audience": ids}
+    return await post(session, f"{sb.url}/delete-audience", body)
+
+
+async def listing(
+    session: aiohttp.ClientSession,
+    sb: SandboxHandle,
+    campaign_id: int,
+    params: Params = (),
+    *,
+    page: int = 1,
+    limit: int = 10,
+) -> Any:
+    """One audience-list answer (asserting a 200)."""
+    query = [("campaign_id", str(campaign_id)), ("page", str(page)), ("limit", str(limit))]
+    status, body = await get(session, f"{sb.url}/audience-list", [*query, *params])
+    assert status == 200, body
+    return body
+
+
+async def every_page(
+    session: aiohttp.ClientSession,
+    sb: SandboxHandle,
+    campaign_id: int,
+    params: Params = (),
+    *,
+    limit: int = 100,
+) -> list[dict[str, Any]]:
+    """The records of pages 1, 2, ... concatenated, up to the first empty page."""
+    records: list[dict[str, Any]] = []
+    page = 1
+    while True:
+        body = await listing(session, sb, campaign_id, params, page=page, limit=limit)
+        if not body["datalist"]:
+            return records
+        records += body["datalist"]
+        page += 1
+
+
+async def stats(
+    session: aiohttp.ClientSession, sb: SandboxHandle, campaign_id: int, params: Params = ()
+) -> Any:
+    query = [("campaign_id", str(campaign_id)), *params]
+    status, body = await get(session, f"{sb.url}/campaign-audience-stats", query)
+    assert status == 200, body
+    return body
+
+
+async def control_state(session: aiohttp.ClientSession, sb: SandboxHandle, **params: str) -> Any:
+    base = sb.url.removesuffix("/api/v1/global")
+    return (await get(session, f"{base}/_sandbox/state", list(params.items())))[1]

@@ -1,0 +1,223 @@
+"""The results file (``--results``): one CSV row per input row, with its outcome, like the
+success and error files of Salesforce's Bulk API.
+
+Columns: ``line, campaign_id, audience_id, outcome, reason, http_status, attempts,
+batch_id, run_id``. The outcome is one of:
+
+- ``deleted``: the API accepted the row's batch (``http_status``, ``attempts``,
+  ``batch_id``);
+- ``failed``: the same, with the ``failed`` record's ``reason`` (``http_status`` empty when
+  no answer came);
+- ``rejected``: never sent; ``audience_id`` is the id cell cut to 64 characters and
+  ``campaign_id`` is empty, as in the audit's ``rejected`` record: never more of the row's
+  text (data minimisation, see the README's "Rejected rows: what is kept");
+- ``duplicate``: the pair was met on an earlier row and sent once, for that row;
+- ``still_present``: deleted, but a read-back (``run --verify``) found the id still there
+  (reason ``still_present``; the deletion's status, attempts and batch stay).
+
+The rows are those whose outcome record (``deleted``, ``failed``, ``rejected``,
+``duplicates``) this run wrote, in the order it wrote them: close to input order, not
+exactly it (batches settle out of order, duplicates are recorded in groups, a retried batch
+settles late; input order would need an external sort): sorting on ``line`` gives input
+order. An id retried from an earlier run's failures (a resumed run sends those
+first) is not an input row of this run: its row's ``line`` is empty. Input rows with no
+row here: those an earlier run finished (a resumed run skips them: that run's file has
+them, so give each run its own ``--results`` path to keep every file), another shard's
+(``--shard``), and, when the run is stopped (a signal, a fatal answer, a guard), those it
+did not settle (``unconfirmed``, never sent, never read): the next run sends them and
+gives them their row. A batch refused by a fatal answer (a bad token) is ``failed`` here
+with that reason, and sent again by the next run. A dry run writes no results file.
+
+While the run goes, rows are appended to ``NAME.RUN_ID.partial`` beside the file (private,
+same format: a run killed outright leaves it with the rows so far, but for the last MiB
+at most, still buffered); at the end it becomes
+the file at once, renamed, or rewritten row by row when a read-back found ids still
+present. Memory stays flat whatever the input: only the still-present ids are held, as
+bitmaps.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import io
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from pyroaring import BitMap64
+
+from worker.errors import OutputError
+from worker.files import make_dirs, open_private
+
+HEADER = (
+    "line",
+    "campaign_id",
+    "audience_id",
+    "outcome",
+    "reason",
+    "http_status",
+    "attempts",
+    "batch_id",
+    "run_id",
+)
+DUPLICATE = "repeats an earlier row: sent once"
+STILL_PRESENT = "still_present"
+_OUTCOME, _REASON = HEADER.index("outcome"), HEADER.index("reason")
+_BUFFER = 1 << 20
+
+Cell = int | str
+
+
+class ResultsFile:
+    """Observer: a row per input row, spooled as the run goes and put in place at the end."""
+
+    def __init__(self, path: Path, run_id: str) -> None:
+        """Create the spool now, so that an unwritable path stops the run before it sends.
+
+        Raises:
+            OutputError: the spool could not be created; later, on an event, written.
+        """
+        self.path = path
+        self._run_id = run_id
+        self._spool_path = path.with_name(f"{path.name}.{run_id}.partial")
+        self._still: dict[int, BitMap64] = {}  # ids a read-back found after their deletion
+        self._under_way = False
+        self._broken = False
+        with self._writing():
+            make_dirs(path.parent)
+            self._spool: IO[str] = open_private(
+                self._spool_path, "x", newline="", encoding="utf-8", buffering=_BUFFER
+            )
+            self._csv = csv.writer(self._spool)
+            self._csv.writerow(HEADER)
+
+    def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
+        match event:
+            case "run_started":
+                self._under_way = True
+            case "deleted" | "failed" if fields.get("audience_ids"):
+                self._write_text(self._batch_rows(event, fields))
+            case "rejected":
+                cell = fields["audience_raw"]
+                row = (fields["line"], "", cell or "", "rejected", fields["reason"])
+                self._write([(*row, "", "", "", self._run_id)])
+            case "duplicates":
+                campaign, run = fields["campaign_id"], self._run_id
+                rows = zip(fields["lines"], fields["audience_ids"], strict=True)
+                self._write(
+                    (line, campaign, i, "duplicate", DUPLICATE, "", "", "", run) for line, i in rows
+                )
+            case "verified" if fields["still_present"]:
+                ids = self._still.setdefault(fields["campaign_id"], BitMap64())
+                ids.update(BitMap64(fields["still_present"]))
+
+    def _batch_rows(self, event: str, fields: Mapping[str, Any]) -> str:
+        """The rows of a batch's ids, as text: they share every cell but the first three
+        (ids), so the rest is quoted once a batch, not once a row (a fifth of the CPU)."""
+        ids = fields["audience_ids"]
+        lines: Sequence[Cell] = fields.get("lines") or ("",) * len(ids)  # earlier failures
+        status = fields["http_status"]
+        tail = _csv_line(
+            event,
+            fields.get("reason") or "",
+            "" if status is None else status,
+            fields["attempts"],
+            fields["batch_id"],
+            self._run_id,
+        )
+        campaign = fields["campaign_id"]
+        return "".join(
+            [f"{line},{campaign},{i},{tail}" for line, i in zip(lines, ids, strict=True)]
+        )
+
+    def _write(self, rows: Iterable[Sequence[Cell]]) -> None:
+        """Append rows to the spool; once a write failed (and stopped the run), none: the
+        audit records still to come (``run_finished``) must not fail with it."""
+        if not self._broken:
+            with self._writing():
+                self._csv.writerows(rows)
+
+    def _write_text(self, text: str) -> None:
+        """:meth:`_write` for rows already in CSV."""
+        if not self._broken:
+            with self._writing():
+                self._spool.write(text)
+
+    def close(self) -> None:
+        """Put the results in place, at once: the spool renamed, or rewritten with the
+        still-present ids' outcomes. A run refused before it began leaves no file (and an
+        earlier run's file where it was); one whose spool could not be written leaves the
+        spool as it is, with the rows so far.
+
+        Raises:
+            OutputError: the results could not be written.
+        """
+        if self._broken:
+            with contextlib.suppress(OSError):  # the error was raised where it happened
+                self._spool.close()
+            return
+        with self._writing():
+            with self._spool:
+                self._spool.flush()
+                os.fsync(self._spool.fileno())
+            if not self._under_way:
+                self._spool_path.unlink()
+            elif self._still:
+                self._rewrite()
+            else:
+                os.replace(self._spool_path, self.path)
+
+    def _rewrite(self) -> None:
+        """The spool, row by row, into a private temporary file that then replaces the
+        file: each still-present id's ``deleted`` row says ``still_present``, and one that
+        has no row in this run gets one of its own."""
+        tmp = self.path.with_name(f".{self.path.name}.{self._run_id}.tmp")
+        try:
+            with (
+                self._spool_path.open(newline="", encoding="utf-8") as spool,
+                open_private(tmp, "x", newline="", encoding="utf-8", buffering=_BUFFER) as out,
+            ):
+                unmatched = {c: ids.copy() for c, ids in self._still.items()}
+                writer = csv.writer(out)
+                writer.writerows(_patched(csv.reader(spool), unmatched))
+                writer.writerows(
+                    ("", c, i, STILL_PRESENT, STILL_PRESENT, "", "", "", self._run_id)
+                    for c, ids in sorted(unmatched.items())
+                    for i in ids
+                )
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(tmp, self.path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # the spool stays, with every row
+            raise
+        self._spool_path.unlink()
+
+    @contextlib.contextmanager
+    def _writing(self) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self._broken = True
+            raise OutputError("the results file", self.path, exc) from None
+
+
+def _csv_line(*cells: Cell) -> str:
+    """Cells as csv writes them in a row (quoted where needed), with its line end."""
+    text = io.StringIO()
+    csv.writer(text).writerow(cells)
+    return text.getvalue()
+
+
+def _patched(rows: Iterator[list[str]], still: dict[int, BitMap64]) -> Iterator[list[str]]:
+    """The rows, each ``deleted`` one of an id in ``still`` made ``still_present`` (and
+    that id taken out of ``still``: what is left there had no row)."""
+    yield next(rows)  # the header
+    for row in rows:
+        ids = still.get(int(row[1])) if row[_OUTCOME] == "deleted" else None
+        if ids is not None and int(row[2]) in ids:
+            ids.discard(int(row[2]))
+            row[_OUTCOME] = row[_REASON] = STILL_PRESENT
+        yield row

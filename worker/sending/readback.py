@@ -1,0 +1,412 @@
+"""Reading campaigns back: proof that the ids an audit log records as deleted are gone.
+
+A ``deleted`` record means the API accepted the batch, not that every id went: the API
+ignores ids that do not belong and does not say which it removed, and a broken server can
+acknowledge and do nothing. So each campaign is listed whole through audience-list, and
+the ids recorded as deleted that it still holds failed after all (``still_present``).
+Only that intersection is kept, never the listing: memory is the deleted ids' bitmap.
+
+Paging is by offset, and offsets shift when records come and go beside us: a pass whose
+``totalRecords`` changed is read again from page 1, at most :data:`MAX_PASSES` times, and
+a pass is complete only if the total held and it listed that many records. A campaign
+never read completely is *unproven*: the ids seen are recorded, "none left" is not claimed.
+
+campaign-audience-stats before and after are context, not proof: a failed read is
+recorded and never fails a run, and :func:`explain` says why a total moved by more or
+less than the ids acknowledged. For ``run --verify``::
+
+    before = await take_stats(reader, recorder, campaigns, "before")  # before sending
+    ...                                                               # the purge
+    after = await take_stats(reader, recorder, campaigns, "after")
+    checked = await read_back(reader, recorder, deleted_by_campaign([audit_path]), page_size)
+    fields = {**checked.fields(), **compare_stats(before, after, acknowledged, present)}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol, TypeGuard
+
+import structlog
+from pyroaring import BitMap64
+
+from worker.errors import ApiError
+from worker.input.validate import MAX_ID
+from worker.records.audit_query import read_records
+from worker.records.recorder import Recorder
+from worker.sending.listing import Filters, Page, refused
+
+MAX_PASSES = 5
+log = structlog.get_logger("audience_purge.readback")
+
+Stats = Mapping[str, Any]
+
+
+class AudienceReader(Protocol):
+    """What a read-back needs of :class:`worker.sending.listing.Reader`."""
+
+    async def page(
+        self, campaign_id: int, number: int, limit: int, filters: Filters = ()
+    ) -> Page: ...
+
+    async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Deleted:
+    """What audit logs record as done: ids per campaign, campaigns emptied by delete-all,
+    and each campaign's stats recorded before its purge (the earliest, for a resumed one)."""
+
+    ids: dict[int, BitMap64] = field(default_factory=dict)
+    emptied: frozenset[int] = frozenset()
+    before: dict[int, dict[str, Any]] = field(default_factory=dict)
+
+    @property
+    def campaigns(self) -> list[int]:
+        return sorted(set(self.ids) | self.emptied)
+
+    def count(self, campaign_id: int) -> int:
+        return len(self.ids.get(campaign_id, ()))
+
+
+def deleted_by_campaign(paths: Sequence[Path], campaign_id: int | None = None) -> Deleted:
+    """The ids the files record as deleted (``deleted`` records: the API acknowledged
+    them, whatever happened to them later), the campaigns ``deleted_all`` emptied, and
+    the ``audience_stats`` taken before; only ``campaign_id``'s when given.
+
+    Raises:
+        OSError: a file cannot be read.
+    """
+    ids: dict[int, BitMap64] = {}
+    emptied: set[int] = set()
+    before: dict[int, tuple[str, dict[str, Any]]] = {}
+    for _, _, record in read_records(paths):
+        campaign = record.get("campaign_id")
+        if not _is_id(campaign) or campaign_id not in (None, campaign):
+            continue
+        match record.get("event"):
+            case "deleted":
+                ids.setdefault(campaign, BitMap64()).update(_audience_ids(record))
+            case "deleted_all":
+                emptied.add(campaign)
+            case "audience_stats" if _taken_before(record):
+                when = str(record.get("ts"))
+                if campaign not in before or when < before[campaign][0]:
+                    before[campaign] = (when, record["stats"])
+    return Deleted(
+        {c: bitmap for c, bitmap in ids.items() if bitmap},
+        frozenset(emptied),
+        {c: stats for c, (_, stats) in before.items()},
+    )
+
+
+def _is_id(value: object) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 < value <= MAX_ID
+
+
+def _audience_ids(record: Mapping[str, Any]) -> list[int]:
+    ids = record.get("audience_ids")
+    return [i for i in ids if _is_id(i)] if isinstance(ids, list) else []
+
+
+def _taken_before(record: Mapping[str, Any]) -> bool:
+    return record.get("moment") == "before" and isinstance(record.get("stats"), dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignCheck:
+    """One campaign read back: ``checked`` ids looked for among ``listed`` records."""
+
+    campaign_id: int
+    checked: int
+    still_present: BitMap64
+    listed: int
+    pages: int
+    passes: int
+    emptied: bool = False
+    unproven: str | None = None  # why "none left" cannot be claimed, beyond still_present
+
+    def fields(self) -> dict[str, Any]:
+        """Per campaign, for ``run_finished`` and the report."""
+        return {
+            "checked": self.checked,
+            "still_present": len(self.still_present),
+            "listed": self.listed,
+            "pages": self.pages,
+            "passes": self.passes,
+            "emptied": self.emptied,
+            "unproven": self.unproven,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class ReadBack:
+    """Every campaign read back, by id."""
+
+    campaigns: dict[int, CampaignCheck] = field(default_factory=dict)
+
+    @property
+    def still_present(self) -> int:
+        return sum(len(check.still_present) for check in self.campaigns.values())
+
+    @property
+    def unproven(self) -> dict[int, str]:
+        return {c: check.unproven for c, check in self.campaigns.items() if check.unproven}
+
+    @property
+    def proven(self) -> bool:
+        """Nothing still present, and every campaign read completely."""
+        return not self.still_present and not self.unproven
+
+    def fields(self) -> dict[str, Any]:
+        """The totals ``run_finished`` and the report carry (``verified`` counts ids)."""
+        return {
+            "verified": sum(check.checked for check in self.campaigns.values()),
+            "still_present": self.still_present,
+            "unproven": {str(c): why for c, why in sorted(self.unproven.items())},
+        }
+
+
+async def read_back(
+    reader: AudienceReader, recorder: Recorder, deleted: Deleted, page_size: int
+) -> ReadBack:
+    """List each campaign of ``deleted`` whole and record what it still holds of its
+    deleted ids (one ``verified`` record per campaign; the ids still present join the
+    recorder's failed pairs, so the failed-out file lists them and the exit code is 1).
+
+    Raises:
+        FatalError: a listing was refused (bad token, unknown campaign) or kept failing;
+            the campaigns read before it are recorded.
+        Abandoned: the run is stopping; nothing is recorded for the campaign being read.
+    """
+    checks: dict[int, CampaignCheck] = {}
+    for campaign in deleted.campaigns:
+        wanted = deleted.ids.get(campaign, BitMap64())
+        try:
+            check = await _read_campaign(
+                reader, campaign, wanted, page_size, emptied=campaign in deleted.emptied
+            )
+        except ApiError as exc:
+            raise refused(exc, f"cannot list campaign {campaign}") from None
+        recorder.verified(
+            campaign,
+            checked=check.checked,
+            still_present=list(check.still_present),
+            listed=check.listed,
+            pages=check.pages,
+            passes=check.passes,
+            unproven=check.unproven,
+        )
+        _log_check(check)
+        checks[campaign] = check
+    return ReadBack(checks)
+
+
+async def _read_campaign(
+    reader: AudienceReader, campaign: int, wanted: BitMap64, page_size: int, *, emptied: bool
+) -> CampaignCheck:
+    if not wanted:  # only emptied by delete-all: its total is the whole answer
+        page = await reader.page(campaign, 1, 1)
+        return _emptied_check(campaign, page.total_records)
+    found = BitMap64()
+    pages = passes = 0
+    while True:
+        passes += 1
+        listing = await _one_pass(reader, campaign, wanted, page_size, found)
+        pages += listing.pages
+        if listing.complete or passes == MAX_PASSES:
+            break
+        log.info("listing again from page 1", campaign_id=campaign, why=listing.why)
+    unproven = None if listing.complete else f"{listing.why} ({passes} passes)"
+    if emptied and listing.listed and unproven is None:
+        unproven = _still_holds(listing.listed)
+    return CampaignCheck(
+        campaign, len(wanted), found, listing.listed, pages, passes, emptied, unproven
+    )
+
+
+def _emptied_check(campaign: int, total: int) -> CampaignCheck:
+    unproven = _still_holds(total) if total else None
+    return CampaignCheck(campaign, 0, BitMap64(), total, 1, 1, True, unproven)
+
+
+def _still_holds(records: int) -> str:
+    return (
+        f"emptied by delete-all, yet it holds {records:,} records: added since, or the "
+        "delete-all did not apply (not listed as failed: they may be new records)"
+    )
+
+
+@dataclass(slots=True)
+class _Pass:
+    """One read of a campaign's pages from page 1."""
+
+    listed: int = 0
+    pages: int = 0
+    complete: bool = False
+    why: str = ""
+
+
+async def _one_pass(
+    reader: AudienceReader, campaign: int, wanted: BitMap64, page_size: int, found: BitMap64
+) -> _Pass:
+    """Read pages until the last; ``found`` gains the wanted ids met. A changed total
+    ends the pass at once: the offsets it reads from have shifted."""
+    result = _Pass()
+    total: int | None = None
+    number = 1
+    while True:
+        page = await reader.page(campaign, number, page_size)
+        result.pages += 1
+        total = page.total_records if total is None else total
+        if page.total_records != total:
+            result.why = (
+                f"the campaign changed while it was listed ({total:,} records, then "
+                f"{page.total_records:,})"
+            )
+            return result
+        result.listed += len(page.records)
+        found.update(i for r in page.records if (i := r["id"]) in wanted)
+        if not page.records or number >= page.total_pages:
+            break
+        number += 1
+    result.complete = result.listed == total
+    if not result.complete:
+        result.why = f"listed {result.listed:,} records of the {total:,} it reports"
+    return result
+
+
+def _said(exc: ApiError) -> str:
+    """The reason and the API's message (already freed of any token by the client)."""
+    return exc.reason + (f": {exc.message}" if exc.message and exc.message != exc.reason else "")
+
+
+def _log_check(check: CampaignCheck) -> None:
+    log.info("campaign read back", campaign_id=check.campaign_id, **check.fields())
+
+
+async def take_stats(
+    reader: AudienceReader, recorder: Recorder, campaigns: Iterable[int], moment: str
+) -> dict[int, dict[str, Any] | None]:
+    """Read and record each campaign's campaign-audience-stats at ``moment`` ("before",
+    "after"); a failed read is recorded with its reason and logged, never raised, as the
+    stats explain a run and never decide it. None stands for a failed read.
+
+    Raises:
+        Abandoned: the run is stopping.
+    """
+    taken: dict[int, dict[str, Any] | None] = {}
+    for campaign in campaigns:
+        try:
+            stats: dict[str, Any] | None = await reader.stats(campaign)
+        except ApiError as exc:
+            error = _said(exc)
+            log.warning("stats not read", campaign_id=campaign, moment=moment, error=error)
+            recorder.audience_stats(campaign, moment, None, error)
+            taken[campaign] = None
+            continue
+        recorder.audience_stats(campaign, moment, stats, None)
+        taken[campaign] = stats
+    return taken
+
+
+def explain(
+    before: Stats | None,
+    after: Stats | None,
+    deleted: int,
+    still_present: int,
+    *,
+    emptied: bool = False,
+) -> dict[str, Any]:
+    """Compare the campaign's ``total_audience`` before and after with what the ids
+    acknowledged as deleted (``deleted``, of which ``still_present`` were found again)
+    should have removed, and say in plain words why they differ.
+
+    ``expected_after`` is ``before - (deleted - still_present)``, or 0 for a campaign
+    emptied by delete-all; ``difference`` is ``after - expected_after`` (positive: fewer
+    removed than acknowledged).
+    """
+    was, now = _total(before), _total(after)
+    fields: dict[str, Any] = {
+        "total_audience_before": was,
+        "total_audience_after": now,
+        "acknowledged": deleted,
+        "still_present": still_present,
+        "emptied": emptied,
+        "expected_after": None,
+        "difference": None,
+    }
+    if was is None or now is None:
+        missing = " and ".join(m for m, t in (("before", was), ("after", now)) if t is None)
+        return {
+            **fields,
+            "explanation": f"not compared: no stats {missing} (not taken, or not readable)",
+        }
+    expected = 0 if emptied else was - (deleted - still_present)
+    difference = now - expected
+    fields.update(expected_after=expected, difference=difference)
+    return {**fields, "explanation": _why(difference, was - now, still_present, emptied)}
+
+
+def _total(stats: Stats | None) -> int | None:
+    value = None if stats is None else stats.get("total_audience")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _why(difference: int, removed: int, still_present: int, emptied: bool) -> str:
+    if difference == 0:
+        said = f"as expected: {removed:,} removed"
+    elif emptied and difference > 0:
+        said = (
+            f"{difference:,} records in a campaign emptied by delete-all: added since, or the "
+            "delete-all did not apply"
+        )
+    elif difference > 0:
+        said = (
+            f"{difference:,} fewer removed than acknowledged: ids that were not in the campaign "
+            "or were already deleted (the API ignores them and still answers success), or "
+            "records added to the campaign meanwhile"
+        )
+    else:
+        said = (
+            f"{-difference:,} more removed than acknowledged: other activity on the campaign "
+            "meanwhile (another purge, a delete-all, records removed in the app)"
+        )
+    if still_present:
+        said += f"; {still_present:,} acknowledged ids are still present (not counted as removed)"
+    return said
+
+
+def compare_stats(
+    before: Mapping[int, Stats | None],
+    after: Mapping[int, Stats | None],
+    acknowledged: Mapping[int, int],
+    still_present: Mapping[int, int],
+    emptied: AbstractSet[int] = frozenset(),
+) -> dict[str, Any]:
+    """``total_audience_before`` and ``total_audience_after``, summed over the campaigns
+    read at both moments (None when none was, as the run's report sums them), and
+    :func:`explain` per campaign (``audience``), for ``run_finished`` and the report."""
+    campaigns = sorted(set(before) | set(after))
+    both = [c for c in campaigns if None not in (_total(before.get(c)), _total(after.get(c)))]
+    return {
+        "total_audience_before": _sum(before, both),
+        "total_audience_after": _sum(after, both),
+        "audience": {
+            str(c): explain(
+                before.get(c),
+                after.get(c),
+                acknowledged.get(c, 0),
+                still_present.get(c, 0),
+                emptied=c in emptied,
+            )
+            for c in campaigns
+        },
+    }
+
+
+def _sum(stats: Mapping[int, Stats | None], campaigns: Sequence[int]) -> int | None:
+    return sum(_total(stats.get(c)) or 0 for c in campaigns) if campaigns else None
