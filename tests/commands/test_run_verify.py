@@ -3,18 +3,24 @@ applied caught, retried by a re-run, and the evidence page showing what the repo
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 from conftest import LIVE, read_audit, write_csv
 
+from worker.commands.parsers import build_parser
 from worker.commands.run import run_purge
+from worker.input.selecting import Selecting, rule_from
 from worker.records.audit_query import check, read_records
 from worker.records.evidence import render
+from worker.runtime import runtime as runtime_module
 from worker.sandbox import FaultConfig
 from worker.sandbox.runner import SandboxHandle
+from worker.sending.ratelimit import LocalRateGate, rate_gate
 from worker.settings import Settings
 
 IDS = range(1, 1001)
@@ -117,3 +123,41 @@ async def test_deletes_acknowledged_but_not_applied_are_caught_and_retried(
     assert again.tally.deleted == len(alive)
     assert again.tally.still_present == 0
     assert not any(sandbox.state.campaigns[LIVE.id].alive(i) for i in IDS)
+
+
+async def test_every_request_of_a_run_select_verify_passes_its_one_rate_gate(
+    sandbox: SandboxHandle,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listing (the selection, the read-back), stats and deletions spend one budget: the
+    run makes one gate, and it granted exactly as many slots as the API got requests."""
+    gates: list[LocalRateGate] = []
+    slots: list[float] = []
+
+    @asynccontextmanager
+    async def counted(settings: Settings) -> AsyncIterator[LocalRateGate]:
+        async with rate_gate(settings) as gate:
+            assert isinstance(gate, LocalRateGate)
+            gates.append(gate)
+            take = gate._take
+
+            def taking(arrival: float, now: float) -> None:
+                slots.append(now)
+                take(arrival, now)
+
+            monkeypatch.setattr(gate, "_take", taking)
+            yield gate
+
+    monkeypatch.setattr(runtime_module, "rate_gate", counted)
+    args = build_parser().parse_args(["run", "--select", "--status", "completed"])
+    selecting = Selecting.of(rule_from(args, LIVE.id, datetime.now(UTC)), tmp_path / "s.csv")
+    settings = make_settings(campaign_id=LIVE.id, verify=True, page_size=250, batch_size=50)
+    result = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert result.exit_code == 0
+    assert len(gates) == 1
+    requests = sandbox.state.requests_total
+    deletes = result.tally.requests
+    assert deletes < requests  # listing and stats requests came too
+    assert len(slots) == requests

@@ -223,3 +223,18 @@ async def test_an_unfinished_purge_whose_selection_is_gone_is_refused(
             str(selecting.path),
             selecting=selecting,
         )
+
+
+async def test_a_reviewed_selection_is_an_input_run_takes_as_it_is(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    out = tmp_path / "review.csv"
+    result = await select(make_settings(), rule("--status", "inqueue", "--attempt", "0"), str(out))
+    chosen = {int(r["audience_id"]) for r in selected(out)}
+    assert len(chosen) == result.selected > 0
+    purged = await run_purge(make_settings(), str(out))  # no --campaign-id: the file names it
+    assert purged.exit_code == 0
+    assert purged.tally.deleted == len(chosen)
+    assert purged.tally.rejected == 0
+    remaining = {r["id"] for r in await listing(sandbox, token, LIVE)}
+    assert not remaining & chosen

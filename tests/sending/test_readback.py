@@ -16,19 +16,12 @@ from worker.errors import FatalError
 from worker.records.audit import AuditLog
 from worker.records.recorder import Recorder
 from worker.sandbox.runner import SandboxHandle
+from worker.sending.audience_stats import compare_stats, explain, take_stats
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
 from worker.sending.listing import Filters, Page, Reader
 from worker.sending.ratelimit import rate_gate
-from worker.sending.readback import (
-    MAX_PASSES,
-    Deleted,
-    compare_stats,
-    deleted_by_campaign,
-    explain,
-    read_back,
-    take_stats,
-)
+from worker.sending.readback import MAX_PASSES, Deleted, deleted_by_campaign, read_back
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 

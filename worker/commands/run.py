@@ -9,34 +9,28 @@ It runs inside the one :class:`~worker.runtime.runtime.Runtime`; progress is che
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import sys
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
 
 from worker.commands.findings import Findings, print_findings
-from worker.commands.select import describe
-from worker.errors import ApiError, InputError, StateError, UsageError
+from worker.commands.proving import Proof, collect_selection
+from worker.errors import InputError, StateError, UsageError
 from worker.exit_codes import ExitCode
 from worker.input.batching import Batch
 from worker.input.planning import Count, Plan, count_input, plan_batches
-from worker.input.selecting import Selecting, Selection, SelectionFile, collect
+from worker.input.selecting import Selecting
 from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
 from worker.records.report import RunResult, plural, print_plan, print_summary
 from worker.runtime.guards import count_refusal
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
-from worker.runtime.stopping import Abandoned
-from worker.sending.listing import Reader, refused
-from worker.sending.readback import ReadBack, deleted_by_campaign, read_back, take_stats
-from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
 from worker.state.replay import Replayed, apply, replay
@@ -175,7 +169,9 @@ async def _purge(
         started: dict[str, Any] = {}
         counted = job.counted
         if job.selecting is not None:
-            collected = None if point is not None else await _collect(runtime, job.selecting)
+            collected = (
+                None if point is not None else await collect_selection(runtime, job.selecting)
+            )
             started["selection"] = job.selecting.record(collected)
             counted = await _count_for_guards(settings, job.input_path)
         source = await open_input(job.input_path)
@@ -196,51 +192,6 @@ async def _purge(
             )
         finally:
             source.close()
-
-
-async def _collect(runtime: Runtime, selecting: Selecting) -> Selection:
-    """Collect the selection into its file, with the run's client and rate gate (listing
-    spends the deletions' budget); a signal stops it with nothing written.
-
-    Raises:
-        FatalError: the API refused the listing.
-        KeyboardInterrupt: SIGINT or SIGTERM during the collection.
-    """
-    reader = await _reader(runtime)
-    rule = selecting.rule
-    found: list[Selection] = []
-
-    async def work() -> None:
-        with SelectionFile(selecting.path) as target:
-            try:
-                with target.writing():
-                    found.append(
-                        await collect(
-                            rule,
-                            partial(reader.page, rule.campaign_id),
-                            target.file,
-                            runtime.settings.page_size,
-                        )
-                    )
-            except ApiError as exc:
-                raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
-            target.commit()
-
-    try:
-        interrupted = await runtime.supervise(work(), reader.stop.set)
-    except Abandoned:
-        interrupted = True
-    if interrupted or not found:
-        raise KeyboardInterrupt
-    log.info(describe(rule, found[0]), selection=str(selecting.path), sha256=found[0].sha256)
-    return found[0]
-
-
-async def _reader(runtime: Runtime) -> Reader:
-    """A reader of the API on the run's own client and rate gate."""
-    settings = runtime.settings
-    client, gate = await runtime.api(settings.concurrency)
-    return Reader(client, gate, RetryPolicy.from_settings(settings))
 
 
 async def _read_and_send(
@@ -298,7 +249,7 @@ async def _read_and_send(
         print_findings(findings, recorder.tally, point, settings, counted, out)
         planned = runtime.result(interrupted=False, fatal=None, **read())
         return runtime.finish_with(replace(planned, selection=started.get("selection")))
-    proof = _Proof.of(runtime, started)
+    proof = Proof.of(runtime, started)
     try:
         await proof.before()
         sent = await _send(runtime, plan, batches, checkpoints, input_lines)
@@ -343,68 +294,6 @@ async def _send(
     )
     interrupted = await runtime.supervise(dispatcher.run(batches), dispatcher.stop)
     return runtime.result(interrupted=interrupted, fatal=dispatcher.fatal)
-
-
-@dataclass(slots=True)
-class _Proof:
-    """What a run proves beyond the API's answers: the campaigns' campaign-audience-stats
-    before and after (with ``--verify`` or ``--select``, for the campaign named up front),
-    and with ``--verify`` a read-back of every campaign this run deleted from."""
-
-    runtime: Runtime
-    campaigns: tuple[int, ...]
-    verify: bool
-    reader: Reader | None = None
-
-    @classmethod
-    def of(cls, runtime: Runtime, started: dict[str, Any]) -> _Proof:
-        settings = runtime.settings
-        wanted = settings.verify or "selection" in started
-        campaign = settings.campaign_id
-        return cls(runtime, (campaign,) if campaign is not None and wanted else (), settings.verify)
-
-    async def _read(self) -> Reader:
-        if self.reader is None:
-            self.reader = await _reader(self.runtime)
-        return self.reader
-
-    async def before(self) -> None:
-        if self.campaigns:
-            await take_stats(await self._read(), self.runtime.recorder, self.campaigns, "before")
-
-    async def after(self, sent: RunResult) -> RunResult:
-        """Verify and take the stats after; the result again, since ids still present make
-        it fail. A signal during the read-back ends the run as interrupted (resumable)."""
-        runtime = self.runtime
-        campaigns = set(self.campaigns)
-        checked: list[ReadBack] = []
-        if self.verify:
-            reader = await self._read()
-            runtime.recorder.audit.sync()
-            deleted = deleted_by_campaign([runtime.audit_path])
-            campaigns |= set(deleted.campaigns)
-            work = read_back(reader, runtime.recorder, deleted, runtime.settings.page_size)
-            if await runtime.supervise(_settled(work, checked), reader.stop.set) or not checked:
-                return runtime.result(interrupted=True, fatal=None)
-        if campaigns:
-            await take_stats(await self._read(), runtime.recorder, sorted(campaigns), "after")
-        result = runtime.result(interrupted=False, fatal=None)
-        unproven = checked[0].unproven if checked else {}
-        if not unproven:
-            return result
-        # A campaign that could not be read completely proves nothing either way.
-        return replace(
-            result,
-            exit_code=max(result.exit_code, ExitCode.FAILED),
-            unproven={str(c): why for c, why in sorted(unproven.items())},
-        )
-
-
-async def _settled(work: Awaitable[ReadBack], into: list[ReadBack]) -> None:
-    """``work`` to its end, its result kept in ``into``; a stop while it waits at the gate
-    ends it quietly (``into`` stays empty)."""
-    with contextlib.suppress(Abandoned):
-        into.append(await work)
 
 
 async def _count_for_guards(settings: Settings, input_path: str) -> Count | None:

@@ -29,15 +29,9 @@ from worker.records.report import STDOUT, plural
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
+from worker.sending.audience_stats import compare_stats, take_stats
 from worker.sending.listing import Reader
-from worker.sending.readback import (
-    Deleted,
-    ReadBack,
-    compare_stats,
-    deleted_by_campaign,
-    read_back,
-    take_stats,
-)
+from worker.sending.readback import Deleted, ReadBack, deleted_by_campaign, read_back
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 

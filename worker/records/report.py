@@ -113,8 +113,8 @@ def audience_totals(t: Tally) -> dict[str, Any]:
 
 def audience_check(campaign: int, moments: Mapping[str, Any], t: Tally) -> dict[str, Any]:
     """One campaign's before/after, and the difference from what the run's deletions
-    explain (see :func:`worker.sending.readback.explain`)."""
-    from worker.sending.readback import explain
+    explain (see :func:`worker.sending.audience_stats.explain`)."""
+    from worker.sending.audience_stats import explain
 
     before, after = moments.get("before"), moments.get("after")
     return explain(
