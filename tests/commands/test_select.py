@@ -238,3 +238,36 @@ async def test_a_reviewed_selection_is_an_input_run_takes_as_it_is(
     assert purged.tally.rejected == 0
     remaining = {r["id"] for r in await listing(sandbox, token, LIVE)}
     assert not remaining & chosen
+
+
+@pytest.mark.parametrize(
+    ("flags", "keep"),
+    [
+        (("--status", "fresh"), lambda r: r["status"] == "Fresh"),
+        (("--status", "inqueue"), lambda r: r["status"] == "Inqueue"),
+        (("--call-status", "busy"), lambda r: r["call_status"] == "busy"),
+        (
+            ("--call-status", "voicemail", "--call-status", "failed"),
+            lambda r: r["call_status"] in ("voicemail", "failed"),
+        ),
+        (("--attempt", "2"), lambda r: r["attempt"] == 2),
+        (("--attempt", "0", "--attempt", "5"), lambda r: r["attempt"] in (0, 5)),
+        (
+            ("--status", "completed", "--call-status", "answered", "--attempt", "1"),
+            lambda r: (r["status"], r["call_status"], r["attempt"]) == ("Completed", "answered", 1),
+        ),
+    ],
+)
+async def test_each_filter_selects_what_a_scan_of_every_record_would(
+    sandbox: SandboxHandle,
+    token: str,
+    make_settings: Callable[..., Settings],
+    tmp_path: Path,
+    flags: tuple[str, ...],
+    keep: Callable[[dict[str, Any]], bool],
+) -> None:
+    expected = {r["id"] for r in await listing(sandbox, token, LIVE) if keep(r)}
+    assert expected
+    out = tmp_path / "selection.csv"
+    await select(make_settings(page_size=500), rule(*flags), str(out))
+    assert {int(r["audience_id"]) for r in selected(out)} == expected
