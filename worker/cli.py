@@ -150,7 +150,11 @@ def _selecting(args: argparse.Namespace, settings: Settings) -> Selecting | None
 
     from worker.input.selecting import Selecting, rule_from
 
-    return Selecting.of(rule_from(args, settings.campaign_id, datetime.now(UTC)), args.selection)
+    shard = (
+        None if settings.shard_count is None else f"{settings.shard_index}/{settings.shard_count}"
+    )
+    rule = rule_from(args, settings.campaign_id, datetime.now(UTC))
+    return Selecting.of(rule, args.selection, shard)
 
 
 def _input(args: argparse.Namespace, selecting: Selecting | None) -> str:

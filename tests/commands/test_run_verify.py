@@ -3,6 +3,8 @@ applied caught, retried by a re-run, and the evidence page showing what the repo
 
 from __future__ import annotations
 
+import asyncio
+import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -11,6 +13,7 @@ from pathlib import Path
 import orjson
 import pytest
 from conftest import LIVE, read_audit, write_csv
+from processes import eventually, finish, start
 
 from worker.commands.parsers import build_parser
 from worker.commands.run import run_purge
@@ -161,3 +164,64 @@ async def test_every_request_of_a_run_select_verify_passes_its_one_rate_gate(
     deletes = result.tally.requests
     assert deletes < requests  # listing and stats requests came too
     assert len(slots) == requests
+
+
+async def test_a_signal_while_the_stats_wait_at_the_gate_ends_the_run_at_once(
+    sandbox: SandboxHandle, token: str, tmp_path: Path
+) -> None:
+    """At 1 request a minute, the stats before the purge wait a minute for their slot: a
+    SIGTERM then ends the run at once (exit 75, nothing sent), not a minute later."""
+    proc = await start(
+        "run",
+        "--select",
+        "--campaign-id",
+        str(LIVE.id),
+        "--status",
+        "fresh",
+        "--page-size",
+        "10000",
+        "--base-url",
+        sandbox.url,
+        "--rate",
+        "1/minute",
+        "--audit-log",
+        str(tmp_path / "audit.jsonl"),
+        "--state-dir",
+        str(tmp_path / "state"),
+        "--selection",
+        str(tmp_path / "selection.csv"),
+        cwd=tmp_path,
+        token=token,
+    )
+    await eventually(lambda: sandbox.state.requests_total >= 1, what="the selection read")
+    await eventually(lambda: (tmp_path / "selection.csv").exists(), what="the selection")
+    await asyncio.sleep(0.3)  # now waiting at the gate for the stats' slot
+    proc.send_signal(signal.SIGTERM)
+    done = await finish(proc, timeout=15)
+    assert done.code == 75, done.err
+    assert sandbox.state.requests_total == 1
+    assert sandbox.state.campaigns[LIVE.id].deleted_count == 0
+
+
+@pytest.mark.parametrize("faults", [FaultConfig(ack_without_delete=0.3, seed=11)])
+async def test_verify_on_a_rerun_reads_back_what_every_run_of_the_purge_deleted(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """The purge ran without --verify; the same command with --verify afterwards sends
+    nothing, and reads back the ids the first run deleted (through its audit file)."""
+    source = ids_file(tmp_path)
+    first = await run_purge(make_settings(campaign_id=LIVE.id, batch_size=20), str(source))
+    assert first.exit_code == 0  # the API acknowledged every batch
+    alive = {i for i in IDS if sandbox.state.campaigns[LIVE.id].alive(i)}
+    assert alive
+    settings = make_settings(
+        campaign_id=LIVE.id, batch_size=20, verify=True, audit_log=tmp_path / "again.jsonl"
+    )
+    again = await run_purge(settings, str(source))
+    assert again.tally.requests == 0
+    assert again.exit_code == 1
+    assert again.tally.verified == len(IDS)
+    assert again.tally.still_present == len(alive)
+    assert settings.failed_out is not None
+    rows = settings.failed_out.read_text().splitlines()[1:]
+    assert sorted(int(row.split(",")[1]) for row in rows) == sorted(alive)

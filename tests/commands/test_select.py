@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import hashlib
+import io
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from worker.commands.select import select
 from worker.errors import FatalError, StateError
 from worker.input.selecting import Rule, Selecting, rule_from
 from worker.records.audit_query import check
+from worker.records.report import RunResult
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
@@ -209,20 +211,89 @@ async def test_a_finished_selection_purge_run_again_selects_anew(
     assert selected(selecting.path) == []  # collected anew: nothing halted is left
 
 
+async def stopped_purge(
+    make_settings: Callable[..., Settings], selecting: Selecting, tmp_path: Path
+) -> None:
+    """A ``run --select`` that collected its selection and stopped before sending (its
+    deadline had passed): an unfinished purge, to be resumed."""
+    past = datetime.now(UTC) - timedelta(seconds=1)
+    settings = make_settings(campaign_id=LIVE, deadline=past, audit_log=tmp_path / "a.jsonl")
+    stopped = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert stopped.exit_code == 75
+    assert stopped.tally.deleted == 0
+
+
+async def resume(
+    make_settings: Callable[..., Settings], selecting: Selecting, tmp_path: Path
+) -> RunResult:
+    settings = make_settings(campaign_id=LIVE, audit_log=tmp_path / "b.jsonl")
+    return await run_purge(settings, str(selecting.path), selecting=selecting)
+
+
+async def test_an_unfinished_selection_purge_resumes_from_what_it_collected(
+    sandbox: SandboxHandle, token: str, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    selecting = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
+    await stopped_purge(make_settings, selecting, tmp_path)
+    collected = selecting.path.read_bytes()
+    resumed = await resume(make_settings, selecting, tmp_path)
+    assert resumed.exit_code == 0
+    assert resumed.tally.deleted == len(collected.splitlines()) - 1
+    assert selecting.path.read_bytes() == collected  # not collected again
+    started = read_audit(tmp_path / "b.jsonl")[0]
+    first = read_audit(tmp_path / "a.jsonl")[0]
+    assert started["selection"]["resumed"] is True
+    assert started["selection"]["collected"] == first["selection"]["collected"]
+    assert started["selection"]["rule"] == first["selection"]["rule"]
+
+
 async def test_an_unfinished_purge_whose_selection_is_gone_is_refused(
     make_settings: Callable[..., Settings], tmp_path: Path
 ) -> None:
     selecting = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
-    settings = make_settings(campaign_id=LIVE, deadline=datetime.now(UTC) - timedelta(seconds=1))
-    stopped = await run_purge(settings, str(selecting.path), selecting=selecting)
-    assert stopped.exit_code == 75  # the deadline had passed: nothing sent, state unfinished
+    await stopped_purge(make_settings, selecting, tmp_path)
     selecting.path.unlink()
     with pytest.raises(StateError, match="is gone"):
-        await run_purge(
-            make_settings(campaign_id=LIVE, audit_log=tmp_path / "b.jsonl"),
-            str(selecting.path),
-            selecting=selecting,
-        )
+        await resume(make_settings, selecting, tmp_path)
+
+
+async def test_an_unfinished_purge_refuses_rows_added_to_its_selection(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    selecting = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
+    await stopped_purge(make_settings, selecting, tmp_path)
+    with selecting.path.open("a") as handle:
+        handle.write(f"{LIVE},2,Completed,1,,\n")
+    with pytest.raises(StateError, match="changed since it was collected"):
+        await resume(make_settings, selecting, tmp_path)
+    assert sandbox.state.campaigns[LIVE].alive(2)
+
+
+async def test_an_unfinished_purge_refuses_another_rule_on_its_selection(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    fresh = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
+    await stopped_purge(make_settings, fresh, tmp_path)
+    halted = Selecting.of(rule("--status", "halted"), fresh.path)
+    with pytest.raises(StateError, match="selected by another rule"):
+        await resume(make_settings, halted, tmp_path)
+    assert sandbox.state.campaigns[LIVE].deleted_count == 0
+
+
+async def test_a_dry_run_selects_aside_and_leaves_the_selection_file_alone(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    precious = tmp_path / "precious.csv"
+    precious.write_text("campaign_id,audience_id\n77,1\n")
+    selecting = Selecting.of(rule("--status", "completed"), precious)
+    settings = make_settings(campaign_id=LIVE, dry_run=True, failed_out=None, report=None)
+    out = io.StringIO()
+    planned = await run_purge(settings, str(precious), selecting=selecting, out=out)
+    assert planned.exit_code == 0
+    assert "campaign 77:" in out.getvalue()
+    assert precious.read_text() == "campaign_id,audience_id\n77,1\n"
+    assert sandbox.state.campaigns[LIVE].deleted_count == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["audit.jsonl", "precious.csv"]
 
 
 async def test_a_reviewed_selection_is_an_input_run_takes_as_it_is(

@@ -468,3 +468,145 @@ async def test_sigterm_stops_the_read_back_with_exit_75(
     assert (records[-1]["exit_code"], records[-1]["interrupted"]) == (75, True)
     assert [r for r in records if r["event"] == "verified"] == []
     assert sandbox.state.requests_total < 101  # it stopped well before the 100 pages
+
+
+# -- files cut short ----------------------------------------------------------------------
+
+
+def cut_after_deleted(audit: Path, records: int, to: Path) -> tuple[Path, int]:
+    """The audit log's lines up to its ``records``-th deleted record, as ``head -N`` writes
+    them to ``to``; and N."""
+    lines = audit.read_bytes().splitlines(keepends=True)
+    seen = 0
+    for number, line in enumerate(lines, start=1):
+        seen += orjson.loads(line)["event"] == "deleted"
+        if seen == records:
+            to.write_bytes(b"".join(lines[:number]))
+            return to, number
+    raise AssertionError(f"fewer than {records} deleted records in {audit}")
+
+
+def test_a_truncated_audit_file_is_read_back_with_a_warning_that_the_proof_covers_only_it(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    audit = purge(sandbox, tmp_path, pairs(42, range(1, 3001)))
+    cut, lines = cut_after_deleted(audit, 3, tmp_path / "cut.jsonl")
+    [run_id] = {r["run_id"] for r in read_audit(audit)}
+    capsys.readouterr()
+
+    code = verify(sandbox, tmp_path, cut)
+
+    assert code == 0  # the 300 ids the cut file records are gone
+    out = capsys.readouterr().out
+    verdict, warning = out.splitlines()[:2]
+    assert verdict.endswith(
+        "every id recorded as deleted is gone (exit 0); but the proof covers only what the "
+        "files record: 1 run in them has no run_finished (a crash, or a truncated file), so "
+        "the deletions recorded may be incomplete"
+    )
+    assert warning == (
+        f"WARNING: {cut}:{lines}: run {run_id} has no run_finished after seq {lines - 1} "
+        "(a crash, a run still going, or a truncated file): the deletions it records may be "
+        "incomplete"
+    )
+    incomplete = [
+        {
+            "file": str(cut),
+            "run_id": run_id,
+            "line": lines,
+            "last_seq": lines - 1,
+            "continued_by": None,
+        }
+    ]
+    [finished] = verify_records(tmp_path, "run_finished")
+    data = report(tmp_path)
+    for said in (finished, data):
+        assert (said["verified"], said["incomplete_runs"]) == (300, incomplete)
+        assert said["caveat"].startswith("the proof covers only what the files record: 1 run")
+
+
+def test_a_complete_audit_file_gets_no_warning(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    audit = purge(sandbox, tmp_path, pairs(42, range(1, 301)))
+    capsys.readouterr()
+
+    assert verify(sandbox, tmp_path, audit) == 0
+
+    out = capsys.readouterr().out
+    assert "WARNING" not in out
+    assert "covers only" not in out
+    assert out.splitlines()[0].endswith(": every id recorded as deleted is gone (exit 0)")
+    [finished] = verify_records(tmp_path, "run_finished")
+    data = report(tmp_path)
+    for said in (finished, data):
+        assert (said["incomplete_runs"], said["caveat"]) == ([], None)
+
+
+def crashed_and_resumed(tmp_path: Path) -> tuple[Path, Path]:
+    """Run a, killed after deleting ids 1-100 (no run_finished), and run b, which resumed
+    it in a file of its own and deleted ids 101-200."""
+    first = AuditLog(tmp_path / "a.jsonl", "run-a")
+    first.write("run_started", command="run")
+    first.write("deleted", campaign_id=42, batch_id="b1", audience_ids=list(range(1, 101)))
+    first.close()
+    second = AuditLog(tmp_path / "b.jsonl", "run-b", previous=first.head())
+    second.write("run_started", command="run")
+    second.write("deleted", campaign_id=42, batch_id="b2", audience_ids=list(range(101, 201)))
+    second.write("run_finished", exit_code=0)
+    second.close()
+    return first.path, second.path
+
+
+def test_a_crashed_run_that_a_given_file_continued_is_warned_about_but_no_caveat(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    sandbox.state.campaigns[42].delete(range(1, 201))
+    first, second = crashed_and_resumed(tmp_path)
+
+    assert verify(sandbox, tmp_path, second, first) == 0
+
+    out = capsys.readouterr().out
+    assert f"WARNING: {first}:2: run run-a has no run_finished after seq 1 (a crash); " in out
+    assert f"run run-b in {second} continued it" in out
+    assert "covers only" not in out
+    data = report(tmp_path)
+    assert data["caveat"] is None
+    assert data["incomplete_runs"][0]["continued_by"] == {"run_id": "run-b", "file": str(second)}
+
+
+def test_a_crashed_run_without_the_file_that_continued_it_is_a_caveat(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    sandbox.state.campaigns[42].delete(range(1, 201))
+    first, _ = crashed_and_resumed(tmp_path)
+
+    assert verify(sandbox, tmp_path, first) == 0
+
+    out = capsys.readouterr().out
+    assert f"WARNING: {first}:2: run run-a has no run_finished after seq 1 (a crash, " in out
+    assert "the proof covers only what the files record: 1 run in them" in out
+    assert report(tmp_path)["incomplete_runs"][0]["continued_by"] is None
+
+
+def test_an_audit_file_with_no_record_is_warned_about(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    audit = purge(sandbox, tmp_path, pairs(42, range(1, 11)))
+    empty = tmp_path / "empty.jsonl"
+    empty.write_bytes(b"")
+    capsys.readouterr()
+
+    assert verify(sandbox, tmp_path, audit, empty) == 0
+
+    out = capsys.readouterr().out
+    assert f"WARNING: {empty}:1: no complete record (a run killed before its first" in out
+    assert "1 run in them has no run_finished" in out
+    assert report(tmp_path)["incomplete_runs"] == [
+        {"file": str(empty), "run_id": None, "line": 1, "last_seq": None, "continued_by": None}
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import os
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -176,7 +177,7 @@ async def test_a_listing_that_never_settles_is_refused() -> None:
             self.calls += 1
             return Page([record(self.calls)], 1000 - self.calls, 2)
 
-    with pytest.raises(SelectionError, match="kept changing"):
+    with pytest.raises(SelectionError, match="could not be listed completely in 5 passes"):
         await collect(Rule(campaign_id=42, statuses=("fresh",)), Restless().page, io.BytesIO(), 1)
 
 
@@ -222,3 +223,63 @@ def test_a_selection_that_cannot_be_written_is_an_output_error(tmp_path: Path) -
         SelectionFile(blocker / "out.csv"),
     ):
         pass
+
+
+async def test_pages_shorter_than_asked_are_not_taken_for_the_whole_listing() -> None:
+    """A server that caps its pages below the limit asked for reports as many pages as the
+    limit makes: trusting them would end the selection early, with records never seen."""
+    ids = list(range(1, 1001))
+
+    async def capped(number: int, limit: int, _filters: object) -> Page:
+        start = (number - 1) * limit
+        chunk = ids[start : start + min(limit, 100)]
+        return Page([record(i) for i in chunk], len(ids), -(-len(ids) // limit))
+
+    with pytest.raises(SelectionError, match="listed 200 records of the 1000 it reports"):
+        await collect(Rule(campaign_id=42, statuses=("completed",)), capped, io.BytesIO(), 500)
+
+
+def test_an_age_beyond_a_century_is_refused() -> None:
+    with pytest.raises(UsageError, match="more than 100 years"):
+        parse_age("999999w")
+
+
+def test_stdout_gets_the_selection_only_once_it_is_complete(
+    capfdbinary: pytest.CaptureFixture[bytes],
+) -> None:
+    with SelectionFile("-") as target:
+        target.file.write(b"campaign_id,audience_id\n42,1\n")
+    assert capfdbinary.readouterr().out == b""  # cut off: nothing that looks whole
+    with SelectionFile("-") as target:
+        target.file.write(b"campaign_id,audience_id\n42,1\n")
+        target.commit()
+    assert capfdbinary.readouterr().out == b"campaign_id,audience_id\n42,1\n"
+
+
+def test_a_selection_is_a_regular_file_written_through_a_symlink(tmp_path: Path) -> None:
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with pytest.raises(UsageError, match="not a regular file"), SelectionFile(fifo):
+        pass
+    real = tmp_path / "real.csv"
+    real.write_text("old\n")
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    with SelectionFile(link) as target:
+        target.file.write(b"campaign_id,audience_id\n")
+        target.commit()
+    assert link.is_symlink()
+    assert real.read_bytes() == b"campaign_id,audience_id\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fifo", "link.csv", "real.csv"]
+
+
+def test_the_selection_is_a_file_and_each_shard_has_its_own() -> None:
+    chosen = Rule(campaign_id=42, statuses=("fresh",))
+    with pytest.raises(UsageError, match="cannot be stdout"):
+        Selecting.of(chosen, Path("-"))
+    plain = Selecting.of(chosen, None).path.name
+    assert plain == f"select-42-{chosen.digest()}.csv"
+    assert (
+        Selecting.of(chosen, None, "1/3").path.name
+        == f"select-42-{chosen.digest()}-shard-1-of-3.csv"
+    )

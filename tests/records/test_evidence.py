@@ -15,9 +15,10 @@ from conftest import write_csv
 
 from worker.cli import main
 from worker.commands.run import run_purge
+from worker.records.audit import AuditLog
 from worker.records.audit_query import check, read_records
 from worker.records.evidence import figures, render
-from worker.runtime.runtime import RunResult
+from worker.records.report import RunResult
 from worker.sandbox import FaultConfig
 from worker.settings import Settings
 
@@ -226,3 +227,157 @@ def test_records_with_odd_timestamps_do_not_stop_the_page() -> None:
 
     assert (found.campaigns[42]["deleted"], found.campaigns[42]["failed"]) == (2, 1)
     assert found.first_ts == found.last_ts
+
+
+# -- the proof section: a read-back proves only what it read --------------------------------
+
+CHANGED = "the campaign changed while it was listed (7,000 records, then 6,990) (5 passes)"
+
+
+def verified(checked: int, unproven: str | None = None) -> dict[str, Any]:
+    """A ``verified`` record's fields, as the recorder writes them."""
+    return {
+        "campaign_id": 42,
+        "checked": checked,
+        "listed": 7000,
+        "pages": 7,
+        "passes": 5 if unproven else 1,
+        "unproven": unproven,
+        "still_present": [],
+    }
+
+
+def trail(path: Path, *runs: list[tuple[str, dict[str, Any]]]) -> Path:
+    """One audit log (a real chain) of runs appended one after the other, each its records
+    between run_started and run_finished."""
+    for number, records in enumerate(runs):
+        log = AuditLog(path, f"run-{number}")
+        log.write("run_started", command="run", input="ids.csv")
+        for event, fields in records:
+            log.write(event, **fields)
+        log.write("run_finished", exit_code=0)
+        log.close()
+    return path
+
+
+def deleted(ids: range) -> tuple[str, dict[str, Any]]:
+    return "deleted", {
+        "campaign_id": 42,
+        "batch_id": f"batch-{ids.start}",
+        "audience_ids": list(ids),
+        "http_status": 200,
+    }
+
+
+def proof(page: str, campaign: int = 42) -> tuple[list[str], str]:
+    """The proof row of a campaign: its numeric cells (as text), and its verdict cell."""
+    found = re.search(rf'<tr id="proof-{campaign}">(.*?)</tr>', page)
+    assert found is not None, f"no proof row for campaign {campaign}"
+    cells = re.findall(r"<td(?: class=\"n\")?>(.*?)</td>", found.group(1))
+    return cells[1:9], cells[9]
+
+
+def test_a_complete_read_back_that_found_nothing_says_gone(tmp_path: Path) -> None:
+    log = trail(tmp_path / "audit.jsonl", [deleted(range(1, 11)), ("verified", verified(10))])
+
+    numbers, verdict = proof(page_of(log))
+
+    # ids deleted, looked for, still present, listed, read-backs, unproven read-backs
+    assert numbers[:6] == ["10", "10", "0", "7000", "1", "0"]
+    assert verdict == '<span class="ok">gone</span>'
+
+
+def test_a_read_back_that_never_listed_the_campaign_completely_is_not_proven(
+    tmp_path: Path,
+) -> None:
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11)), ("verified", verified(10, unproven=CHANGED))],
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[4:6] == ["1", "1"]  # one read-back, and it is unproven
+    assert "gone" not in verdict
+    assert verdict.startswith('<span class="bad">not proven</span>')
+    assert "1 of 1 read-back(s) never listed the campaign completely" in verdict
+
+
+def test_one_unproven_read_back_among_complete_ones_leaves_the_campaign_not_proven(
+    tmp_path: Path,
+) -> None:
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11)), ("verified", verified(10))],
+        [("verified", verified(10, unproven=CHANGED))],
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[4:6] == ["2", "1"]
+    assert "not proven" in verdict
+    assert "1 of 2 read-back(s)" in verdict
+    assert "gone" not in verdict
+
+
+def test_a_read_back_of_fewer_ids_than_the_audit_deleted_is_partly_read_back(
+    tmp_path: Path,
+) -> None:
+    # A resumed purge: the second run read back its own ids only.
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11))],
+        [deleted(range(11, 21)), ("verified", verified(10))],
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[:2] == ["20", "10"]
+    assert verdict.startswith('<span class="warn">partly read back</span>')
+    assert "looked for 10 of the 20 distinct ids deleted" in verdict
+    assert "the others were never looked for" in verdict
+
+
+def test_reading_the_same_ids_back_twice_does_not_cover_ids_never_looked_for(
+    tmp_path: Path,
+) -> None:
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11))],
+        [deleted(range(11, 21)), ("verified", verified(10))],
+        [("verified", verified(10))],  # verify --audit of the second run's file, again
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[1] == "10"  # the most one read-back looked for, not 10 + 10
+    assert "partly read back" in verdict
+
+
+def test_ids_deleted_twice_are_looked_for_once(tmp_path: Path) -> None:
+    # A run killed before its checkpoint: the next run sent ids 6-10 again.
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11))],
+        [deleted(range(6, 16)), ("verified", verified(15))],
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[:2] == ["20", "15"]  # ids in deleted records; distinct ids looked for
+    assert verdict == '<span class="ok">gone</span>'
+
+
+async def test_a_real_purge_read_back_whole_says_gone(
+    make_settings: MakeSettings, tmp_path: Path
+) -> None:
+    ids = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 41)])
+    settings = make_settings(campaign_id=42, verify=True)
+
+    result = await run_purge(settings, str(ids), out=io.StringIO())
+
+    assert result.exit_code == 0
+    numbers, verdict = proof(page_of(tmp_path / "audit.jsonl"))
+    assert numbers[:3] == ["40", "40", "0"]
+    assert numbers[4:6] == ["1", "0"]
+    assert verdict == '<span class="ok">gone</span>'

@@ -7,26 +7,127 @@ campaigns' stats before and after). Both use the run's own client and rate gate
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Awaitable
+import hashlib
+import os
+import tempfile
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import orjson
 import structlog
 
 from worker.commands.select import describe
-from worker.errors import ApiError
+from worker.errors import ApiError, OutputError, StateError
 from worker.exit_codes import ExitCode
+from worker.files import write_atomic
 from worker.input.selecting import Selecting, Selection, SelectionFile, collect
 from worker.records.report import RunResult
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
 from worker.sending.audience_stats import take_stats
 from worker.sending.listing import Reader, refused
-from worker.sending.readback import ReadBack, deleted_by_campaign, read_back
+from worker.sending.readback import ReadBack, deleted_by_campaign, purge_files, read_back
 from worker.sending.retry import RetryPolicy
+from worker.state.checkpoint import Checkpoint
 
 log = structlog.get_logger("audience_purge.run")
+
+
+BINDING = "selection.json"  # in the state directory: the rule and the file it collected
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A ``run --select`` ready to purge: what ``run_started`` says of the selection, the
+    file to read, and a temporary file to remove afterwards (a dry run's)."""
+
+    record: dict[str, Any]
+    input_path: str
+    temporary: Path | None = None
+
+
+async def prepare_selection(
+    runtime: Runtime, selecting: Selecting, point: Checkpoint | None, directory: Path
+) -> Prepared:
+    """The selection an unfinished purge collected, checked against the rule and its own
+    hash; or a new one, collected now and bound to the state (``selection.json``). A dry
+    run collects into a temporary file: the real selection may be a purge's input.
+
+    Raises:
+        StateError: the unfinished purge was selected by another rule, or its selection
+            is gone or changed since it was collected.
+        FatalError, KeyboardInterrupt: from :func:`collect_selection`.
+    """
+    if point is not None:
+        return Prepared({**bound(selecting, directory), "resumed": True}, str(selecting.path))
+    dry = runtime.settings.dry_run
+    target = _scratch() if dry else selecting.path
+    try:
+        found = await collect_selection(runtime, replace(selecting, path=target))
+    except BaseException:
+        if dry:
+            target.unlink(missing_ok=True)
+        raise
+    record = selecting.record(found)
+    if not dry:
+        binding = {"digest": selecting.rule.digest(), **record}
+        try:
+            write_atomic(directory / BINDING, orjson.dumps(binding, option=orjson.OPT_INDENT_2))
+        except OSError as exc:
+            raise OutputError("the state's selection record", directory / BINDING, exc) from None
+    return Prepared(record, str(target), target if dry else None)
+
+
+def bound(selecting: Selecting, directory: Path) -> dict[str, Any]:
+    """What the unfinished purge in ``directory`` collected, if this rule and this file are
+    still what it collected.
+
+    Raises:
+        StateError: they are not (or the record of them cannot be read).
+    """
+    again = "re-run the purge with the same rule flags, or add --fresh to select anew"
+    try:
+        data = orjson.loads((directory / BINDING).read_bytes())
+    except (OSError, orjson.JSONDecodeError) as exc:
+        raise StateError(
+            f"the purge under way in {directory} has no readable record of its selection "
+            f"({BINDING}: {getattr(exc, 'strerror', None) or exc}): add --fresh to select anew"
+        ) from None
+    if data.get("digest") != selecting.rule.digest():
+        raise StateError(
+            f"the purge under way in {directory} was selected by another rule "
+            f"({orjson.dumps(data.get('rule')).decode()}): {again}"
+        )
+    if not selecting.path.is_file():
+        raise StateError(
+            f"the purge under way in {directory} was selected into {selecting.path}, which "
+            "is gone: restore it to continue, or add --fresh to select anew"
+        )
+    collected = data.get("collected") or {}
+    if file_sha256(selecting.path) != collected.get("sha256"):
+        raise StateError(
+            f"the selection {selecting.path} changed since it was collected (its SHA-256 is "
+            f"not the one recorded in {directory / BINDING}): restore it, or add --fresh to "
+            "select anew"
+        )
+    return {key: data.get(key) for key in ("rule", "path", "collected")}
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _scratch() -> Path:
+    handle, name = tempfile.mkstemp(prefix="audience-purge-dry-run-", suffix=".csv")
+    os.close(handle)
+    return Path(name)
 
 
 async def collect_selection(runtime: Runtime, selecting: Selecting) -> Selection:
@@ -98,25 +199,31 @@ class Proof:
         return self.reader
 
     async def before(self) -> None:
-        if self.campaigns:
-            await take_stats(await self._read(), self.runtime.recorder, self.campaigns, "before")
+        """The stats before the first delete; a signal meanwhile ends the run (nothing
+        was sent) as interrupted.
+
+        Raises:
+            KeyboardInterrupt: SIGINT or SIGTERM while they were read.
+        """
+        if self.campaigns and not await self._stats(self.campaigns, "before"):
+            raise KeyboardInterrupt
 
     async def after(self, sent: RunResult) -> RunResult:
         """Verify and take the stats after; the result again, since ids still present make
-        it fail. A signal during the read-back ends the run as interrupted (resumable)."""
+        it fail. A signal meanwhile ends the run as interrupted (resumable)."""
         runtime = self.runtime
         campaigns = set(self.campaigns)
         checked: list[ReadBack] = []
         if self.verify:
             reader = await self._read()
             runtime.recorder.audit.sync()
-            deleted = deleted_by_campaign([runtime.audit_path])
+            deleted = deleted_by_campaign(self._purge_files())
             campaigns |= set(deleted.campaigns)
             work = read_back(reader, runtime.recorder, deleted, runtime.settings.page_size)
-            if await runtime.supervise(_settled(work, checked), reader.stop.set) or not checked:
+            if not await self._supervised(_kept(work, checked)) or not checked:
                 return runtime.result(interrupted=True, fatal=None)
-        if campaigns:
-            await take_stats(await self._read(), runtime.recorder, sorted(campaigns), "after")
+        if campaigns and not await self._stats(sorted(campaigns), "after"):
+            return runtime.result(interrupted=True, fatal=None)
         result = runtime.result(interrupted=False, fatal=None)
         unproven = checked[0].unproven if checked else {}
         if not unproven:
@@ -128,9 +235,31 @@ class Proof:
             unproven={str(c): why for c, why in sorted(unproven.items())},
         )
 
+    def _purge_files(self) -> list[Path]:
+        """The audit files of the whole purge, so that a resumed run reads back what every
+        run of it deleted, not only its own (a link it cannot follow is logged)."""
+        found = purge_files(self.runtime.audit_path)
+        if not found.complete:
+            log.warning("read back without an earlier run's deletions", reason=found.reason)
+        return found.files
 
-async def _settled(work: Awaitable[ReadBack], into: list[ReadBack]) -> None:
-    """``work`` to its end, its result kept in ``into``; a stop while it waits at the gate
-    ends it quietly (``into`` stays empty)."""
+    async def _stats(self, campaigns: Sequence[int], moment: str) -> bool:
+        reader = await self._read()
+        return await self._supervised(take_stats(reader, self.runtime.recorder, campaigns, moment))
+
+    async def _supervised(self, work: Awaitable[object]) -> bool:
+        """Run ``work`` under the signal handlers; False if a signal stopped it (a read
+        waiting at the gate or in a backoff then ends at once)."""
+        reader = await self._read()
+        stopped = await self.runtime.supervise(_quiet(work), reader.stop.set)
+        return not stopped and not reader.stop.is_set()
+
+
+async def _kept(work: Awaitable[ReadBack], into: list[ReadBack]) -> None:
+    into.append(await work)
+
+
+async def _quiet(work: Awaitable[object]) -> None:
+    """``work`` to its end; a stop while it waits at the gate ends it quietly."""
     with contextlib.suppress(Abandoned):
-        into.append(await work)
+        await work

@@ -19,8 +19,8 @@ from typing import Any, TextIO
 import structlog
 
 from worker.commands.findings import Findings, print_findings
-from worker.commands.proving import Proof, collect_selection
-from worker.errors import InputError, StateError, UsageError
+from worker.commands.proving import Proof, prepare_selection
+from worker.errors import InputError, UsageError
 from worker.exit_codes import ExitCode
 from worker.input.batching import Batch
 from worker.input.planning import Count, Plan, count_input, plan_batches
@@ -92,13 +92,13 @@ async def run_purge(
         store, point = open_state(directory, fresh=settings.fresh, target=run_target(settings))
     try:
         if selecting is not None:
-            point = _selection_state(selecting, store, point)
+            point = _selection_state(store, point)
         replayed = replay(point) if point is not None else Replayed()
         if point is not None:
             apply(point, replayed)
         plan = make_plan(point, settings)
         try:
-            job = _Job(input_path, selecting, counted)
+            job = _Job(input_path, selecting, counted, directory)
             return await _purge(runtime, plan, job, store, point, replayed, out)
         except UsageError:
             if point is None and store is not None:
@@ -109,29 +109,16 @@ async def run_purge(
             store.unlock()
 
 
-def _selection_state(
-    selecting: Selecting, store: StateStore | None, point: Checkpoint | None
-) -> Checkpoint | None:
-    """The saved progress a ``run --select`` continues: an unfinished purge's, from the
-    selection it collected; none after a finished one (the rule is collected anew, a new
-    purge of what matches it now).
-
-    Raises:
-        StateError: the unfinished purge's selection file is gone.
-    """
-    if point is None:
-        return None
-    if point.complete:
-        if store is not None:
-            store.clear()
-        return None
-    if not selecting.path.is_file():
-        raise StateError(
-            f"the purge under way ({store.directory if store else 'its state'}) was selected "
-            f"into {selecting.path}, which is gone: restore it to continue, or add --fresh to "
-            "select anew"
-        )
-    return point
+def _selection_state(store: StateStore | None, point: Checkpoint | None) -> Checkpoint | None:
+    """The saved progress a ``run --select`` continues: an unfinished purge's (its
+    selection is checked by :func:`~worker.commands.proving.prepare_selection`); none after
+    a finished one, whose state is cleared: the rule is collected anew, a new purge of what
+    matches it now."""
+    if point is None or not point.complete:
+        return point
+    if store is not None:
+        store.clear()
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +128,7 @@ class _Job:
     input_path: str
     selecting: Selecting | None
     counted: Count | None
+    directory: Path  # the state's, which a selection is bound to
 
 
 async def _purge(
@@ -167,14 +155,13 @@ async def _purge(
         state_dir=store.directory if store else None,
     ):
         started: dict[str, Any] = {}
-        counted = job.counted
+        counted, input_path, scratch = job.counted, job.input_path, None
         if job.selecting is not None:
-            collected = (
-                None if point is not None else await collect_selection(runtime, job.selecting)
-            )
-            started["selection"] = job.selecting.record(collected)
-            counted = await _count_for_guards(settings, job.input_path)
-        source = await open_input(job.input_path)
+            prepared = await prepare_selection(runtime, job.selecting, point, job.directory)
+            started["selection"] = prepared.record
+            input_path, scratch = prepared.input_path, prepared.temporary
+            counted = await _count_for_guards(settings, input_path)
+        source = await open_input(input_path)
         try:
             return await _read_and_send(
                 runtime,
@@ -192,6 +179,8 @@ async def _purge(
             )
         finally:
             source.close()
+            if scratch is not None:
+                scratch.unlink(missing_ok=True)
 
 
 async def _read_and_send(

@@ -6,6 +6,15 @@ own hash chain must verify (a changed, removed or reordered record is exit 2). T
 purges, shards, earlier verify runs), and any of their files may be read back here. The
 HMAC key (``--audit-key-file``) signs this run's own log; it is not asked of the inputs.
 
+A chain that verifies can still be cut short: a run without ``run_finished`` crashed, is
+still going, or lost its tail (``head -5 audit.jsonl`` verifies). The ids it recorded are
+read back, but ids it deleted after its last record are not in the files, so each such run
+is a ``WARNING:`` line, is listed in ``run_finished`` and the report (``incomplete_runs``),
+and the verdict says that the proof covers what the files record only (``caveat``). The
+exit code stays what the read-back found: the ids the files name are gone, or are not. A
+crashed run that a later run in the files continued is warned about but not a caveat: the
+run that continued it sent again what the crash left unrecorded.
+
 Then each campaign is read back (:mod:`worker.sending.readback`), with its stats, in a run
 of its own: its audit log holds ``run_started`` (the files with their SHA-256),
 ``audience_stats``, one ``verified`` per campaign and ``run_finished``; the ids still
@@ -24,7 +33,7 @@ from typing import Any, TextIO
 
 from worker.errors import FatalError, UsageError
 from worker.exit_codes import ExitCode, finished_code
-from worker.records.audit_query import verify_file
+from worker.records.audit_query import ChainEnd, verify_file
 from worker.records.report import STDOUT, plural
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
@@ -46,10 +55,12 @@ def verify_command(settings: Settings, paths: Sequence[Path]) -> int:
             deletion (of ``--campaign-id``, when given); nothing was requested.
     """
     files = distinct_files(paths)
-    described = [describe_file(path) for path in files]
+    checked = [describe_file(path) for path in files]
     deleted = recorded_deletions(files, settings.campaign_id)
     out = sys.stderr if settings.report == STDOUT else sys.stdout
-    return asyncio.run(verify(settings, files, described, deleted, out=out))
+    described = [about for about, _ in checked]
+    incomplete = incomplete_runs([end for _, end in checked])
+    return asyncio.run(verify(settings, files, described, deleted, out=out, incomplete=incomplete))
 
 
 def distinct_files(paths: Sequence[Path]) -> list[Path]:
@@ -70,9 +81,9 @@ def distinct_files(paths: Sequence[Path]) -> list[Path]:
     return list(seen.values())
 
 
-def describe_file(path: Path) -> dict[str, Any]:
+def describe_file(path: Path) -> tuple[dict[str, Any], ChainEnd]:
     """The file as ``run_started`` names it (path, size, SHA-256, records), once its own
-    chain verified.
+    chain verified, and what verifying it found (its runs).
 
     Raises:
         UsageError: it cannot be read, or its chain does not verify.
@@ -87,7 +98,7 @@ def describe_file(path: Path) -> dict[str, Any]:
             f"audit file {problem}: its chain does not verify, so its records prove nothing "
             f"(audience-purge audit verify {path} says more)"
         )
-    return {"path": str(path), "bytes": size, "sha256": digest, "records": end.records}
+    return {"path": str(path), "bytes": size, "sha256": digest, "records": end.records}, end
 
 
 def _sha256(path: Path) -> tuple[str, int]:
@@ -119,6 +130,72 @@ def recorded_deletions(files: Sequence[Path], campaign_id: int | None) -> Delete
     return deleted
 
 
+@dataclass(frozen=True, slots=True)
+class IncompleteRun:
+    """A run of an audit file that has no ``run_finished``: its last record is at ``line``
+    (``seq``); ``continued_by`` is the later run in the files that continued it, if any
+    (run id, file). A file with no complete record is one too, of no known run."""
+
+    path: Path
+    run_id: str | None
+    line: int = 1
+    seq: int | None = None
+    continued_by: tuple[str, Path] | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """For ``run_finished`` and the report."""
+        by = self.continued_by
+        return {
+            "file": str(self.path),
+            "run_id": self.run_id,
+            "line": self.line,
+            "last_seq": self.seq,
+            "continued_by": None if by is None else {"run_id": by[0], "file": str(by[1])},
+        }
+
+    def warning(self) -> str:
+        """The ``WARNING:`` line, naming the file, the line and the run."""
+        where = f"WARNING: {self.path}:{self.line}:"
+        if self.run_id is None:
+            return (
+                f"{where} no complete record (a run killed before its first record, or a "
+                "truncated file): the deletions it was to record are unknown"
+            )
+        said = f"{where} run {self.run_id} has no run_finished after seq {self.seq}"
+        if self.continued_by is not None:
+            run_id, path = self.continued_by
+            return f"{said} (a crash); run {run_id} in {path} continued it"
+        return (
+            f"{said} (a crash, a run still going, or a truncated file): the deletions it "
+            "records may be incomplete"
+        )
+
+
+def incomplete_runs(ends: Sequence[ChainEnd]) -> list[IncompleteRun]:
+    """Every run of the files (each verified on its own) that has no ``run_finished``, and
+    every file with no complete record."""
+    firsts = {end.first_prev: end for end in ends if end.records}
+    found = [IncompleteRun(end.path, None) for end in ends if not end.records]
+    for end in ends:
+        for number, run in enumerate(end.runs):
+            if not run.finished:
+                by = _continued_by(end, number, firsts)
+                found.append(IncompleteRun(end.path, run.run_id, run.last.line, run.last.seq, by))
+    return found
+
+
+def _continued_by(
+    end: ChainEnd, number: int, firsts: dict[str, ChainEnd]
+) -> tuple[str, Path] | None:
+    """The run that continued run ``number`` of ``end``: the next one in the file, or the
+    first of a file whose first record links to its last record (by hash, whatever the
+    file's name is now)."""
+    if number + 1 < len(end.runs):
+        return end.runs[number + 1].run_id, end.path
+    successor = firsts.get(end.runs[number].last.hash)
+    return None if successor is None else (successor.runs[0].run_id, successor.path)
+
+
 @dataclass(slots=True)
 class _Verification:
     """The supervised work: stats, then the read-back; ``stop`` ends it between reads."""
@@ -127,6 +204,7 @@ class _Verification:
     runtime: Runtime
     deleted: Deleted
     stop_event: asyncio.Event
+    incomplete: Sequence[IncompleteRun] = ()
     after: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     checked: ReadBack | None = None
     fatal: FatalError | None = None
@@ -154,8 +232,10 @@ async def verify(
     deleted: Deleted,
     *,
     out: TextIO = sys.stdout,
+    incomplete: Sequence[IncompleteRun] = (),
 ) -> int:
     """Read back the campaigns ``deleted`` names, in a run of its own; the exit code.
+    ``incomplete`` are the runs of the files without ``run_finished``: said, not failed.
 
     Raises:
         UsageError: an output (audit log, report, failed-out) is one of the audit files.
@@ -181,7 +261,7 @@ async def verify(
         client, gate = await runtime.api(concurrency=1)
         stop = asyncio.Event()
         reader = Reader(client, gate, RetryPolicy.from_settings(settings), stop=stop)
-        work = _Verification(reader, runtime, deleted, stop)
+        work = _Verification(reader, runtime, deleted, stop, incomplete)
         interrupted = await runtime.supervise(work.run(), work.stop)
         unproven = work.checked is not None and bool(work.checked.unproven)
         code = finished_code(
@@ -210,6 +290,8 @@ def _finished_fields(
         "requests": work.reader.requests,
         **checked.fields(),
         "failed_left": runtime.recorder.failed_left,
+        "incomplete_runs": [run.fields() for run in work.incomplete],
+        "caveat": _caveat(work.incomplete),
         "campaigns": {str(c): check.fields() for c, check in checked.campaigns.items()},
         **compare_stats(
             deleted.before,
@@ -228,6 +310,20 @@ _VERDICTS = {
 }
 
 
+def _caveat(incomplete: Sequence[IncompleteRun]) -> str | None:
+    """What the proof does not cover: runs cut short that no later run in the files
+    continued (what they deleted after their last record is in no file)."""
+    cut = sum(run.continued_by is None for run in incomplete)
+    if not cut:
+        return None
+    have = "has" if cut == 1 else "have"
+    return (
+        f"the proof covers only what the files record: {plural(cut, 'run')} in them {have} "
+        "no run_finished (a crash, or a truncated file), so the deletions recorded may be "
+        "incomplete"
+    )
+
+
 def _verdict(fields: dict[str, Any]) -> str:
     """``done``, or why not: ids still present outrank a campaign not read completely."""
     code = fields["exit_code"]
@@ -243,7 +339,11 @@ def print_verification(
     """A few lines for a person: the verdict, each campaign, where the files are."""
     code = fields["exit_code"]
     why = f": {fields['fatal_reason']}" if fields["fatal_reason"] else ""
-    lines = [f"audience-purge verify {runtime.run_id}: {_verdict(fields)} (exit {code}){why}"]
+    caveat = f"; but {fields['caveat']}" if fields["caveat"] else ""
+    lines = [
+        f"audience-purge verify {runtime.run_id}: {_verdict(fields)} (exit {code}){why}{caveat}",
+        *(run.warning() for run in work.incomplete),
+    ]
     checks = work.checked.campaigns if work.checked else {}
     for campaign in work.deleted.campaigns:
         check = checks.get(campaign)

@@ -26,7 +26,9 @@ import hashlib
 import io
 import os
 import re
+import shutil
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -38,7 +40,7 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import OutputError, UsageError
-from worker.files import make_dirs, open_private
+from worker.files import make_dirs
 
 if TYPE_CHECKING:
     from worker.sending.listing import Filters, Page
@@ -46,6 +48,7 @@ if TYPE_CHECKING:
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
 MAX_PASSES = 5
+MAX_AGE = timedelta(days=100 * 365)  # an age beyond it is a typo, and beyond datetime's range
 SELECTIONS = Path("purge-selections")  # where run --select keeps its selections by default
 _AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*", re.IGNORECASE)
 _AGE_UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
@@ -180,7 +183,10 @@ def parse_age(text: str) -> timedelta:
         raise UsageError(
             f"--older-than: expected an age such as 180d, 12w, 36h or 90m, got {text!r}"
         )
-    return timedelta(seconds=int(found[1]) * _AGE_UNITS[found[2].lower()])
+    seconds = int(found[1]) * _AGE_UNITS[found[2].lower()]
+    if seconds > MAX_AGE.total_seconds():
+        raise UsageError(f"--older-than: {text!r} is more than {MAX_AGE.days // 365} years")
+    return timedelta(seconds=seconds)
 
 
 def parse_time(text: str, flag: str) -> datetime:
@@ -286,16 +292,15 @@ async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: 
     _write(out, digest, HEADER)
     while True:
         result.passes += 1
-        totals = await _one_pass(rule, read_page, out, digest, seen, result, page_size)
-        if len(totals) <= 1:
+        why = await _one_pass(rule, read_page, out, digest, seen, result, page_size)
+        if why is None:
             break
-        log.info(
-            "the campaign changed while it was listed: listing it again", totals=sorted(totals)
-        )
+        log.info("listing the campaign again from page 1", campaign_id=rule.campaign_id, why=why)
         if result.passes >= MAX_PASSES:
             raise SelectionError(
-                f"campaign {rule.campaign_id} kept changing while it was listed "
-                f"({result.passes} passes): run the selection again when it is quiet"
+                f"campaign {rule.campaign_id} could not be listed completely in "
+                f"{result.passes} passes (the last: {why}): run the selection again when it "
+                "is quiet"
             )
     result.sha256 = digest.hexdigest()
     return result
@@ -309,29 +314,51 @@ async def _one_pass(
     seen: BitMap64,
     result: Selection,
     page_size: int,
-) -> set[int]:
-    """Read every page once; the ``totalRecords`` values the pages gave."""
+) -> str | None:
+    """Read every page once; None if the pass saw the whole listing, else why not: its
+    ``totalRecords`` changed, or it listed another number of records than that total (a
+    record added as another went keeps the total but shifts the pages; a server that
+    returns fewer records a page than asked ends early)."""
     totals: set[int] = set()
+    listed = BitMap64()  # this pass's records: ids seen in an earlier pass included
     number = 1
     while True:
         page = await read_page(number, page_size, rule.filters())
         result.pages += 1
         totals.add(page.total_records)
         for record in page.records:
-            audience_id = record["id"]
-            if audience_id in seen:
-                continue
-            seen.add(audience_id)
-            result.listed += 1
-            why = rule.why_not(record)
-            if why is not None:
-                result.left_out[why] = result.left_out.get(why, 0) + 1
-                continue
-            result.selected += 1
-            _write(out, digest, _row(rule, record))
+            listed.add(record["id"])
+            _take(rule, record, out, digest, seen, result)
         if not page.records or number >= page.total_pages:
-            return totals
+            break
         number += 1
+    if len(totals) > 1:
+        return f"totalRecords changed while it was read ({', '.join(map(str, sorted(totals)))})"
+    if len(listed) != page.total_records:
+        return f"listed {len(listed)} records of the {page.total_records} it reports"
+    return None
+
+
+def _take(
+    rule: Rule,
+    record: Mapping[str, Any],
+    out: IO[bytes],
+    digest: Any,
+    seen: BitMap64,
+    result: Selection,
+) -> None:
+    """Check one record against the rule (once, whichever pass meets it first)."""
+    audience_id = record["id"]
+    if audience_id in seen:
+        return
+    seen.add(audience_id)
+    result.listed += 1
+    why = rule.why_not(record)
+    if why is not None:
+        result.left_out[why] = result.left_out.get(why, 0) + 1
+        return
+    result.selected += 1
+    _write(out, digest, _row(rule, record))
 
 
 def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
@@ -358,44 +385,60 @@ def _write(out: IO[bytes], digest: Any, cells: Sequence[object]) -> None:
 
 
 class SelectionFile:
-    """Where a selection is written: ``-`` (stdout), or a file that appears whole or not at
-    all (written private under a temporary name, fsynced, renamed), so a selection cut off
-    by an error or a signal never looks like a complete one to a later ``run --input``.
+    """Where a selection is written: a file that appears whole or not at all (written
+    private under a temporary name, fsynced, renamed over the path), so a selection cut
+    off by an error or a signal never looks like a complete one to a later ``run --input``;
+    or ``-``, stdout, written only once the selection is complete (it is spooled to a
+    private temporary file until then) for the same reason.
 
     Raises (from the block or :meth:`commit`):
+        UsageError: the path is a directory, a device, a pipe: not a file to replace.
         OutputError: it could not be written.
     """
 
     def __init__(self, target: str | Path) -> None:
-        self.path = None if str(target) == "-" else Path(target)
+        self.path = None if str(target) == "-" else Path(os.path.realpath(target))
+        self._shown: object = target if self.path is not None else "to stdout"
         self._tmp: Path | None = None
-        self.file: IO[bytes] = sys.stdout.buffer
+        self.file: IO[bytes]
 
     def __enter__(self) -> SelectionFile:
-        if self.path is not None:
-            if self.path.is_dir():
-                raise UsageError(f"the selection {self.path} is a directory: name a file")
-            self._tmp = self.path.with_name(f".{self.path.name}.partial")
+        if self.path is None:
+            if sys.stdout is None:
+                raise UsageError("select --out -: stdout is closed; name a file with --out")
             with self.writing():
-                make_dirs(self.path.parent)
-                self._tmp.unlink(missing_ok=True)
-                self.file = open_private(self._tmp, "wb")
+                self.file = tempfile.TemporaryFile()
+            return self
+        if self.path.exists() and not self.path.is_file():
+            raise UsageError(
+                f"the selection {self._shown} is not a regular file (a directory, a device, "
+                "a pipe): name a file"
+            )
+        with self.writing():
+            make_dirs(self.path.parent)
+            handle, name = tempfile.mkstemp(
+                dir=self.path.parent, prefix=f".{self.path.name}.", suffix=".partial"
+            )
+            self._tmp = Path(name)
+            self.file = os.fdopen(handle, "wb")
         return self
 
     def commit(self) -> None:
-        """Make the selection the file at :attr:`path` (or flush it to stdout)."""
+        """Make the selection the file at :attr:`path` (or copy it to stdout)."""
         with self.writing():
             self.file.flush()
-            if self.path is None or self._tmp is None:
+            if self.path is None:
+                self.file.seek(0)
+                shutil.copyfileobj(self.file, sys.stdout.buffer)
+                sys.stdout.flush()
                 return
+            assert self._tmp is not None
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self._tmp, self.path)
             self._tmp = None
 
     def __exit__(self, *exc: object) -> None:
-        if self.path is None:
-            return
         with contextlib.suppress(OSError):
             self.file.close()
         if self._tmp is not None:
@@ -403,16 +446,15 @@ class SelectionFile:
 
     @contextlib.contextmanager
     def writing(self) -> Iterator[None]:
-        """Around writes to :attr:`file`: an OSError becomes an :class:`OutputError`; a
-        closed pipe (``select --out - | head``) also stops later writes to stdout, so that
-        the interpreter's own flush at exit does not fail a second time."""
+        """Around writes: an OSError becomes an :class:`OutputError`; a closed pipe
+        (``select --out - | head``) also stops later writes to stdout, so that the
+        interpreter's own flush at exit does not fail a second time."""
         try:
             yield
         except OSError as exc:
             if self.path is None and isinstance(exc, BrokenPipeError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            shown = self.path if self.path is not None else "to stdout"
-            raise OutputError("the selection", shown, exc) from None
+            raise OutputError("the selection", self._shown, exc) from None
 
 
 @dataclass(frozen=True, slots=True)
@@ -424,8 +466,21 @@ class Selecting:
     path: Path
 
     @classmethod
-    def of(cls, rule: Rule, given: Path | None) -> Selecting:
-        return cls(rule, given or SELECTIONS / f"select-{rule.campaign_id}-{rule.digest()}.csv")
+    def of(cls, rule: Rule, given: Path | None, shard: str | None = None) -> Selecting:
+        """The rule's selection file: ``given``, or one named after the rule (and the shard:
+        shards running side by side must not write one file).
+
+        Raises:
+            UsageError: ``given`` is ``-``: the selection is the purge's input, a file.
+        """
+        if given is not None and str(given) == "-":
+            raise UsageError(
+                "--selection names the file the selection is kept in (the purge's input): "
+                "it cannot be stdout; use select --out - to print one"
+            )
+        part = f"-shard-{shard.replace('/', '-of-')}" if shard else ""
+        name = f"select-{rule.campaign_id}-{rule.digest()}{part}.csv"
+        return cls(rule, given or SELECTIONS / name)
 
     def record(self, selection: Selection | None) -> dict[str, Any]:
         """What ``run_started`` says of the selection: the rule, the file, and what the

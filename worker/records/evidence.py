@@ -21,7 +21,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import orjson
+from pyroaring import BitMap64
 
+from worker.input.validate import MAX_ID
 from worker.records.audit_query import Verdict, duplicate_rows
 
 if TYPE_CHECKING:
@@ -76,7 +78,10 @@ class Figures:
     first_ts: datetime | None = None
     last_ts: datetime | None = None
     events: list[tuple[datetime, Counter[str]]] = field(default_factory=list)
-    # Read-backs (``verified``) summed per campaign: checked, listed, still_present, reads.
+    # Each campaign's distinct ids in deleted records: what a read-back has to look for.
+    deleted_ids: dict[int, BitMap64] = field(default_factory=lambda: defaultdict(BitMap64))
+    # Read-backs (``verified``) per campaign: reads, unproven reads, the most ids one read
+    # looked for (most_checked), and listed and still_present summed.
     readback: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     # campaign-audience-stats per campaign: the first "before" and the last "after".
     audience: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
@@ -102,6 +107,13 @@ def _ts(record: dict[str, Any]) -> datetime | None:
 
 def _count(value: Any) -> int:
     return len(value) if isinstance(value, list) else 0
+
+
+def _ids(value: Any) -> list[int]:
+    """The audience ids of a list, as a read-back takes them (valid ids only)."""
+    if not isinstance(value, list):
+        return []
+    return [i for i in value if type(i) is int and 0 < i <= MAX_ID]
 
 
 def figures(records: Iterable[dict[str, Any]]) -> Figures:
@@ -141,6 +153,8 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
                 point["retries"] += attempts - 1
             if record.get("http_status") == 429:
                 point["http_429"] += 1
+            if event == "deleted":
+                found.deleted_ids[campaign].update(_ids(record.get("audience_ids")))
         elif event in ("duplicates", "duplicate"):
             counts["duplicates"] += duplicate_rows(record)
         elif event == "unconfirmed":
@@ -157,12 +171,15 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
 
 
 def _count_readback(counts: Counter[str], record: dict[str, Any]) -> None:
-    """A ``verified`` record, counted: its ids still present are counted, never shown."""
+    """A ``verified`` record, counted: its ids still present are counted, never shown; a
+    read that never listed the campaign completely (``unproven`` set) is counted apart."""
     counts["reads"] += 1
+    counts["unproven"] += int(record.get("unproven") is not None)
     counts["still_present"] += _count(record.get("still_present"))
-    for name in ("checked", "listed"):
-        value = record.get(name)
-        counts[name] += value if isinstance(value, int) else 0
+    listed, checked = record.get("listed"), record.get("checked")
+    counts["listed"] += listed if isinstance(listed, int) else 0
+    if isinstance(checked, int):
+        counts["most_checked"] = max(counts["most_checked"], checked)
 
 
 def _note_stats(moments: dict[str, int], record: dict[str, Any]) -> None:
@@ -350,41 +367,68 @@ def _proof(found: Figures) -> list[str]:
         ]
     out.append(
         "<table><tr><th>campaign</th><th>ids deleted</th><th>ids looked for</th>"
-        "<th>still present</th><th>records listed</th><th>total before</th>"
-        "<th>total after</th><th>verdict</th></tr>"
+        "<th>still present</th><th>records listed</th><th>read-backs</th>"
+        "<th>unproven read-backs</th><th>total before</th><th>total after</th>"
+        "<th>verdict</th></tr>"
     )
     for campaign in campaigns:
         read, sizes = found.readback.get(campaign, Counter()), found.audience.get(campaign, {})
+        deleted = found.deleted_ids.get(campaign, BitMap64())
         out.append(
             _row(
                 str(campaign),
                 str(found.campaigns[campaign]["deleted"]),
-                str(read["checked"]) if read["reads"] else "not read back",
-                str(read["still_present"]) if read["reads"] else "",
-                str(read["listed"]) if read["reads"] else "",
+                *_read_cells(read),
                 _t(sizes.get("before")),
                 _t(sizes.get("after")),
-                _readback_verdict(read),
-                numeric=range(1, 7),
+                _readback_verdict(read, len(deleted)),
+                numeric=range(1, 9),
                 row_id=f"proof-{campaign}",
             )
         )
     out.append(
         "</table><p>“Ids looked for” are the ids the audit records as deleted, searched for "
-        "in a listing of the whole campaign (audience-list); ids still present are listed by "
-        "<code>audit find</code> and in the verify run's failed-out file. The totals are "
-        "campaign-audience-stats before the first run and after the last: other activity "
-        "on a campaign also moves them.</p>"
+        "in a listing of the whole campaign (audience-list): the most that one read-back "
+        "looked for (reading the same files twice proves no more than once). Ids still "
+        "present and records listed are summed over the read-backs; ids still present are "
+        "listed by <code>audit find</code> and in the verify run's failed-out file. An "
+        "unproven read-back never listed the campaign completely (it changed while it was "
+        "listed, or listed fewer records than it reported): it proves nothing either way. "
+        "The totals are campaign-audience-stats before the first run and after the last: "
+        "other activity on a campaign also moves them.</p>"
     )
     return out
 
 
-def _readback_verdict(read: Counter[str]) -> str:
+def _read_cells(read: Counter[str]) -> list[str]:
+    """Ids looked for, still present, records listed, read-backs, unproven read-backs."""
+    if not read["reads"]:
+        return ["not read back", "", "", "0", ""]
+    names = ("most_checked", "still_present", "listed", "reads", "unproven")
+    return [str(read[name]) for name in names]
+
+
+def _readback_verdict(read: Counter[str], deleted: int) -> str:
+    """``gone`` only if no read found an id still there, every read listed the campaign
+    completely, and one read looked for every distinct id deleted."""
     if not read["reads"]:
         return "no read-back"
+    found: list[str] = []
     if read["still_present"]:
-        return '<span class="bad">ids still present</span>'
-    return '<span class="ok">gone</span>'
+        found.append('<span class="bad">ids still present</span>')
+    if read["unproven"]:
+        found.append(
+            f'<span class="bad">not proven</span>: {read["unproven"]} of {read["reads"]} '
+            "read-back(s) never listed the campaign completely"
+        )
+    if read["most_checked"] < deleted:
+        found.append(
+            f'<span class="warn">partly read back</span>: the largest read-back looked for '
+            f"{read['most_checked']} of the {deleted} distinct ids deleted; the others were "
+            "never looked for (it read back some of the purge's runs only: verify --audit "
+            "with all the purge's files looks for them all)"
+        )
+    return "; ".join(found) or '<span class="ok">gone</span>'
 
 
 def _iso(when: datetime | None) -> str | None:

@@ -231,8 +231,11 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
                 f"  campaign {campaign}: {check['total_audience_before']} records before, "
                 f"{check['total_audience_after']} after: {check['explanation']}"
             )
-    if result.failed_left > t.failed:
-        earlier = plural(result.failed_left - t.failed, "id")
+    # failed_left holds this run's failures and, with a read-back, the ids found still
+    # present: only what is beyond both was carried over from earlier runs.
+    this_run = t.failed + t.still_present
+    if result.failed_left > this_run:
+        earlier = plural(result.failed_left - this_run, "id")
         lines.append(f"  failed in earlier runs, not retried: {earlier}")
     if result.exit_code in (ExitCode.FATAL, ExitCode.INTERRUPTED) or result.halted:
         lines.append("  to continue: fix the cause if any, then re-run the same command")

@@ -11,6 +11,10 @@ Paging is by offset, and offsets shift when records come and go beside us: a pas
 a pass is complete only if the total held and it listed that many records. A campaign
 never read completely is *unproven*: the ids seen are recorded, "none left" is not claimed.
 
+A purge resumed after a stop writes one audit file per run, each continuing the one before
+(its first record names it in ``previous``): :func:`purge_files` finds them all, so that a
+read-back covers every id the purge deleted, not only the last run's.
+
 The campaigns' sizes before and after are :mod:`worker.sending.audience_stats`.
 """
 
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, TypeGuard
 
+import orjson
 import structlog
 from pyroaring import BitMap64
 
@@ -90,6 +95,97 @@ def deleted_by_campaign(paths: Sequence[Path], campaign_id: int | None = None) -
         frozenset(emptied),
         {c: stats for c, (_, stats) in before.items()},
     )
+
+
+@dataclass(frozen=True, slots=True)
+class PurgeFiles:
+    """The audit files of one purge, oldest first; if following them back stopped short of
+    the purge's first file, why (``reason``) and the predecessor it could not take
+    (``missing``; None when the link names no file)."""
+
+    files: list[Path]
+    missing: Path | None = None
+    reason: str | None = None
+
+    @property
+    def complete(self) -> bool:
+        """Whether the files reach back to the purge's first run."""
+        return self.reason is None
+
+
+def purge_files(path: Path) -> PurgeFiles:
+    """The audit files of the purge whose latest file is ``path``, oldest first, ``path`` last.
+
+    A file continues another when its first record carries ``previous`` (``audit_log``,
+    ``run_id``, ``last_seq``, ``last_hash``); the links are followed back from ``path``. A
+    relative ``audit_log`` is taken as written, relative to the current directory. A file
+    whose first record has no ``previous`` began the purge (runs appended to one fixed
+    ``--audit-log`` are all in that file). The walk stops short, naming the file in
+    ``missing`` and why in ``reason``, at a predecessor that cannot be read, that does not
+    hold the record the link names (another file at that path now), or that is already
+    among the files (a loop): what came before it is unknown.
+
+    Raises:
+        OSError: ``path`` itself cannot be read.
+    """
+    files = [path]
+    seen = {path.resolve()}
+    link = _link(path)
+    while link is not None:
+        previous, wanted = link
+        if previous is None:
+            reason = f"{files[-1]} continues a run, but its link names no file"
+            return PurgeFiles(files[::-1], None, reason)
+        why = _unreachable(previous, wanted, seen)
+        if why is not None:
+            return PurgeFiles(files[::-1], previous, f"{files[-1]} continues {previous}, {why}")
+        files.append(previous)
+        seen.add(previous.resolve())
+        link = _link(previous)
+    return PurgeFiles(files[::-1])
+
+
+def _link(path: Path) -> tuple[Path | None, str] | None:
+    """The file ``path`` continues (None if its link names none) and the hash of the record
+    it continues from; None when its first record names no predecessor.
+
+    Raises:
+        OSError: ``path`` cannot be read.
+    """
+    with path.open("rb") as handle:
+        first = next((r for line in handle if isinstance(r := _parsed(line), dict)), None)
+    previous = first.get("previous") if first is not None else None
+    if not isinstance(previous, dict):
+        return None
+    name, last_hash = previous.get("audit_log"), previous.get("last_hash")
+    return (Path(name) if isinstance(name, str) and name else None), str(last_hash)
+
+
+def _unreachable(path: Path, wanted: str, seen: set[Path]) -> str | None:
+    """Why the predecessor a link names cannot be taken as the file it continues, or None."""
+    if path.resolve() in seen:
+        return "which is already among the purge's files (a loop)"
+    needle = b'"hash":"' + wanted.encode() + b'"'
+    try:
+        with path.open("rb") as handle:
+            for line in handle:
+                record = _parsed(line) if needle in line else None
+                if isinstance(record, dict) and record.get("hash") == wanted:
+                    return None
+    except OSError as exc:
+        return f"which cannot be read: {exc.strerror}"
+    return (
+        f"which does not hold the record it continues (hash {wanted[:12]}…): another file "
+        "is at that path now, or the path is relative to another directory"
+    )
+
+
+def _parsed(line: bytes) -> object:
+    try:
+        value: object = orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return None
+    return value
 
 
 def _is_id(value: object) -> TypeGuard[int]:
