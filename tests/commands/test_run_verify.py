@@ -225,3 +225,32 @@ async def test_verify_on_a_rerun_reads_back_what_every_run_of_the_purge_deleted(
     assert settings.failed_out is not None
     rows = settings.failed_out.read_text().splitlines()[1:]
     assert sorted(int(row.split(",")[1]) for row in rows) == sorted(alive)
+
+
+@pytest.mark.parametrize("faults", [FaultConfig(ack_without_delete=0.3, seed=5)])
+async def test_a_selection_purge_that_left_ids_still_present_retries_them_on_the_same_command(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    args = build_parser().parse_args(["run", "--select", "--status", "completed"])
+    selecting = Selecting.of(rule_from(args, LIVE.id, datetime.now(UTC)), tmp_path / "s.csv")
+    first_log, second_log = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    first = await run_purge(
+        make_settings(campaign_id=LIVE.id, verify=True, batch_size=25, audit_log=first_log),
+        str(selecting.path),
+        selecting=selecting,
+    )
+    assert first.exit_code == 1
+    assert first.tally.still_present > 0
+    collected = selecting.path.read_bytes()
+    sandbox.state.replace_faults(FaultConfig())
+    second = await run_purge(
+        make_settings(campaign_id=LIVE.id, verify=True, batch_size=25, audit_log=second_log),
+        str(selecting.path),
+        selecting=selecting,
+    )
+    assert second.exit_code == 0
+    assert second.tally.deleted == first.tally.still_present  # only those, retried
+    assert selecting.path.read_bytes() == collected  # not collected again
+    chosen = [int(line.split(b",")[1]) for line in collected.splitlines()[1:]]
+    assert not any(sandbox.state.campaigns[LIVE.id].alive(i) for i in chosen)
+    assert check([first_log, second_log]).errors == []

@@ -209,6 +209,10 @@ async def test_a_finished_selection_purge_run_again_selects_anew(
     assert again.exit_code == 0
     assert again.tally.deleted == 0
     assert selected(selecting.path) == []  # collected anew: nothing halted is left
+    # The new purge's file continues the finished one's chain: they verify as one.
+    verdict = check([settings.audit_log, tmp_path / "again.jsonl"])
+    assert verdict.errors == []
+    assert [end.path for end in verdict.files] == [settings.audit_log, tmp_path / "again.jsonl"]
 
 
 async def stopped_purge(

@@ -91,14 +91,15 @@ async def run_purge(
     else:
         store, point = open_state(directory, fresh=settings.fresh, target=run_target(settings))
     try:
+        carried = None
         if selecting is not None:
-            point = _selection_state(store, point)
+            point, carried = _selection_state(store, point)
         replayed = replay(point) if point is not None else Replayed()
         if point is not None:
             apply(point, replayed)
         plan = make_plan(point, settings)
         try:
-            job = _Job(input_path, selecting, counted, directory)
+            job = _Job(input_path, selecting, counted, directory, carried)
             return await _purge(runtime, plan, job, store, point, replayed, out)
         except UsageError:
             if point is None and store is not None:
@@ -109,16 +110,25 @@ async def run_purge(
             store.unlock()
 
 
-def _selection_state(store: StateStore | None, point: Checkpoint | None) -> Checkpoint | None:
-    """The saved progress a ``run --select`` continues: an unfinished purge's (its
-    selection is checked by :func:`~worker.commands.proving.prepare_selection`); none after
-    a finished one, whose state is cleared: the rule is collected anew, a new purge of what
-    matches it now."""
-    if point is None or not point.complete:
-        return point
+def _selection_state(
+    store: StateStore | None, point: Checkpoint | None
+) -> tuple[Checkpoint | None, dict[str, Any] | None]:
+    """The saved progress a ``run --select`` continues, and the audit chain a new purge of
+    the rule continues.
+
+    An unfinished purge, or a finished one with ids still failed, is resumed from the
+    selection it collected (checked by
+    :func:`~worker.commands.proving.prepare_selection`; the failed ids are retried, as
+    for any input). A purge finished with nothing left failed is over: the rule is
+    collected anew (what matches it now), and the new purge's audit file continues the
+    finished one's chain, so that their files verify as one.
+    """
+    if point is None or not point.complete or count(point.failed):
+        return point, None
+    link = previous_link(point) if store is not None else None
     if store is not None:
         store.clear()
-    return None
+    return None, link
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +139,7 @@ class _Job:
     selecting: Selecting | None
     counted: Count | None
     directory: Path  # the state's, which a selection is bound to
+    link: dict[str, Any] | None = None  # the chain a new purge of the same rule continues
 
 
 async def _purge(
@@ -148,7 +159,7 @@ async def _purge(
 
     runtime.failure_fields = read
     # A dry run's audit file stands alone: linking it to the purge's chain would fork it.
-    link = previous_link(point) if store is not None else None
+    link = (previous_link(point) or job.link) if store is not None else None
     async with runtime.recording(
         previous=link,
         failed_pairs=dict(point.failed) if point else None,
