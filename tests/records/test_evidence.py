@@ -300,10 +300,10 @@ def test_a_read_back_that_never_listed_the_campaign_completely_is_not_proven(
     assert numbers[4:6] == ["1", "1"]  # one read-back, and it is unproven
     assert "gone" not in verdict
     assert verdict.startswith('<span class="bad">not proven</span>')
-    assert "1 of 1 read-back(s) never listed the campaign completely" in verdict
+    assert "the latest read-back never listed the campaign completely" in verdict
 
 
-def test_one_unproven_read_back_among_complete_ones_leaves_the_campaign_not_proven(
+def test_the_latest_read_back_decides_whether_the_campaign_is_proven(
     tmp_path: Path,
 ) -> None:
     log = trail(
@@ -316,8 +316,30 @@ def test_one_unproven_read_back_among_complete_ones_leaves_the_campaign_not_prov
 
     assert numbers[4:6] == ["2", "1"]
     assert "not proven" in verdict
-    assert "1 of 2 read-back(s)" in verdict
     assert "gone" not in verdict
+    # An unproven read-back, then a complete one: proven now.
+    again = trail(
+        tmp_path / "again.jsonl",
+        [deleted(range(1, 11)), ("verified", verified(10, unproven=CHANGED))],
+        [("verified", verified(10))],
+    )
+    numbers, verdict = proof(page_of(again))
+    assert numbers[4:6] == ["2", "1"]
+    assert verdict == '<span class="ok">gone</span>'
+
+
+def test_ids_found_still_present_then_deleted_and_read_back_are_gone(tmp_path: Path) -> None:
+    found = {**verified(10), "still_present": [3, 4]}
+    log = trail(
+        tmp_path / "audit.jsonl",
+        [deleted(range(1, 11)), ("verified", found)],
+        [deleted(range(3, 5)), ("verified", verified(10))],
+    )
+
+    numbers, verdict = proof(page_of(log))
+
+    assert numbers[1:3] == ["10", "0"]  # the latest read-back: 10 looked for, none there
+    assert verdict == '<span class="ok">gone</span>'
 
 
 def test_a_read_back_of_fewer_ids_than_the_audit_deleted_is_partly_read_back(

@@ -80,9 +80,11 @@ class Figures:
     events: list[tuple[datetime, Counter[str]]] = field(default_factory=list)
     # Each campaign's distinct ids in deleted records: what a read-back has to look for.
     deleted_ids: dict[int, BitMap64] = field(default_factory=lambda: defaultdict(BitMap64))
-    # Read-backs (``verified``) per campaign: reads, unproven reads, the most ids one read
-    # looked for (most_checked), and listed and still_present summed.
+    # Read-backs (``verified``) per campaign: how many, and how many unproven (reads,
+    # unproven), and the latest one's figures (checked, still_present, listed, last_unproven):
+    # the latest read-back says what is gone now; an earlier one is history.
     readback: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
+    readback_ts: dict[int, str] = field(default_factory=dict)
     # campaign-audience-stats per campaign: the first "before" and the last "after".
     audience: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
 
@@ -162,7 +164,7 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
         elif event == "deleted_all":
             counts["deleted_all"] += 1
         elif event == "verified":
-            _count_readback(found.readback[campaign], record)
+            _count_readback(found, campaign, record)
         elif event == "audience_stats":
             _note_stats(found.audience[campaign], record)
         if point and when is not None:
@@ -170,16 +172,22 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
     return found
 
 
-def _count_readback(counts: Counter[str], record: dict[str, Any]) -> None:
-    """A ``verified`` record, counted: its ids still present are counted, never shown; a
-    read that never listed the campaign completely (``unproven`` set) is counted apart."""
+def _count_readback(found: Figures, campaign: int, record: dict[str, Any]) -> None:
+    """A ``verified`` record, counted (its ids still present are counted, never shown); the
+    latest one of the campaign (by ``ts``) gives the figures the verdict is made of."""
+    counts = found.readback[campaign]
     counts["reads"] += 1
-    counts["unproven"] += int(record.get("unproven") is not None)
-    counts["still_present"] += _count(record.get("still_present"))
+    unproven = int(record.get("unproven") is not None)
+    counts["unproven"] += unproven
+    when = str(record.get("ts", ""))
+    if when < found.readback_ts.get(campaign, ""):
+        return
+    found.readback_ts[campaign] = when
     listed, checked = record.get("listed"), record.get("checked")
-    counts["listed"] += listed if isinstance(listed, int) else 0
-    if isinstance(checked, int):
-        counts["most_checked"] = max(counts["most_checked"], checked)
+    counts["listed"] = listed if isinstance(listed, int) else 0
+    counts["checked"] = checked if isinstance(checked, int) else 0
+    counts["still_present"] = _count(record.get("still_present"))
+    counts["last_unproven"] = unproven
 
 
 def _note_stats(moments: dict[str, int], record: dict[str, Any]) -> None:
@@ -387,13 +395,15 @@ def _proof(found: Figures) -> list[str]:
             )
         )
     out.append(
-        "</table><p>“Ids looked for” are the ids the audit records as deleted, searched for "
-        "in a listing of the whole campaign (audience-list): the most that one read-back "
-        "looked for (reading the same files twice proves no more than once). Ids still "
-        "present and records listed are summed over the read-backs; ids still present are "
-        "listed by <code>audit find</code> and in the verify run's failed-out file. An "
-        "unproven read-back never listed the campaign completely (it changed while it was "
-        "listed, or listed fewer records than it reported): it proves nothing either way. "
+        "</table><p>“Ids looked for”, “still present” and “records listed” are the latest "
+        "read-back's: the ids the audit records as deleted, searched for in a listing of "
+        "the whole campaign (audience-list), those it found, and the records it listed. The "
+        "latest read-back says what is gone now; an earlier one that found ids still "
+        "present is history once they were deleted again and read back. Ids still present "
+        "are listed by <code>audit find</code> and in the failed-out file of the run that "
+        "found them. An unproven read-back never listed the campaign completely (it "
+        "changed while it was listed, or listed fewer records than it reported): it proves "
+        "nothing either way. "
         "The totals are campaign-audience-stats before the first run and after the last: "
         "other activity on a campaign also moves them.</p>"
     )
@@ -401,32 +411,33 @@ def _proof(found: Figures) -> list[str]:
 
 
 def _read_cells(read: Counter[str]) -> list[str]:
-    """Ids looked for, still present, records listed, read-backs, unproven read-backs."""
+    """Ids looked for, still present, records listed (by the latest read-back), read-backs,
+    unproven read-backs."""
     if not read["reads"]:
         return ["not read back", "", "", "0", ""]
-    names = ("most_checked", "still_present", "listed", "reads", "unproven")
+    names = ("checked", "still_present", "listed", "reads", "unproven")
     return [str(read[name]) for name in names]
 
 
 def _readback_verdict(read: Counter[str], deleted: int) -> str:
-    """``gone`` only if no read found an id still there, every read listed the campaign
-    completely, and one read looked for every distinct id deleted."""
+    """``gone`` only if the latest read-back listed the campaign completely, looked for
+    every distinct id deleted, and found none of them."""
     if not read["reads"]:
         return "no read-back"
     found: list[str] = []
     if read["still_present"]:
         found.append('<span class="bad">ids still present</span>')
-    if read["unproven"]:
+    if read["last_unproven"]:
         found.append(
-            f'<span class="bad">not proven</span>: {read["unproven"]} of {read["reads"]} '
-            "read-back(s) never listed the campaign completely"
+            '<span class="bad">not proven</span>: the latest read-back never listed the '
+            "campaign completely"
         )
-    if read["most_checked"] < deleted:
+    if read["checked"] < deleted:
         found.append(
-            f'<span class="warn">partly read back</span>: the largest read-back looked for '
-            f"{read['most_checked']} of the {deleted} distinct ids deleted; the others were "
-            "never looked for (it read back some of the purge's runs only: verify --audit "
-            "with all the purge's files looks for them all)"
+            f'<span class="warn">partly read back</span>: the latest read-back looked for '
+            f"{read['checked']} of the {deleted} distinct ids deleted; the others were "
+            "never looked for by it (verify --audit with all the purge's files looks for "
+            "them all)"
         )
     return "; ".join(found) or '<span class="ok">gone</span>'
 
