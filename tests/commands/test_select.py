@@ -346,3 +346,37 @@ async def test_each_filter_selects_what_a_scan_of_every_record_would(
     out = tmp_path / "selection.csv"
     await select(make_settings(page_size=500), rule(*flags), str(out))
     assert {int(r["audience_id"]) for r in selected(out)} == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["run", "--campaign-id", "77"], "say what to delete"),
+        (["run", "--input", "ids.csv", "--select", "--status", "fresh"], "choose one"),
+        (["run", "--input", "ids.csv", "--status", "fresh"], "only with --select"),
+        (["run", "--input", "ids.csv", "--selection", "s.csv"], "only with --select"),
+        (["run", "--select", "--campaign-id", "77"], "needs a rule"),
+        (["run", "--select", "--status", "fresh"], "needs --campaign-id"),
+        (
+            ["run", "--select", "--campaign-id", "77", "--status", "fresh", "--selection", "-"],
+            "cannot be stdout",
+        ),
+        (["select", "--campaign-id", "77", "--older-than", "3y"], "--older-than"),
+    ],
+)
+def test_what_to_delete_is_said_once_and_clearly(
+    argv: list[str],
+    said: str,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from worker.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("UNLEASHX_TOKEN", "t")
+    assert main([*argv, "--base-url", "http://127.0.0.1:9/api"]) == 2
+    err = capsys.readouterr().err
+    assert said in err
+    assert "Traceback" not in err
+    assert list(tmp_path.iterdir()) == []
