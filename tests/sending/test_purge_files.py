@@ -14,9 +14,9 @@ from conftest import read_audit, write_csv
 
 from worker.commands.run import run_purge
 from worker.records.audit import AuditLog
+from worker.records.purge_logs import PurgeFiles, deleted_by_campaign, purge_files
 from worker.records.report import RunResult
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.readback import PurgeFiles, deleted_by_campaign, purge_files
 from worker.settings import Settings
 from worker.settings.rate import RateSpec
 

@@ -14,6 +14,7 @@ from pyroaring import BitMap64
 
 from worker.errors import FatalError
 from worker.records.audit import AuditLog
+from worker.records.purge_logs import Deleted, deleted_by_campaign
 from worker.records.recorder import Recorder
 from worker.sandbox.runner import SandboxHandle
 from worker.sending.audience_stats import compare_stats, explain, take_stats
@@ -21,7 +22,7 @@ from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
 from worker.sending.listing import Filters, Page, Reader
 from worker.sending.ratelimit import rate_gate
-from worker.sending.readback import MAX_PASSES, Deleted, deleted_by_campaign, read_back
+from worker.sending.readback import MAX_PASSES, read_back
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 

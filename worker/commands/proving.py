@@ -24,12 +24,13 @@ from worker.errors import ApiError, OutputError, StateError
 from worker.exit_codes import ExitCode
 from worker.files import write_atomic
 from worker.input.selecting import Selecting, Selection, SelectionFile, collect
+from worker.records.purge_logs import deleted_by_campaign, purge_files
 from worker.records.report import RunResult
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
 from worker.sending.audience_stats import take_stats
 from worker.sending.listing import Reader, refused
-from worker.sending.readback import ReadBack, deleted_by_campaign, purge_files, read_back
+from worker.sending.readback import ReadBack, read_back
 from worker.sending.retry import RetryPolicy
 from worker.state.checkpoint import Checkpoint
 

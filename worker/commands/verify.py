@@ -34,13 +34,14 @@ from typing import Any, TextIO
 from worker.errors import FatalError, UsageError
 from worker.exit_codes import ExitCode, finished_code
 from worker.records.audit_query import ChainEnd, verify_file
+from worker.records.purge_logs import Deleted, IncompleteRun, deleted_by_campaign, incomplete_runs
 from worker.records.report import STDOUT, plural
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
 from worker.sending.audience_stats import compare_stats, take_stats
 from worker.sending.listing import Reader
-from worker.sending.readback import Deleted, ReadBack, deleted_by_campaign, read_back
+from worker.sending.readback import ReadBack, read_back
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 
@@ -128,72 +129,6 @@ def recorded_deletions(files: Sequence[Path], campaign_id: int | None) -> Delete
             "purge's audit logs?)"
         )
     return deleted
-
-
-@dataclass(frozen=True, slots=True)
-class IncompleteRun:
-    """A run of an audit file that has no ``run_finished``: its last record is at ``line``
-    (``seq``); ``continued_by`` is the later run in the files that continued it, if any
-    (run id, file). A file with no complete record is one too, of no known run."""
-
-    path: Path
-    run_id: str | None
-    line: int = 1
-    seq: int | None = None
-    continued_by: tuple[str, Path] | None = None
-
-    def fields(self) -> dict[str, Any]:
-        """For ``run_finished`` and the report."""
-        by = self.continued_by
-        return {
-            "file": str(self.path),
-            "run_id": self.run_id,
-            "line": self.line,
-            "last_seq": self.seq,
-            "continued_by": None if by is None else {"run_id": by[0], "file": str(by[1])},
-        }
-
-    def warning(self) -> str:
-        """The ``WARNING:`` line, naming the file, the line and the run."""
-        where = f"WARNING: {self.path}:{self.line}:"
-        if self.run_id is None:
-            return (
-                f"{where} no complete record (a run killed before its first record, or a "
-                "truncated file): the deletions it was to record are unknown"
-            )
-        said = f"{where} run {self.run_id} has no run_finished after seq {self.seq}"
-        if self.continued_by is not None:
-            run_id, path = self.continued_by
-            return f"{said} (a crash); run {run_id} in {path} continued it"
-        return (
-            f"{said} (a crash, a run still going, or a truncated file): the deletions it "
-            "records may be incomplete"
-        )
-
-
-def incomplete_runs(ends: Sequence[ChainEnd]) -> list[IncompleteRun]:
-    """Every run of the files (each verified on its own) that has no ``run_finished``, and
-    every file with no complete record."""
-    firsts = {end.first_prev: end for end in ends if end.records}
-    found = [IncompleteRun(end.path, None) for end in ends if not end.records]
-    for end in ends:
-        for number, run in enumerate(end.runs):
-            if not run.finished:
-                by = _continued_by(end, number, firsts)
-                found.append(IncompleteRun(end.path, run.run_id, run.last.line, run.last.seq, by))
-    return found
-
-
-def _continued_by(
-    end: ChainEnd, number: int, firsts: dict[str, ChainEnd]
-) -> tuple[str, Path] | None:
-    """The run that continued run ``number`` of ``end``: the next one in the file, or the
-    first of a file whose first record links to its last record (by hash, whatever the
-    file's name is now)."""
-    if number + 1 < len(end.runs):
-        return end.runs[number + 1].run_id, end.path
-    successor = firsts.get(end.runs[number].last.hash)
-    return None if successor is None else (successor.runs[0].run_id, successor.path)
 
 
 @dataclass(slots=True)
