@@ -216,14 +216,14 @@ def test_line_decodes_only_records_that_can_name_an_input_line(
     purged: Purged, capsys: Capsys, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     decoded: list[object] = []
-    parse = audit_query._parse
+    parse = audit_query.parse_line
 
     def counting(line: bytes) -> object:
         value = parse(line)
         decoded.append(value)
         return value
 
-    monkeypatch.setattr(audit_query, "_parse", counting)
+    monkeypatch.setattr(audit_query, "parse_line", counting)
     sent = [r for r in purged.records() if r["event"] in ("sending", "deleted")]
     assert all("2" in json.dumps(r) for r in sent)  # the number alone lets them through
 

@@ -165,7 +165,7 @@ def _lines(path: Path) -> Iterator[tuple[int, int, bytes]]:
         offset += len(line)
 
 
-def _parse(line: bytes) -> object:
+def parse_line(line: bytes) -> object:
     """The JSON value of a line, or None when it is not JSON (torn or corrupt)."""
     try:
         value: object = orjson.loads(line)
@@ -232,7 +232,7 @@ class _FileWalk:
 
     def _line(self, number: int, byte: int, line: bytes) -> Problem | None:
         path = self.end.path
-        record = _parse(line)
+        record = parse_line(line)
         if record is None and line.startswith(b"{"):
             self._torn.append(_Torn(number, byte))
             return None
@@ -349,7 +349,7 @@ def verify_file(
 def _first_prev(path: Path) -> str | None:
     """The ``prev_hash`` of a file's first complete record: what the file links to."""
     for _, line in _records(path):
-        record = _parse(line)
+        record = parse_line(line)
         if isinstance(record, dict):
             return str(record.get("prev_hash"))
     return None
@@ -661,7 +661,7 @@ def read_records(paths: Sequence[Path]) -> Iterator[tuple[Path, int, dict[str, A
     """Every parseable record of the files, with where it stands."""
     for path in paths:
         for number, line in _records(path):
-            record = _parse(line)
+            record = parse_line(line)
             if isinstance(record, dict):
                 yield path, number, record
 
@@ -778,7 +778,7 @@ def _candidates(
         for number, line in _records(path):
             if not wanted(line):
                 continue
-            record = _parse(line)
+            record = parse_line(line)
             if not isinstance(record, dict):
                 continue
             if campaign_id is not None and record.get("campaign_id") not in (campaign_id, None):

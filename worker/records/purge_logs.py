@@ -15,11 +15,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeGuard
 
-import orjson
 from pyroaring import BitMap64
 
 from worker.input.validate import MAX_ID
-from worker.records.audit_query import ChainEnd, read_records
+from worker.records.audit_query import ChainEnd, parse_line, read_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,7 +125,7 @@ def _link(path: Path) -> tuple[Path | None, str] | None:
         OSError: ``path`` cannot be read.
     """
     with path.open("rb") as handle:
-        first = next((r for line in handle if isinstance(r := _parsed(line), dict)), None)
+        first = next((r for line in handle if isinstance(r := parse_line(line), dict)), None)
     previous = first.get("previous") if first is not None else None
     if not isinstance(previous, dict):
         return None
@@ -142,7 +141,7 @@ def _unreachable(path: Path, wanted: str, seen: set[Path]) -> str | None:
     try:
         with path.open("rb") as handle:
             for line in handle:
-                record = _parsed(line) if needle in line else None
+                record = parse_line(line) if needle in line else None
                 if isinstance(record, dict) and record.get("hash") == wanted:
                     return None
     except OSError as exc:
@@ -151,14 +150,6 @@ def _unreachable(path: Path, wanted: str, seen: set[Path]) -> str | None:
         f"which does not hold the record it continues (hash {wanted[:12]}…): another file "
         "is at that path now, or the path is relative to another directory"
     )
-
-
-def _parsed(line: bytes) -> object:
-    try:
-        value: object = orjson.loads(line)
-    except orjson.JSONDecodeError:
-        return None
-    return value
 
 
 def _is_id(value: object) -> TypeGuard[int]:
