@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 import pytest
 from conftest import read_audit
 
@@ -380,3 +381,25 @@ def test_what_to_delete_is_said_once_and_clearly(
     assert said in err
     assert "Traceback" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_selection_that_fails_is_audited_and_reported(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Listing requests went out: the audit log and the report say what was asked and how
+    it ended, though nothing was deleted."""
+    from worker.sending.credentials import Secret
+
+    selecting = Selecting.of(rule("--status", "fresh"), tmp_path / "selection.csv")
+    settings = make_settings(campaign_id=LIVE, token=Secret("wrong"))
+    with pytest.raises(FatalError, match="authentication refused"):
+        await run_purge(settings, str(selecting.path), selecting=selecting)
+    records = read_audit(settings.audit_log)
+    assert [r["event"] for r in records] == ["run_started", "run_finished"]
+    assert records[0]["selection"]["rule"]["status"] == ["fresh"]
+    assert records[0]["selection"]["collected"] is None
+    assert records[1]["exit_code"] == 3
+    assert "authentication refused" in records[1]["error"]
+    assert settings.report is not None
+    assert orjson.loads(settings.report.read_bytes())["exit_code"] == 3
+    assert not selecting.path.exists()

@@ -168,7 +168,13 @@ async def _purge(
         started: dict[str, Any] = {}
         counted, input_path, scratch = job.counted, job.input_path, None
         if job.selecting is not None:
-            prepared = await prepare_selection(runtime, job.selecting, point, job.directory)
+            try:
+                prepared = await prepare_selection(runtime, job.selecting, point, job.directory)
+            except BaseException:
+                if point is None:  # the listing went out: the audit says so, and how it ended
+                    selection = job.selecting.record(None)
+                    runtime.start(dry_run=settings.dry_run, input=None, selection=selection)
+                raise
             started["selection"] = prepared.record
             input_path, scratch = prepared.input_path, prepared.temporary
             counted = await _count_for_guards(settings, input_path)
