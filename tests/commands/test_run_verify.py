@@ -254,3 +254,29 @@ async def test_a_selection_purge_that_left_ids_still_present_retries_them_on_the
     chosen = [int(line.split(b",")[1]) for line in collected.splitlines()[1:]]
     assert not any(sandbox.state.campaigns[LIVE.id].alive(i) for i in chosen)
     assert check([first_log, second_log]).errors == []
+
+
+async def test_the_evidence_page_states_the_rule_a_purge_selected_by(
+    sandbox: SandboxHandle, make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    args = build_parser().parse_args(
+        ["run", "--select", "--status", "halted", "--older-than", "30d"]
+    )
+    now = datetime(2026, 11, 30, 12, tzinfo=UTC)
+    selecting = Selecting.of(rule_from(args, LIVE.id, now), tmp_path / "s.csv")
+    settings = make_settings(campaign_id=LIVE.id, verify=True)
+    result = await run_purge(settings, str(selecting.path), selecting=selecting)
+    assert result.exit_code == 0
+    page = render(
+        (r for _, _, r in read_records([settings.audit_log])),
+        check([settings.audit_log]),
+        paths=[settings.audit_log],
+        generated="now",
+    )
+    collected = result.selection["collected"] if result.selection else {}
+    assert (
+        f"records of campaign {LIVE.id}, whose status is halted, last attempted before "
+        "2026-10-31T12:00:00Z (older than 30d); records never attempted left out. Collected "
+        f"{collected['selected']} of {collected['listed']} records listed"
+    ) in page
+    assert f"<code>{collected['sha256']}</code>" in page

@@ -272,7 +272,7 @@ def _row(*cells: str, numeric: Sequence[int] = (), row_id: str | None = None) ->
     )
 
 
-_RUN_KEYS = ("run_id", "command", "version", "input", "input_sha256", "settings")
+_RUN_KEYS = ("run_id", "command", "version", "input", "input_sha256", "settings", "selection")
 _CHAIN_KEYS = ("ts", "event", "seq", "prev_hash", "hash", "previous", "head_hmac")
 
 
@@ -296,6 +296,8 @@ def _runs(found: Figures) -> list[str]:
         out.append(_row("exit code", _t(finished.get("exit_code"))))
         if finished.get("interrupted"):
             out.append(_row("outcome", "interrupted"))
+        if isinstance(started.get("selection"), dict):
+            out.append(_row("selected by rule", selection_text(started["selection"])))
         extra = {k: v for k, v in started.items() if k not in _RUN_KEYS and k not in _CHAIN_KEYS}
         for key, value in extra.items():
             out.append(_row(f"started: {escape(key)}", _t(value)))
@@ -314,6 +316,41 @@ def _runs(found: Figures) -> list[str]:
                 out.append(_row(escape(str(key)), _t(value)))
             out.append("</table></details>")
     return out
+
+
+def selection_text(selection: dict[str, Any]) -> str:
+    """A ``run --select``'s rule and what it collected, in words (escaped HTML)."""
+    rule = selection.get("rule") if isinstance(selection.get("rule"), dict) else {}
+    assert isinstance(rule, dict)
+    parts = [f"records of campaign {_t(rule.get('campaign_id'))}"]
+    for key, label in (
+        ("status", "status"),
+        ("call_status", "call status"),
+        ("attempt", "attempts"),
+    ):
+        if rule.get(key):
+            parts.append(f"whose {label} is {' or '.join(_t(v) for v in rule[key])}")
+    if rule.get("last_attempt_before"):
+        older = f" (older than {_t(rule['older_than'])})" if rule.get("older_than") else ""
+        never = "included" if rule.get("include_never_attempted") else "left out"
+        parts.append(
+            f"last attempted before {_t(rule['last_attempt_before'])}{older}; records never "
+            f"attempted {never}"
+        )
+    text = ", ".join(parts) + "."
+    collected = selection.get("collected")
+    if isinstance(collected, dict):
+        text += (
+            f" Collected {_t(collected.get('selected'))} of {_t(collected.get('listed'))} "
+            f"records listed ({_t(collected.get('pages'))} pages, "
+            f"{_t(collected.get('passes'))} pass(es)) into {_t(selection.get('path'))}, "
+            f"SHA-256 <code>{_t(collected.get('sha256'))}</code>."
+        )
+    else:
+        text += " Not collected: the run ended before its selection was complete."
+    if selection.get("resumed"):
+        text += " This run resumed the purge of that selection (collected by an earlier run)."
+    return text
 
 
 _COLUMNS = (
