@@ -289,7 +289,7 @@ async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: 
     result = Selection()
     seen = BitMap64()
     digest = hashlib.sha256()
-    _write(out, digest, HEADER)
+    _write(out, digest, [HEADER])
     while True:
         result.passes += 1
         why = await _one_pass(rule, read_page, out, digest, seen, result, page_size)
@@ -326,9 +326,12 @@ async def _one_pass(
         page = await read_page(number, page_size, rule.filters())
         result.pages += 1
         totals.add(page.total_records)
+        rows = []
         for record in page.records:
             listed.add(record["id"])
-            _take(rule, record, out, digest, seen, result)
+            if _take(rule, record, seen, result):
+                rows.append(_row(rule, record))
+        _write(out, digest, rows)
         if not page.records or number >= page.total_pages:
             break
         number += 1
@@ -339,26 +342,20 @@ async def _one_pass(
     return None
 
 
-def _take(
-    rule: Rule,
-    record: Mapping[str, Any],
-    out: IO[bytes],
-    digest: Any,
-    seen: BitMap64,
-    result: Selection,
-) -> None:
-    """Check one record against the rule (once, whichever pass meets it first)."""
+def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selection) -> bool:
+    """Check one record against the rule (once, whichever pass meets it first): whether it
+    is selected."""
     audience_id = record["id"]
     if audience_id in seen:
-        return
+        return False
     seen.add(audience_id)
     result.listed += 1
     why = rule.why_not(record)
     if why is not None:
         result.left_out[why] = result.left_out.get(why, 0) + 1
-        return
+        return False
     result.selected += 1
-    _write(out, digest, _row(rule, record))
+    return True
 
 
 def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
@@ -376,9 +373,12 @@ def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
     )
 
 
-def _write(out: IO[bytes], digest: Any, cells: Sequence[object]) -> None:
+def _write(out: IO[bytes], digest: Any, rows: Sequence[Sequence[object]]) -> None:
+    """A page's rows, as CSV, into the file and its hash (one write a page)."""
+    if not rows:
+        return
     text = io.StringIO()
-    csv.writer(text, lineterminator="\n").writerow(cells)
+    csv.writer(text, lineterminator="\n").writerows(rows)
     data = text.getvalue().encode()
     digest.update(data)
     out.write(data)
