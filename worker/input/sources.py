@@ -302,6 +302,7 @@ async def skip_prefix(source: ByteSource, digest: InputDigest, prefix: Prefix) -
     """
     hashed = hashlib.sha256()
     remaining = prefix.size
+    last = b"\n"
     while remaining:
         block = await source.read()
         if not block:
@@ -312,6 +313,7 @@ async def skip_prefix(source: ByteSource, digest: InputDigest, prefix: Prefix) -
         take = block[:remaining]
         hashed.update(take)
         remaining -= len(take)
+        last = take[-1:]
         if len(take) < len(block):
             source.unread(block[len(take) :])
     if hashed.hexdigest() != prefix.sha256:
@@ -319,7 +321,36 @@ async def skip_prefix(source: ByteSource, digest: InputDigest, prefix: Prefix) -
             f"input {source.name} changed since the state was written (its first "
             f"{prefix.size} bytes differ): re-run with --fresh to start over"
         )
+    if last != b"\n" and (ending := await _ending_of_last_line(source)):
+        # The newline that ends the finished input's last line belongs to that line (which
+        # was counted already): taken here, it does not start an empty one.
+        hashed.update(ending)
+        prefix = replace(prefix, size=prefix.size + len(ending))
     digest.restart(prefix, hashed)
+
+
+async def _ending_of_last_line(source: ByteSource) -> bytes:
+    """The prefix ends inside a line: the finished input's last line had no newline. Bytes
+    after it that do not start with one continue that line (``1\n2`` + ``3\n`` is
+    ``1\n23\n``): the row that was sent as ``2`` is now ``23``, a changed row, not an
+    added one. (``1\n2`` + ``\n3\n`` ends line 2 as it was, then adds a row.)
+
+    Returns the newline that ends it now, if one was added (taken from ``source``).
+
+    Raises:
+        StateError: bytes that continue the last line follow the prefix.
+    """
+    block = await source.read()
+    ending = next((nl for nl in (b"\n", b"\r\n") if block.startswith(nl)), b"")
+    source.unread(block[len(ending) :])
+    if block and not ending:
+        raise StateError(
+            f"input {source.name} changed since the state was written: its last line had "
+            "no newline at its end, and the bytes added since continue that line (a row "
+            "that was sent is now another): re-run with --fresh to start over, or restore "
+            "the file and add the rows after a newline"
+        )
+    return ending
 
 
 # -- cutting the bytes into records --------------------------------------------------------
