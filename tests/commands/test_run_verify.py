@@ -280,3 +280,20 @@ async def test_the_evidence_page_states_the_rule_a_purge_selected_by(
         f"{collected['selected']} of {collected['listed']} records listed"
     ) in page
     assert f"<code>{collected['sha256']}</code>" in page
+
+
+def test_dry_runs_and_verify_runs_keep_their_audit_logs_apart(
+    make_settings: Callable[..., Settings], tmp_path: Path
+) -> None:
+    """Each is a chain of its own: beside a purge's files, audit verify would call two
+    chains in one set tampering."""
+    from worker.runtime.runtime import Runtime
+
+    audit_dir = tmp_path / "purge-audit"
+    settings = make_settings(audit_log=None, audit_dir=audit_dir)
+    assert Runtime(settings, "run").audit_path.parent == audit_dir
+    dry = make_settings(audit_log=None, audit_dir=audit_dir, dry_run=True)
+    assert Runtime(dry, "run", needs_token=False).audit_path.parent == audit_dir / "dry-run"
+    assert Runtime(settings, "verify").audit_path.parent == audit_dir / "verify"
+    given = make_settings(audit_log=tmp_path / "mine.jsonl", dry_run=True)
+    assert Runtime(given, "run", needs_token=False).audit_path == tmp_path / "mine.jsonl"

@@ -92,7 +92,9 @@ class Runtime:
             else None
         )
         self.run_id = new_run_id()
-        self.audit_path = settings.audit_log or default_audit_path(settings.audit_dir, self.run_id)
+        self.audit_path = settings.audit_log or default_audit_path(
+            _standalone_dir(settings, command), self.run_id
+        )
         self._started = time.monotonic()
         self._stack = AsyncExitStack()
         self._background: list[Work] = []
@@ -433,6 +435,15 @@ def _first(group: BaseExceptionGroup[BaseException]) -> BaseException:
     for other in errors[1:]:
         log.error("another task failed too", error=repr(other))
     return errors[0]
+
+
+def _standalone_dir(settings: Settings, command: str) -> Path:
+    """Where a run's audit log goes by default: a dry run's and a ``verify`` run's, each a
+    chain of its own, in a subdirectory, so that ``audit verify purge-audit/*.jsonl`` reads
+    the purges' chains only (two files that both start a chain are tampering there)."""
+    if command == "verify":
+        return settings.audit_dir / "verify"
+    return settings.audit_dir / "dry-run" if settings.dry_run else settings.audit_dir
 
 
 def _signer(path: Path | None) -> Signer | None:
