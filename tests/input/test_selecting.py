@@ -48,8 +48,8 @@ def test_age_units() -> None:
     assert parse_age("180d") == timedelta(days=180)
     assert parse_age("12w") == timedelta(weeks=12)
     assert parse_age("36h") == timedelta(hours=36)
-    assert parse_age("90M") == timedelta(minutes=90)
-    for bad in ("", "180", "0d", "1y", "-3d", "1.5d", "d"):
+    assert parse_age("90m") == timedelta(minutes=90)
+    for bad in ("", "180", "0d", "1y", "-3d", "1.5d", "d", "6M", "180D"):
         with pytest.raises(UsageError, match="--older-than"):
             parse_age(bad)
 

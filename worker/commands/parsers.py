@@ -227,8 +227,8 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     },
     "select": {
         ExitCode.OK: "the selection is written (even an empty one)",
-        ExitCode.USAGE: "usage or configuration error, or an answer that does not match the "
-        "rule: nothing was written",
+        ExitCode.USAGE: "usage or configuration error, a record the rule cannot be checked "
+        "on, or a campaign not listed completely in 5 passes: nothing was written",
         ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign), or it "
         "kept failing",
         ExitCode.IO_ERROR: "the selection could not be written",
@@ -484,7 +484,8 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     age.add_argument(
         "--older-than",
         metavar="AGE",
-        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m (days are 24 h)",
+        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m (m is minutes; days are "
+        "24 h; months in days: 183d)",
     )
     age.add_argument(
         "--last-attempt-before",
@@ -683,6 +684,11 @@ def _add_redrive_parser(commands: Any) -> None:
 
 _LISTING = ("base_url", "token_file", "rate", "timeout", "max_attempts", "page_size")
 _LISTING_TAIL = ("insecure_http", "log_level", "log_format")
+# What the settings of deletions mean for a command that only reads.
+_READ_HELPS = {
+    "base_url": "API base URL; /audience-list and /campaign-audience-stats are appended",
+    "max_attempts": "attempts per read (page or stats), first included",
+}
 
 
 def _add_select_parser(commands: Any) -> None:
@@ -701,7 +707,7 @@ def _add_select_parser(commands: Any) -> None:
         parser,
         ("campaign_id", *_LISTING, *_LISTING_TAIL),
         required=("campaign_id",),
-        helps={"campaign_id": "the campaign to select from"},
+        helps={"campaign_id": "the campaign to select from", **_READ_HELPS},
     )
 
 
@@ -729,5 +735,5 @@ def _add_verify_parser(commands: Any) -> None:
             "failed_out",
             *_LISTING_TAIL,
         ),
-        helps={"campaign_id": "only this campaign of the audit logs"},
+        helps={"campaign_id": "only this campaign of the audit logs", **_READ_HELPS},
     )

@@ -65,8 +65,11 @@ async def select(settings: Settings, rule: Rule, out: str) -> Selection:
 def describe(rule: Rule, selection: Selection) -> str:
     """One line for a person: what was selected out of what was listed, and why not more."""
     left = ", ".join(f"{why} {n}" for why, n in sorted(selection.left_out.items()))
+    cutoff = rule.describe()["last_attempt_before"]
     return (
-        f"campaign {rule.campaign_id}: selected {plural(selection.selected, 'record')} of "
+        f"campaign {rule.campaign_id}: selected {plural(selection.selected, 'record')}"
+        + (f" last attempted before {cutoff}" if cutoff else "")
+        + " of "
         f"{selection.listed} listed ({plural(selection.pages, 'page')}, "
         f"{plural(selection.passes, 'pass', 'passes')})" + (f"; left out: {left}" if left else "")
     )

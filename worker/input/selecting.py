@@ -50,7 +50,9 @@ HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "ca
 MAX_PASSES = 5
 MAX_AGE = timedelta(days=100 * 365)  # an age beyond it is a typo, and beyond datetime's range
 SELECTIONS = Path("purge-selections")  # where run --select keeps its selections by default
-_AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*", re.IGNORECASE)
+# Lower case only: 6M is six months to many a reader of a retention rule, and six minutes
+# here; an age in months or years is given in days (the vendor's calendar is unknown).
+_AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*")
 _AGE_UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _NEVER = ("", "0000-00-00 00:00:00", "0000-00-00")
 log = structlog.get_logger("audience_purge.select")
@@ -181,9 +183,10 @@ def parse_age(text: str) -> timedelta:
     found = _AGE.fullmatch(text)
     if found is None or int(found[1]) == 0:
         raise UsageError(
-            f"--older-than: expected an age such as 180d, 12w, 36h or 90m, got {text!r}"
+            f"--older-than: expected an age such as 180d, 12w, 36h or 90m (minutes), got "
+            f"{text!r}; give months or years in days (6 months: 183d)"
         )
-    seconds = int(found[1]) * _AGE_UNITS[found[2].lower()]
+    seconds = int(found[1]) * _AGE_UNITS[found[2]]
     if seconds > MAX_AGE.total_seconds():
         raise UsageError(f"--older-than: {text!r} is more than {MAX_AGE.days // 365} years")
     return timedelta(seconds=seconds)
