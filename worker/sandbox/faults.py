@@ -7,7 +7,9 @@ once per delete request that would be applied (a known campaign and ids): switch
 the other faults of a seed exactly as they were.
 
 The rate limit is a sliding-window log, not a fixed window that resets on the minute, so a
-client cannot burst 2x its budget across a window edge.
+client cannot burst 2x its budget across a window edge. Like the vendor's, which is per API key,
+it covers every API request (reads and update-campaign too, not only deletes), as do the injected
+5xx and dropped connections.
 
 Counting rule: only requests that the limiter *accepts* enter the window. A refused request (429)
 does not, so a client that keeps hammering is not locked out forever; it gets back in as soon as

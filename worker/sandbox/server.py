@@ -1,11 +1,13 @@
 """The sandbox HTTP app: the UnleashX campaign-audience endpoints plus a test control plane.
 
 Request pipeline for API routes (``faults_middleware``): count → fault draw → latency → drop →
-401 → (delete-audience only) 429 limit → injected 5xx → the handler, which validates the body.
+401 → 429 limit → injected 5xx → the handler, which validates the body. Every API request goes
+through all of it, reads and update-campaign as much as delete-audience: the vendor's rate limit is
+per API key and counts every request, and a 5xx or a dropped connection can meet any of them.
 Injected 5xx and drops happen *before* anything is applied, so a retried request is the only way
-its ids get deleted. A valid delete with ids may then be acknowledged without being applied
-(``ack_without_delete``): the one fault a client sees only by reading the campaign back. Control
-routes under ``/_sandbox`` bypass faults and auth.
+its ids get deleted (or a campaign's status changed). A valid delete with ids may then be
+acknowledged without being applied (``ack_without_delete``): the one fault a client sees only by
+reading the campaign back. Control routes under ``/_sandbox`` bypass faults, auth and the limit.
 
 audience-list pages by offset over the surviving records that match the filters (``filters``),
 in ascending id order: page P of limit L holds the matches at positions (P-1)*L .. P*L-1 *at the
@@ -99,7 +101,7 @@ def _query_int(value: str | None) -> int | None:
 
 @web.middleware
 async def faults_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Apply injected faults, auth and the rate limit, and count outcomes, for API routes."""
+    """Apply injected faults, auth and the rate limit, and count outcomes, for every API route."""
     if request.path.startswith(CONTROL_PREFIX):
         return await handler(request)
     state = request.app[STATE_KEY]
@@ -128,13 +130,13 @@ async def _guarded(
     config = request.app[CONFIG_KEY]
     if not secrets.compare_digest(request.headers.get("token", ""), config.token):
         return _message("Unauthorized", 401)
-    if request.match_info.route.name == DELETE_ROUTE:
-        wait = state.admit_delete()
-        if wait is not None:
-            return _message("Too Many Requests", 429, {"Retry-After": str(wait)})
-        if server_error is not None:
-            headers = {"Retry-After": "1"} if state.faults.retry_after_on_5xx else None
-            return _message(SERVER_ERROR_MESSAGES[server_error], server_error, headers)
+    # admit_delete is named for history: it admits every API request (tests wrap it by name).
+    wait = state.admit_delete()
+    if wait is not None:
+        return _message("Too Many Requests", 429, {"Retry-After": str(wait)})
+    if server_error is not None:
+        headers = {"Retry-After": "1"} if state.faults.retry_after_on_5xx else None
+        return _message(SERVER_ERROR_MESSAGES[server_error], server_error, headers)
     return await handler(request)
 
 

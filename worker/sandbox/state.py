@@ -2,7 +2,8 @@
 
 The bookkeeping exists for tests and benchmarks, which ask the sandbox afterwards what the client
 actually did: which ids arrived, how often an id was resent, how large batches were, and when
-accepted requests came in (to prove a client never outran its rate). It also says what the
+the API requests the rate limit admitted came in, reads and update-campaign as well as deletes
+(``accepted_times``, to prove a client never outran its rate). It also says what the
 sandbox did wrong on purpose that a client cannot see in the answers: the deletes it acknowledged
 without applying (``acked_not_applied``), which a read-back must find.
 """
@@ -92,7 +93,11 @@ class SandboxState:
         self.injector = FaultInjector(config)
 
     def admit_delete(self) -> int | None:
-        """Pass a delete request through the rate limit: None if admitted, else Retry-After."""
+        """Pass an API request, of any route, through the rate limit: None if admitted (its
+        time goes to ``accepted_times``), else Retry-After in whole seconds.
+
+        Named when only deletes were limited; the name stays because tests wrap it.
+        """
         wait = self.limiter.acquire(self.faults.limit_per_second, self.faults.limit_per_minute)
         if wait is None:
             self.accepted_times.append(self.clock() - self.started)
