@@ -8,8 +8,11 @@ shares an audit directory on purpose decides that.
 from __future__ import annotations
 
 import os
+import stat
 from pathlib import Path
 from typing import IO, Any
+
+from worker.errors import UsageError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -46,3 +49,28 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
             handle.flush()
             os.fsync(handle.fileno())
     os.replace(tmp, path)
+
+
+def file_to_write(path: Path, what: str, flag: str) -> Path:
+    """The file ``path`` names, through symlinks: the one a run writes and replaces.
+
+    Raises:
+        UsageError: ``path`` is ``-`` (only ``--report`` writes to stdout), or names
+            something that is not a regular file (a directory, a device, a pipe), which
+            would be found only when the run puts its file in place, after sending.
+    """
+    if path == Path("-"):
+        raise UsageError(
+            f"{flag} - would write a file named -: only --report takes - (stdout); "
+            f"name a file for {what}"
+        )
+    real = Path(os.path.realpath(path))
+    try:
+        mode = real.stat().st_mode
+    except OSError:  # missing, or unreachable: creating it says why
+        return real
+    if not stat.S_ISREG(mode):
+        raise UsageError(
+            f"{what} {path} is not a regular file (a directory, a device, a pipe): name a file"
+        )
+    return real

@@ -405,10 +405,19 @@ async def test_a_results_file_that_fills_the_disk_mid_run_ends_it_with_exit_74(
 
 
 async def test_a_results_file_that_cannot_be_put_in_place_raises_and_keeps_every_row(
-    make_settings: MakeSettings, tmp_path: Path, results: Path
+    make_settings: MakeSettings,
+    tmp_path: Path,
+    results: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    opening = ResultsFile.__init__
+
+    def then_blocked(self: ResultsFile, path: Path, run_id: str) -> None:
+        opening(self, path, run_id)
+        (path / "in-the-way").mkdir(parents=True)  # after the checks: a directory in the way
+
+    monkeypatch.setattr(ResultsFile, "__init__", then_blocked)
     path = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 31)])
-    (results / "in-the-way").mkdir(parents=True)  # a directory where the file should go
     settings = make_settings(campaign_id=42, results=results)
 
     with pytest.raises(OutputError, match="cannot write the results file"):

@@ -12,6 +12,10 @@ default a resumed run retries them first, so only ids it did not send again
 (``--no-retry-failed``, a stop before their turn) keep it; ``audit find --id`` on the
 earlier runs' audit logs gives their reason. ``run --input`` takes the file as it is: the
 header names campaign_id and audience_id, and a third column is ignored.
+
+``-`` (only ``--report`` takes stdout) and a path that is not a regular file (a directory,
+a device, a pipe) are refused when the file is opened, before anything is sent; a symlink
+is written through.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import OutputError
-from worker.files import make_dirs, open_private, write_atomic
+from worker.files import file_to_write, make_dirs, open_private, write_atomic
 
 HEADER = ("campaign_id", "audience_id", "reason")
 CARRIED = "failed in an earlier run (see its audit log)"
@@ -41,14 +45,22 @@ class FailedOut:
     """Observer: the failed ids and why, as a CSV that ``run --input`` accepts as is."""
 
     def __init__(self, path: Path, failed: Pairs | None = None) -> None:
-        self.path = path
+        """Create the file now, with the ids carried over, so that an unwritable path
+        stops the run before it sends.
+
+        Raises:
+            UsageError: ``path`` is ``-`` or not a regular file (a directory, a device, a
+                pipe); a symlink is written through.
+            OutputError: the file could not be created or written.
+        """
+        self.path = file_to_write(path, "the failed-out file", "--failed-out")
         self._failed: Pairs = failed if failed is not None else {}
         # This run's reason for each pair that failed in it (disjoint: the last one wins).
         self._reasons: dict[str, dict[int, BitMap64]] = {}
         with self._writing():
-            make_dirs(path.parent)
-            path.unlink(missing_ok=True)  # created anew, private
-            self._file: IO[str] = open_private(path, "w", newline="", encoding="utf-8")
+            make_dirs(self.path.parent)
+            self.path.unlink(missing_ok=True)  # created anew, private
+            self._file: IO[str] = open_private(self.path, "w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._file)
             self._csv.writerow(HEADER)
             self._csv.writerows(_rows(self._failed, CARRIED))

@@ -21,19 +21,27 @@ exactly it (batches settle out of order, duplicates are recorded in groups, a re
 settles late; input order would need an external sort): sorting on ``line`` gives input
 order. An id retried from an earlier run's failures (a resumed run sends those
 first) is not an input row of this run: its row's ``line`` is empty. Input rows with no
-row here: those an earlier run finished (a resumed run skips them: that run's file has
-them, so give each run its own ``--results`` path to keep every file), another shard's
-(``--shard``), and, when the run is stopped (a signal, a fatal answer, a guard), those it
-did not settle (``unconfirmed``, never sent, never read): the next run sends them and
-gives them their row. A batch refused by a fatal answer (a bad token) is ``failed`` here
-with that reason, and sent again by the next run. A dry run writes no results file.
+row of this run: those an earlier run finished (a resumed run skips them), another
+shard's (``--shard``), and, when the run is stopped (a signal, a fatal answer, a guard),
+those it did not settle (``unconfirmed``, never sent, never read): the next run sends
+them and gives them their row. A batch refused by a fatal answer (a bad token) is
+``failed`` here with that reason, and sent again by the next run. A dry run writes no
+results file.
+
+A file already at the path that is a results file (its first line is the header) keeps
+its rows: this run's rows are added after them, so re-running the command accumulates
+the runs of a purge in one file, each row naming its run (``run_id``). Anything else
+there is refused when the file is opened, before anything is sent: ``-`` (only
+``--report`` takes stdout), a directory, a device or a pipe, a file that is not a results
+file (never overwritten). A symlink is written through.
 
 While the run goes, rows are appended to ``NAME.RUN_ID.partial`` beside the file (private,
 same format: a run killed outright leaves it with the rows so far, but for the last MiB
-at most, still buffered); at the end it becomes
-the file at once, renamed, or rewritten row by row when a read-back found ids still
-present. Memory stays flat whatever the input: only the still-present ids are held, as
-bitmaps.
+at most, still buffered); at the end it becomes the file at once: renamed, or, when there
+was a file already or a read-back found ids still present, written after the earlier
+rows (copied as they are) into a private temporary file, row by row, that is renamed over
+the file. Only this run's rows take a read-back's outcome. Memory stays flat whatever the
+input: only the still-present ids are held, as bitmaps.
 """
 
 from __future__ import annotations
@@ -42,14 +50,15 @@ import contextlib
 import csv
 import io
 import os
+import shutil
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 from pyroaring import BitMap64
 
-from worker.errors import OutputError
-from worker.files import make_dirs, open_private
+from worker.errors import OutputError, UsageError
+from worker.files import file_to_write, make_dirs, open_private
 
 HEADER = (
     "line",
@@ -65,6 +74,7 @@ HEADER = (
 DUPLICATE = "repeats an earlier row: sent once"
 STILL_PRESENT = "still_present"
 _OUTCOME, _REASON = HEADER.index("outcome"), HEADER.index("reason")
+_HEADER_LINE = ",".join(HEADER).encode()
 _BUFFER = 1 << 20
 
 Cell = int | str
@@ -74,19 +84,29 @@ class ResultsFile:
     """Observer: a row per input row, spooled as the run goes and put in place at the end."""
 
     def __init__(self, path: Path, run_id: str) -> None:
-        """Create the spool now, so that an unwritable path stops the run before it sends.
+        """Check what is at ``path`` and create the spool now, so that a path the run
+        cannot end with stops it before it sends.
 
         Raises:
-            OutputError: the spool could not be created; later, on an event, written.
+            UsageError: ``path`` is ``-``, not a regular file, or a file that is not a
+                results file.
+            OutputError: the spool could not be created (or a file at ``path`` read);
+                later, on an event, written.
         """
-        self.path = path
+        self.path = file_to_write(path, "the results file", "--results")
         self._run_id = run_id
-        self._spool_path = path.with_name(f"{path.name}.{run_id}.partial")
+        self._spool_path = self.path.with_name(f"{self.path.name}.{run_id}.partial")
         self._still: dict[int, BitMap64] = {}  # ids a read-back found after their deletion
         self._under_way = False
         self._broken = False
         with self._writing():
-            make_dirs(path.parent)
+            if not _is_results_file(self.path):
+                raise UsageError(
+                    f"the results file {path} is not a results file (its first line is not "
+                    f"the header {_HEADER_LINE.decode()}): it is left as it is; name a new "
+                    "file, or a results file to add this run's rows to"
+                )
+            make_dirs(self.path.parent)
             self._spool: IO[str] = open_private(
                 self._spool_path, "x", newline="", encoding="utf-8", buffering=_BUFFER
             )
@@ -146,10 +166,11 @@ class ResultsFile:
                 self._spool.write(text)
 
     def close(self) -> None:
-        """Put the results in place, at once: the spool renamed, or rewritten with the
-        still-present ids' outcomes. A run refused before it began leaves no file (and an
-        earlier run's file where it was); one whose spool could not be written leaves the
-        spool as it is, with the rows so far.
+        """Put the results in place, at once: the spool renamed, or written after the rows
+        of the file already there, with the still-present ids' outcomes. A run refused
+        before it began leaves no file (and an earlier run's file where it was, as it was);
+        one whose spool could not be written leaves the spool as it is, with the rows so
+        far.
 
         Raises:
             OutputError: the results could not be written.
@@ -164,31 +185,37 @@ class ResultsFile:
                 os.fsync(self._spool.fileno())
             if not self._under_way:
                 self._spool_path.unlink()
-            elif self._still:
+            elif self._still or self.path.exists():
                 self._rewrite()
             else:
                 os.replace(self._spool_path, self.path)
 
     def _rewrite(self) -> None:
-        """The spool, row by row, into a private temporary file that then replaces the
-        file: each still-present id's ``deleted`` row says ``still_present``, and one that
-        has no row in this run gets one of its own."""
+        """The rows of the file already there, byte for byte, then the spool's, row by row,
+        into a private temporary file that then replaces the file: each still-present
+        id's ``deleted`` row of this run says ``still_present``, and one that has no row
+        in this run gets one of its own."""
         tmp = self.path.with_name(f".{self.path.name}.{self._run_id}.tmp")
         try:
             with (
                 self._spool_path.open(newline="", encoding="utf-8") as spool,
-                open_private(tmp, "x", newline="", encoding="utf-8", buffering=_BUFFER) as out,
+                open_private(tmp, "xb", buffering=_BUFFER) as raw,
+                io.TextIOWrapper(raw, encoding="utf-8", newline="") as out,
             ):
+                rows = csv.reader(spool)
+                header = next(rows)
+                if not _copy_earlier(self.path, raw):
+                    csv.writer(out).writerow(header)
                 unmatched = {c: ids.copy() for c, ids in self._still.items()}
                 writer = csv.writer(out)
-                writer.writerows(_patched(csv.reader(spool), unmatched))
+                writer.writerows(_patched(rows, unmatched))
                 writer.writerows(
                     ("", c, i, STILL_PRESENT, STILL_PRESENT, "", "", "", self._run_id)
                     for c, ids in sorted(unmatched.items())
                     for i in ids
                 )
                 out.flush()
-                os.fsync(out.fileno())
+                os.fsync(raw.fileno())
             os.replace(tmp, self.path)
         except BaseException:
             tmp.unlink(missing_ok=True)  # the spool stays, with every row
@@ -212,12 +239,46 @@ def _csv_line(*cells: Cell) -> str:
 
 
 def _patched(rows: Iterator[list[str]], still: dict[int, BitMap64]) -> Iterator[list[str]]:
-    """The rows, each ``deleted`` one of an id in ``still`` made ``still_present`` (and
-    that id taken out of ``still``: what is left there had no row)."""
-    yield next(rows)  # the header
+    """The rows (after the header), each ``deleted`` one of an id in ``still`` made
+    ``still_present`` (and that id taken out of ``still``: what is left there had no row)."""
     for row in rows:
         ids = still.get(int(row[1])) if row[_OUTCOME] == "deleted" else None
         if ids is not None and int(row[2]) in ids:
             ids.discard(int(row[2]))
             row[_OUTCOME] = row[_REASON] = STILL_PRESENT
         yield row
+
+
+def _is_results_file(path: Path) -> bool:
+    """Whether ``path`` is missing, or a file whose first line is the results header.
+
+    Raises:
+        OSError: it could not be read.
+    """
+    try:
+        with path.open("rb") as handle:
+            first = handle.readline(len(_HEADER_LINE) + 2)
+    except FileNotFoundError:
+        return True
+    return first in (_HEADER_LINE, _HEADER_LINE + b"\n", _HEADER_LINE + b"\r\n")
+
+
+def _copy_earlier(path: Path, out: IO[bytes]) -> int:
+    """Copy the file at ``path``, as it is, to ``out``, ending its last line; the bytes
+    copied (0 when there is none).
+
+    Raises:
+        OSError: it could not be read.
+    """
+    try:
+        earlier = path.open("rb")
+    except FileNotFoundError:
+        return 0
+    with earlier:
+        shutil.copyfileobj(earlier, out, _BUFFER)
+        size = earlier.tell()
+        if size:
+            earlier.seek(size - 1)
+            if earlier.read(1) != b"\n":  # an edited file whose last line lost its end
+                out.write(b"\r\n")
+    return size

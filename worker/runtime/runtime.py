@@ -182,14 +182,16 @@ class Runtime:
         nothing, so nothing fails and no row has an outcome (and opening them would empty
         the files of the real run the dry run rehearses, or its input)."""
         settings, recorder = self.settings, self.recorder
-        if settings.failed_out is not None and self._offers("failed_out") and not settings.dry_run:
-            failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
-            self._stack.callback(failed_out.close)
-            recorder.subscribe(failed_out)
+        # The results file first: refused (a directory, a file not its own), it leaves the
+        # failed-out file of the run before untouched.
         if settings.results is not None and self._offers("results") and not settings.dry_run:
             results = ResultsFile(settings.results, self.run_id)
             self._stack.callback(results.close)
             recorder.subscribe(results)
+        if settings.failed_out is not None and self._offers("failed_out") and not settings.dry_run:
+            failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
+            self._stack.callback(failed_out.close)
+            recorder.subscribe(failed_out)
         if settings.report is not None and self._offers("report"):
             report = ReportFile(
                 settings.report,
