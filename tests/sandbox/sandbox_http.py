@@ -7,12 +7,32 @@ from typing import Any
 
 import aiohttp
 
+from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig
 from worker.sandbox.runner import SandboxHandle
 
 TOKEN = "test-token"
 DELETED = {"message": "Audience deleted successfully"}
 
 Params = Sequence[tuple[str, str]]
+
+
+DRAFT = CampaignSpec(id=42, status="draft", first=1, last=100)
+RUNNING = CampaignSpec(id=7, status="inprogress", first=1001, last=1100)
+
+
+class FakeClock:
+    """A clock the rate-limit tests move by hand instead of sleeping."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def config(**faults: Any) -> SandboxConfig:
+    """Two campaigns (a draft, one in progress) and the given faults."""
+    return SandboxConfig(campaigns=(DRAFT, RUNNING), token=TOKEN, faults=FaultConfig(**faults))
 
 
 async def get(session: aiohttp.ClientSession, url: str, params: Params) -> tuple[int, Any]:

@@ -4,33 +4,16 @@ vendor's per-key limit and its failures do: reads and update-campaign, not only 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import aiohttp
 import pytest
-from sandbox_http import TOKEN
+from sandbox_http import TOKEN, FakeClock, config
 
-from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
+from worker.sandbox import FaultConfig, running_sandbox
 from worker.sandbox.faults import FaultInjector
 from worker.sandbox.runner import SandboxHandle
 
-DRAFT = CampaignSpec(id=42, status="draft", first=1, last=100)
-RUNNING = CampaignSpec(id=7, status="inprogress", first=1001, last=1100)
 ROUTES = ("delete-audience", "audience-list", "campaign-audience-stats", "update-campaign")
-
-
-class FakeClock:
-    """A clock the rate-limit tests move by hand instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def config(**faults: Any) -> SandboxConfig:
-    return SandboxConfig(campaigns=(DRAFT, RUNNING), token=TOKEN, faults=FaultConfig(**faults))
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+from sandbox_http import TOKEN, FakeClock, config
 
 from worker.sandbox import (
     CampaignSpec,
-    FaultConfig,
     SandboxConfig,
     parse_campaign_spec,
     running_sandbox,
@@ -22,28 +22,10 @@ from worker.sandbox import (
 from worker.sandbox.records import FULL_FIELDS, record
 from worker.sandbox.runner import SandboxHandle
 
-TOKEN = "test-token"
-DRAFT = CampaignSpec(id=42, status="draft", first=1, last=100)
-RUNNING = CampaignSpec(id=7, status="inprogress", first=1001, last=1100)
-
 DELETED = {"message": "Audience deleted successfully"}
 NOT_EXIST = {"message": "Campaign not exist"}
 AUDIENCE_REQUIRED = {"message": "Audience array is required"}
 DRAFT_ONLY = {"message": "All audience can only be deleted when the campaign is in draft status"}
-
-
-class FakeClock:
-    """A clock the rate-limit tests move by hand instead of sleeping."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def config(**faults: Any) -> SandboxConfig:
-    return SandboxConfig(campaigns=(DRAFT, RUNNING), token=TOKEN, faults=FaultConfig(**faults))
 
 
 @pytest.fixture
