@@ -6,16 +6,19 @@ earlier runs' audit logs for a failure carried over from them."""
 from __future__ import annotations
 
 import csv
+import errno
 import io
 from collections.abc import Callable
 from pathlib import Path
 
+import orjson
 import pytest
-from conftest import write_csv
+from conftest import read_audit, write_csv
 
 from worker.commands.run import run_purge
-from worker.errors import Kind
+from worker.errors import Kind, OutputError
 from worker.input.batching import Batch
+from worker.records import failed_out as failed_out_module
 from worker.records.audit import AuditLog
 from worker.records.failed_out import CARRIED, HEADER, STILL_PRESENT, FailedOut
 from worker.records.recorder import Recorder
@@ -136,3 +139,26 @@ def test_ids_a_read_back_finds_still_present_are_listed_with_reason_still_presen
             (42, 3, STILL_PRESENT),
         ]
     )
+
+
+async def test_a_failed_out_file_that_cannot_be_replaced_ends_the_run_with_74_in_its_record(
+    make_settings: MakeSettings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """At the end the file is replaced by the ids still failed; a full disk then is the
+    run's end (exit 74), and run_finished and the report say so (it is written first)."""
+
+    def full(path: Path, data: bytes, *, durable: bool = True) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(failed_out_module, "write_atomic", full)
+    path = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "42,1", "999,2"])
+    settings = make_settings()
+
+    with pytest.raises(OutputError, match="cannot write the failed-id file"):
+        await run_purge(settings, str(path), out=io.StringIO())
+
+    finished = read_audit(settings.audit_log)[-1]
+    assert (finished["event"], finished["exit_code"]) == ("run_finished", 74)
+    assert "No space left on device" in finished["error"]
+    assert settings.report is not None
+    assert orjson.loads(settings.report.read_bytes())["exit_code"] == 74

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
+import orjson
 import pytest
 from conftest import read_audit, write_csv
 
@@ -425,6 +426,21 @@ async def test_a_results_file_that_cannot_be_put_in_place_raises_and_keeps_every
 
     [spool] = [p for p in results.parent.iterdir() if p.name.endswith(".partial")]
     assert sorted(int(r["line"]) for r in results_of(spool)) == list(range(1, 31))
+    # The file is put in place before run_finished, which says the run ended with 74.
+    finished = read_audit(settings.audit_log)[-1]
+    assert finished["event"] == "run_finished"
+    assert finished["exit_code"] == 74
+    assert "cannot write the results file" in finished["error"]
+    assert settings.report is not None
+    assert orjson.loads(settings.report.read_bytes())["exit_code"] == 74
+    # Every deletion was audited and checkpointed: the same command has nothing to resend.
+    again = await run_purge(
+        make_settings(campaign_id=42, audit_log=tmp_path / "again.jsonl"),
+        str(path),
+        out=io.StringIO(),
+    )
+    assert (again.tally.requests, again.exit_code) == (0, 0)
+    assert again.already_complete is not None  # the final checkpoint was written
 
 
 # -- the observer, through the recorder ------------------------------------------------------

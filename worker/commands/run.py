@@ -265,17 +265,18 @@ async def _read_and_send(
         checkpoints.last_words()
         raise
     _refuse_all_rejected(sent)
-    result = runtime.finish_with(
-        replace(
-            sent,
-            state_dir=store.directory,
-            already_complete=_already_complete(point, sent),
-            selection=started.get("selection"),
-            **read(),
-        )
+    result = replace(
+        sent,
+        state_dir=store.directory,
+        already_complete=_already_complete(point, sent),
+        selection=started.get("selection"),
+        **read(),
     )
-    checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
-    return result
+    try:
+        return runtime.finish_with(result)
+    finally:
+        # Also when a file of the run could not be put in place: every outcome is audited.
+        checkpoints.final(stopped=result.interrupted or result.fatal_reason is not None)
 
 
 async def _send(

@@ -60,6 +60,7 @@ class FailedOut:
         with self._writing():
             make_dirs(self.path.parent)
             self.path.unlink(missing_ok=True)  # created anew, private
+            self._settled = False
             self._file: IO[str] = open_private(self.path, "w", newline="", encoding="utf-8")
             self._csv = csv.writer(self._file)
             self._csv.writerow(HEADER)
@@ -82,8 +83,17 @@ class FailedOut:
             self._csv.writerows((campaign, i, reason) for i in ids)
             self._file.flush()
 
-    def close(self) -> None:
-        """Close, then replace the file with exactly the ids still failed."""
+    def settle(self) -> None:
+        """Close, then replace the file with exactly the ids still failed (once: later
+        calls, and :meth:`close`, do nothing).
+
+        Raises:
+            OutputError: it could not be replaced (it still lists every failure of the
+                run, including ids a later retry deleted).
+        """
+        if self._settled:
+            return
+        self._settled = True
         with contextlib.suppress(OSError):  # a write error was raised where it happened
             self._file.close()
         text = io.StringIO(newline="")
@@ -93,11 +103,18 @@ class FailedOut:
         try:
             write_atomic(self.path, text.getvalue().encode())
         except OSError as exc:
+            raise OutputError("the failed-id file", self.path, exc) from None
+
+    def close(self) -> None:
+        """:meth:`settle`, for a run that ends before its ``run_finished`` (refused, or
+        failed): the error that ends it is the one to report, so this one is logged."""
+        try:
+            self.settle()
+        except OutputError as exc:
             log.error(
                 "the failed-id file could not be rewritten: it lists every failure of the "
                 "run, including ids deleted by a later retry",
-                path=str(self.path),
-                error=exc.strerror,
+                error=str(exc),
             )
 
     def _still_failed(self) -> Iterator[tuple[int, int, str]]:

@@ -99,6 +99,7 @@ class ResultsFile:
         self._still: dict[int, BitMap64] = {}  # ids a read-back found after their deletion
         self._under_way = False
         self._broken = False
+        self._closed = False  # put in place (or given up): closing again does nothing
         with self._writing():
             if not _is_results_file(self.path):
                 raise UsageError(
@@ -175,6 +176,9 @@ class ResultsFile:
         Raises:
             OutputError: the results could not be written.
         """
+        if self._closed:
+            return
+        self._closed = True
         if self._broken:
             with contextlib.suppress(OSError):  # the error was raised where it happened
                 self._spool.close()

@@ -30,7 +30,7 @@ from pyroaring import BitMap64
 
 from worker import __version__
 from worker.errors import FatalError, OutputError, UsageError
-from worker.exit_codes import exit_code_for, finished_code
+from worker.exit_codes import ExitCode, exit_code_for, finished_code
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
@@ -100,6 +100,8 @@ class Runtime:
         self._background: list[Work] = []
         self._recorder: Recorder | None = None
         self._api: tuple[UnleashXClient, RateGate] | None = None
+        # What puts the run's files in place before run_finished (see finish).
+        self._settle: list[Callable[[], None]] = []
         self._stopper: Stopper | None = None
         self._under_way = False
         self._finished = False
@@ -187,10 +189,12 @@ class Runtime:
         if settings.results is not None and self._offers("results") and not settings.dry_run:
             results = ResultsFile(settings.results, self.run_id)
             self._stack.callback(results.close)
+            self._settle.append(results.close)
             recorder.subscribe(results)
         if settings.failed_out is not None and self._offers("failed_out") and not settings.dry_run:
             failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
             self._stack.callback(failed_out.close)
+            self._settle.append(failed_out.settle)
             recorder.subscribe(failed_out)
         if settings.report is not None and self._offers("report"):
             report = ReportFile(
@@ -265,9 +269,33 @@ class Runtime:
         self._under_way = True
 
     def finish(self, **fields: Any) -> None:
-        """Write ``run_finished``: the last record of the run."""
+        """Put the run's files in place (results, failed-out), then write ``run_finished``,
+        the last record of the run: so that it says how the run ended, files included.
+
+        Raises:
+            OutputError: a file could not be put in place; ``run_finished`` says so
+                (exit 74, its error), unless the run was ending in an error already.
+        """
         self._finished = True
+        failed = self._settle_files()
+        ours = failed is not None and not fields.get("error")
+        if ours:
+            fields = {**fields, "exit_code": ExitCode.IO_ERROR, "error": str(failed)}
         self.recorder.run_finished(**fields)
+        if ours and failed is not None:
+            raise failed
+
+    def _settle_files(self) -> OutputError | None:
+        """Each output put in place; the first that could not be (the others still are)."""
+        first: OutputError | None = None
+        settle, self._settle = self._settle, []
+        for put_in_place in settle:
+            try:
+                put_in_place()
+            except OutputError as exc:
+                log.error("a file of the run could not be written", error=str(exc))
+                first = first or exc
+        return first
 
     def result(self, *, interrupted: bool, fatal: FatalError | None, **extra: Any) -> RunResult:
         """The result of a run that got under way; its exit code is decided here."""
