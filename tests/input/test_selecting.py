@@ -235,7 +235,7 @@ async def test_pages_shorter_than_asked_are_not_taken_for_the_whole_listing() ->
         chunk = ids[start : start + min(limit, 100)]
         return Page([record(i) for i in chunk], len(ids), -(-len(ids) // limit))
 
-    with pytest.raises(SelectionError, match="listed 200 records of the 1000 it reports"):
+    with pytest.raises(SelectionError, match="listed 200 records of the 1,000 it reports"):
         await collect(Rule(campaign_id=42, statuses=("completed",)), capped, io.BytesIO(), 500)
 
 

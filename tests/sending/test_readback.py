@@ -20,9 +20,9 @@ from worker.sandbox.runner import SandboxHandle
 from worker.sending.audience_stats import compare_stats, explain, take_stats
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
-from worker.sending.listing import Filters, Page, Reader
+from worker.sending.listing import MAX_PASSES, Filters, Page, Reader
 from worker.sending.ratelimit import rate_gate
-from worker.sending.readback import MAX_PASSES, read_back
+from worker.sending.readback import read_back
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
 

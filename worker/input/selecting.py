@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -41,13 +41,10 @@ from pyroaring import BitMap64
 
 from worker.errors import OutputError, UsageError
 from worker.files import make_dirs
-
-if TYPE_CHECKING:
-    from worker.sending.listing import Filters, Page
+from worker.sending.listing import Filters, Page, read_whole
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
-MAX_PASSES = 5
 MAX_AGE = timedelta(days=100 * 365)  # an age beyond it is a typo, and beyond datetime's range
 SELECTIONS = Path("purge-selections")  # where run --select keeps its selections by default
 # Lower case only: 6M is six months to many a reader of a retention rule, and six minutes
@@ -278,71 +275,43 @@ class Selection:
 
 
 # (page, limit, filters) -> the page: Reader.page with its campaign bound.
-PageReader = Callable[[int, int, "Filters"], Awaitable["Page"]]
+PageReader = Callable[[int, int, Filters], Awaitable[Page]]
 
 
 async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: int) -> Selection:
     """Write the records the rule selects to ``out`` as CSV (:data:`HEADER`), each once.
 
     Raises:
-        SelectionError: the listing kept changing for :data:`MAX_PASSES` passes, or a
-            record cannot be checked.
+        SelectionError: the listing was not read completely in
+            :data:`~worker.sending.listing.MAX_PASSES` passes, or a record cannot be
+            checked.
         ApiError: a read failed for good (from ``read_page``).
     """
     result = Selection()
     seen = BitMap64()
     digest = hashlib.sha256()
     _write(out, digest, [HEADER])
-    while True:
-        result.passes += 1
-        why = await _one_pass(rule, read_page, out, digest, seen, result, page_size)
-        if why is None:
-            break
-        log.info("listing the campaign again from page 1", campaign_id=rule.campaign_id, why=why)
-        if result.passes >= MAX_PASSES:
-            raise SelectionError(
-                f"campaign {rule.campaign_id} could not be listed completely in "
-                f"{result.passes} passes (the last: {why}): run the selection again when it "
-                "is quiet"
-            )
+    filters = rule.filters()
+
+    def take(page: Page) -> None:
+        rows = [_row(rule, record) for record in page.records if _take(rule, record, seen, result)]
+        _write(out, digest, rows)
+
+    listing = await read_whole(
+        lambda number: read_page(number, page_size, filters),
+        take,
+        to_the_end=True,
+        campaign_id=rule.campaign_id,
+    )
+    result.passes, result.pages = listing.passes, listing.pages
+    if listing.why is not None:
+        raise SelectionError(
+            f"campaign {rule.campaign_id} could not be listed completely in "
+            f"{listing.passes} passes (the last: {listing.why}): run the selection again "
+            "when it is quiet"
+        )
     result.sha256 = digest.hexdigest()
     return result
-
-
-async def _one_pass(
-    rule: Rule,
-    read_page: PageReader,
-    out: IO[bytes],
-    digest: Any,
-    seen: BitMap64,
-    result: Selection,
-    page_size: int,
-) -> str | None:
-    """Read every page once; None if the pass saw the whole listing, else why not: its
-    ``totalRecords`` changed, or it listed another number of records than that total (a
-    record added as another went keeps the total but shifts the pages; a server that
-    returns fewer records a page than asked ends early)."""
-    totals: set[int] = set()
-    listed = BitMap64()  # this pass's records: ids seen in an earlier pass included
-    number = 1
-    while True:
-        page = await read_page(number, page_size, rule.filters())
-        result.pages += 1
-        totals.add(page.total_records)
-        rows = []
-        for record in page.records:
-            listed.add(record["id"])
-            if _take(rule, record, seen, result):
-                rows.append(_row(rule, record))
-        _write(out, digest, rows)
-        if not page.records or number >= page.total_pages:
-            break
-        number += 1
-    if len(totals) > 1:
-        return f"totalRecords changed while it was read ({', '.join(map(str, sorted(totals)))})"
-    if len(listed) != page.total_records:
-        return f"listed {len(listed)} records of the {page.total_records} it reports"
-    return None
 
 
 def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selection) -> bool:

@@ -5,16 +5,20 @@ per-key budget as the deletions beside it) and is retried under the run's
 :class:`RetryPolicy`, exactly like a delete. Answers are checked for the shape the vendor
 documents; a page that does not have it is refused rather than read as "no records", since
 an empty page ends a listing and an empty read-back would "prove" every id gone.
+
+A listing is read whole by :func:`read_whole`, for a selection and for a read-back alike:
+paging is by offset, and records added or deleted meanwhile shift the pages.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
+from pyroaring import BitMap64
 
 from worker.errors import ApiError, FatalError, PermanentError
 from worker.runtime.stopping import unless_stopped
@@ -25,6 +29,7 @@ from worker.sending.retry import RetryPolicy, with_retries
 LIST_ENDPOINT = "audience-list"
 STATS_ENDPOINT = "campaign-audience-stats"
 STATS_FIELDS = ("total_audience", "coverage", "total_attempt", "total_duration", "successful_calls")
+MAX_PASSES = 5  # reads of a listing from page 1 before it is given up as never complete
 log = structlog.get_logger("audience_purge.listing")
 
 Filters = Sequence[tuple[str, str]]
@@ -103,6 +108,73 @@ class Reader:
         return await with_retries(
             attempt, self._policy, self._gate, context={"endpoint": endpoint}, stop=self.stop
         )
+
+
+@dataclass(frozen=True, slots=True)
+class Listing:
+    """A listing read from page 1, as many times as it took (``passes``): ``listed``
+    distinct records in its last pass, and why that pass did not see the whole listing
+    (None when it did)."""
+
+    passes: int
+    pages: int
+    listed: int
+    why: str | None
+
+
+async def read_whole(
+    read_page: Callable[[int], Awaitable[Page]],
+    take: Callable[[Page], None],
+    *,
+    to_the_end: bool,
+    **context: Any,
+) -> Listing:
+    """Read a listing from page 1, each page handed to ``take``, until one pass saw all of
+    it, or :data:`MAX_PASSES` passes did not (``take`` sees the pages of every pass).
+
+    With ``to_the_end``, a pass whose ``totalRecords`` changed still reads on to the last
+    page (what it meets counts, and a pass that lasts the whole listing gives a busy
+    campaign time to settle before the next); without, it ends at the change, as the
+    offsets after it are not those read before (fewer requests)."""
+    passes = pages = 0
+    while True:
+        passes += 1
+        number, listed, why = await _one_pass(read_page, take, to_the_end)
+        pages += number
+        if why is None or passes == MAX_PASSES:
+            return Listing(passes, pages, listed, why)
+        log.info("listing again from page 1", why=why, **context)
+
+
+async def _one_pass(
+    read_page: Callable[[int], Awaitable[Page]], take: Callable[[Page], None], to_the_end: bool
+) -> tuple[int, int, str | None]:
+    """Every page once (see :func:`read_whole`): the pages read, the distinct records
+    listed, and why the pass did not see the whole listing, if it did not. It did only if
+    ``totalRecords`` held and it listed exactly that many distinct records (a record added
+    as another went keeps the total but shifts the pages; a server that returns fewer
+    records a page than asked for ends early)."""
+    listed = BitMap64()
+    first = last = None
+    number = 0
+    while True:
+        number += 1
+        page = await read_page(number)
+        first = page.total_records if first is None else first
+        if page.total_records != first:
+            last = page.total_records
+            if not to_the_end:
+                break
+        listed.update(record["id"] for record in page.records)
+        take(page)
+        if not page.records or number >= page.total_pages:
+            break
+    if last is not None:
+        why = f"the campaign changed while it was listed ({first:,} records, then {last:,})"
+        return number, len(listed), why
+    if len(listed) != first:
+        return number, len(listed), f"listed {len(listed):,} records of the {first:,} it reports"
+    return number, len(listed), None
 
 
 def parse_page(data: Mapping[str, Any]) -> Page:

@@ -6,10 +6,9 @@ acknowledge and do nothing. So each campaign is listed whole through audience-li
 the ids recorded as deleted that it still holds failed after all (``still_present``).
 Only that intersection is kept, never the listing: memory is the deleted ids' bitmap.
 
-Paging is by offset, and offsets shift when records come and go beside us: a pass whose
-``totalRecords`` changed is read again from page 1, at most :data:`MAX_PASSES` times, and
-a pass is complete only if the total held and it listed that many records. A campaign
-never read completely is *unproven*: the ids seen are recorded, "none left" is not claimed.
+The listing is read whole as a selection's is (:func:`worker.sending.listing.read_whole`:
+again from page 1 while the records shift under it). A campaign never read completely is
+*unproven*: the ids seen are recorded, "none left" is not claimed.
 
 Which ids to look for comes from the audit files (:mod:`worker.records.purge_logs`: a
 resumed purge's files are found through their links, so that a read-back covers every id
@@ -21,6 +20,7 @@ The campaigns' sizes before and after are :mod:`worker.sending.audience_stats`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol
 
 import structlog
@@ -29,9 +29,8 @@ from pyroaring import BitMap64
 from worker.errors import ApiError
 from worker.records.purge_logs import Deleted
 from worker.records.recorder import Recorder
-from worker.sending.listing import Filters, Page, refused
+from worker.sending.listing import Filters, Page, read_whole, refused
 
-MAX_PASSES = 5
 log = structlog.get_logger("audience_purge.readback")
 
 
@@ -141,19 +140,28 @@ async def _read_campaign(
         page = await reader.page(campaign, 1, 1)
         return _emptied_check(campaign, page.total_records)
     found = BitMap64()
-    pages = passes = 0
-    while True:
-        passes += 1
-        listing = await _one_pass(reader, campaign, wanted, page_size, found)
-        pages += listing.pages
-        if listing.complete or passes == MAX_PASSES:
-            break
-        log.info("listing again from page 1", campaign_id=campaign, why=listing.why)
-    unproven = None if listing.complete else f"{listing.why} ({passes} passes)"
+
+    def take(page: Page) -> None:
+        found.update(i for record in page.records if (i := record["id"]) in wanted)
+
+    listing = await read_whole(
+        partial(reader.page, campaign, limit=page_size),
+        take,
+        to_the_end=False,
+        campaign_id=campaign,
+    )
+    unproven = None if listing.why is None else f"{listing.why} ({listing.passes} passes)"
     if emptied and listing.listed and unproven is None:
         unproven = _still_holds(listing.listed)
     return CampaignCheck(
-        campaign, len(wanted), found, listing.listed, pages, passes, emptied, unproven
+        campaign,
+        len(wanted),
+        found,
+        listing.listed,
+        listing.pages,
+        listing.passes,
+        emptied,
+        unproven,
     )
 
 
@@ -167,45 +175,6 @@ def _still_holds(records: int) -> str:
         f"emptied by delete-all, yet it holds {records:,} records: added since, or the "
         "delete-all did not apply (not listed as failed: they may be new records)"
     )
-
-
-@dataclass(slots=True)
-class _Pass:
-    """One read of a campaign's pages from page 1."""
-
-    listed: int = 0
-    pages: int = 0
-    complete: bool = False
-    why: str = ""
-
-
-async def _one_pass(
-    reader: AudienceReader, campaign: int, wanted: BitMap64, page_size: int, found: BitMap64
-) -> _Pass:
-    """Read pages until the last; ``found`` gains the wanted ids met. A changed total
-    ends the pass at once: the offsets it reads from have shifted."""
-    result = _Pass()
-    total: int | None = None
-    number = 1
-    while True:
-        page = await reader.page(campaign, number, page_size)
-        result.pages += 1
-        total = page.total_records if total is None else total
-        if page.total_records != total:
-            result.why = (
-                f"the campaign changed while it was listed ({total:,} records, then "
-                f"{page.total_records:,})"
-            )
-            return result
-        result.listed += len(page.records)
-        found.update(i for r in page.records if (i := r["id"]) in wanted)
-        if not page.records or number >= page.total_pages:
-            break
-        number += 1
-    result.complete = result.listed == total
-    if not result.complete:
-        result.why = f"listed {result.listed:,} records of the {total:,} it reports"
-    return result
 
 
 def _log_check(check: CampaignCheck) -> None:
