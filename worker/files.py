@@ -7,6 +7,7 @@ shares an audit directory on purpose decides that.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -74,3 +75,9 @@ def file_to_write(path: Path, what: str, flag: str) -> Path:
             f"{what} {path} is not a regular file (a directory, a device, a pipe): name a file"
         )
     return real
+
+
+def file_sha256(path: Path) -> tuple[str, int]:
+    """The SHA-256 (hex) and size in bytes of a file's content, read in blocks."""
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest(), handle.tell()

@@ -7,7 +7,6 @@ campaigns' stats before and after). Both use the run's own client and rate gate
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import tempfile
 from collections.abc import Awaitable, Sequence
@@ -22,7 +21,7 @@ import structlog
 from worker.commands.select import describe
 from worker.errors import ApiError, OutputError, StateError
 from worker.exit_codes import ExitCode
-from worker.files import write_atomic
+from worker.files import file_sha256, write_atomic
 from worker.input.selecting import Selecting, Selection, SelectionFile, collect
 from worker.records.purge_logs import deleted_by_campaign, purge_files
 from worker.records.report import RunResult
@@ -108,21 +107,13 @@ def bound(selecting: Selecting, directory: Path) -> dict[str, Any]:
             "is gone: restore it to continue, or add --fresh to select anew"
         )
     collected = data.get("collected") or {}
-    if file_sha256(selecting.path) != collected.get("sha256"):
+    if file_sha256(selecting.path)[0] != collected.get("sha256"):
         raise StateError(
             f"the selection {selecting.path} changed since it was collected (its SHA-256 is "
             f"not the one recorded in {directory / BINDING}): restore it, or add --fresh to "
             "select anew"
         )
     return {key: data.get(key) for key in ("rule", "path", "collected")}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _scratch() -> Path:

@@ -24,7 +24,6 @@ present go to ``--failed-out`` for ``run --input`` to retry.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -33,6 +32,7 @@ from typing import Any, TextIO
 
 from worker.errors import FatalError, UsageError
 from worker.exit_codes import ExitCode, finished_code
+from worker.files import file_sha256
 from worker.records.audit_query import ChainEnd, verify_file
 from worker.records.purge_logs import Deleted, IncompleteRun, deleted_by_campaign, incomplete_runs
 from worker.records.report import STDOUT, plural
@@ -91,7 +91,7 @@ def describe_file(path: Path) -> tuple[dict[str, Any], ChainEnd]:
     """
     try:
         end, problem = verify_file(path)
-        digest, size = _sha256(path)
+        digest, size = file_sha256(path)
     except OSError as exc:
         raise UsageError(f"audit file {path} cannot be read: {exc.strerror}") from None
     if problem is not None:
@@ -100,16 +100,6 @@ def describe_file(path: Path) -> tuple[dict[str, Any], ChainEnd]:
             f"(audience-purge audit verify {path} says more)"
         )
     return {"path": str(path), "bytes": size, "sha256": digest, "records": end.records}, end
-
-
-def _sha256(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    with path.open("rb") as handle:
-        while chunk := handle.read(1 << 20):
-            digest.update(chunk)
-            size += len(chunk)
-    return digest.hexdigest(), size
 
 
 def recorded_deletions(files: Sequence[Path], campaign_id: int | None) -> Deleted:

@@ -196,11 +196,20 @@ def parse_time(text: str, flag: str) -> datetime:
         UsageError: not a date or time.
     """
     try:
-        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        return _utc(text)
     except ValueError:
         raise UsageError(
             f"{flag}: expected a date (2026-06-01) or a time (2026-06-01T00:00:00Z), got {text!r}"
         ) from None
+
+
+def _utc(text: str) -> datetime:
+    """An ISO 8601 date or time, in UTC: one without a zone is taken as UTC.
+
+    Raises:
+        ValueError: it is neither.
+    """
+    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
@@ -216,12 +225,11 @@ def last_attempt(record: Mapping[str, Any]) -> datetime | None:
     if not isinstance(value, str):
         raise SelectionError(f"record {record['id']}: last_attempt {value!r} is not a time")
     try:
-        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+        return _utc(value)
     except ValueError:
         raise SelectionError(
             f"record {record['id']}: last_attempt {value!r} is not a time"
         ) from None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
 
 
 def _field(record: Mapping[str, Any], name: str) -> Any:

@@ -186,13 +186,13 @@ class Runtime:
         settings, recorder = self.settings, self.recorder
         # The results file first: refused (a directory, a file not its own), it leaves the
         # failed-out file of the run before untouched.
-        if settings.results is not None and self._offers("results") and not settings.dry_run:
-            results = ResultsFile(settings.results, self.run_id)
+        if (results_path := self._written("results")) is not None:
+            results = ResultsFile(results_path, self.run_id)
             self._stack.callback(results.close)
             self._settle.append(results.close)
             recorder.subscribe(results)
-        if settings.failed_out is not None and self._offers("failed_out") and not settings.dry_run:
-            failed_out = FailedOut(settings.failed_out, recorder.failed_pairs)
+        if (failed_path := self._written("failed_out")) is not None:
+            failed_out = FailedOut(failed_path, recorder.failed_pairs)
             self._stack.callback(failed_out.close)
             self._settle.append(failed_out.settle)
             recorder.subscribe(failed_out)
@@ -201,9 +201,9 @@ class Runtime:
                 settings.report,
                 run_id=self.run_id,
                 audit_log=self.audit_path,
-                failed_out=settings.failed_out if not settings.dry_run else None,
+                failed_out=self._written("failed_out"),
                 state_dir=state_dir,
-                results=settings.results if not settings.dry_run else None,
+                results=self._written("results"),
             )
             # Written when the stack unwinds: after the run's last checkpoint, as the last
             # thing a run does, even when it ends in an error.

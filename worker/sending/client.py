@@ -12,10 +12,11 @@ dropped rather than drained.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
-from typing import Any
+from functools import partial
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import orjson
@@ -31,6 +32,14 @@ USER_AGENT = f"audience-purge/{__version__}"
 MAX_BODY = 1 << 20
 # A page of audience-list holds up to 10,000 records of a few hundred bytes each.
 MAX_READ_BODY = 64 << 20
+
+
+class _Answer(Protocol):
+    @property
+    def verdict(self) -> Verdict | None: ...
+
+
+R = TypeVar("R", bound=_Answer)
 
 
 class BodyTooLarge(aiohttp.ClientPayloadError):
@@ -66,13 +75,25 @@ class UnleashXClient:
 
     async def read(self, endpoint: str, params: Sequence[tuple[str, str]]) -> ReadReply:
         """GET ``endpoint`` with ``params``; one retry with a rotated token after a 401."""
+        return await self._authorised(partial(self._get, endpoint, params))
+
+    async def _authorised(self, send: Callable[[Secret], Awaitable[R]]) -> R:
+        """``send`` with the current token; once more after a 401 if the token changed
+        meanwhile (another request may have rotated it while this one was in flight) or
+        can be rotated now."""
         token = self._tokens.current()
-        reply = await self._get(endpoint, params, token)
-        verdict = reply.verdict
-        unauthorised = verdict is not None and verdict.kind is Kind.FATAL and verdict.status == 401
+        reply = await send(token)
+        said = reply.verdict
+        unauthorised = said is not None and said.kind is Kind.FATAL and said.status == 401
         if unauthorised and (self._tokens.current() != token or self._tokens.rotate()):
-            reply = await self._get(endpoint, params, self._tokens.current())
+            reply = await send(self._tokens.current())
         return reply
+
+    def _redacted(self, verdict: Verdict) -> Verdict:
+        """The verdict, with any token the API's message may echo masked."""
+        if verdict.message is None:
+            return verdict
+        return replace(verdict, message=self._tokens.redact(verdict.message))
 
     async def _get(
         self, endpoint: str, params: Sequence[tuple[str, str]], token: Secret
@@ -94,9 +115,7 @@ class UnleashXClient:
         latency = round((time.perf_counter() - started) * 1000, 1)
         if not isinstance(answer, Verdict):
             return ReadReply(answer, None, latency)
-        if answer.message is not None:
-            answer = replace(answer, message=self._tokens.redact(answer.message))
-        return ReadReply(None, answer, latency)
+        return ReadReply(None, self._redacted(answer), latency)
 
     async def delete_audience(self, campaign_id: int, audience_ids: Sequence[int]) -> Reply:
         """Ask the API to delete ``audience_ids`` from ``campaign_id``."""
@@ -107,13 +126,7 @@ class UnleashXClient:
         return await self._post({"campaign_id": campaign_id, "delete_all": True})
 
     async def _post(self, payload: dict[str, Any]) -> Reply:
-        token = self._tokens.current()
-        reply = await self._send(payload, token)
-        unauthorised = reply.verdict.kind is Kind.FATAL and reply.verdict.status == 401
-        # Another request may have rotated the token while this one was in flight.
-        if unauthorised and (self._tokens.current() != token or self._tokens.rotate()):
-            reply = await self._send(payload, self._tokens.current())
-        return reply
+        return await self._authorised(partial(self._send, payload))
 
     async def _send(self, payload: dict[str, Any], token: Secret) -> Reply:
         headers = {
@@ -130,9 +143,7 @@ class UnleashXClient:
                 verdict = classify(response.status, body, response.headers)
         except (TimeoutError, aiohttp.ClientError) as exc:
             verdict = transport_failure(exc)
-        if verdict.message is not None:
-            verdict = replace(verdict, message=self._tokens.redact(verdict.message))
-        return Reply(verdict, round((time.perf_counter() - started) * 1000, 1))
+        return Reply(self._redacted(verdict), round((time.perf_counter() - started) * 1000, 1))
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int = MAX_BODY) -> bytes:
