@@ -11,7 +11,6 @@ import os
 import tempfile
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, replace
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -19,16 +18,16 @@ import orjson
 import structlog
 
 from worker.commands.select import describe
-from worker.errors import ApiError, OutputError, StateError
+from worker.errors import OutputError, StateError
 from worker.exit_codes import ExitCode
 from worker.files import file_sha256, write_atomic
-from worker.input.selecting import Selecting, Selection, SelectionFile, collect
+from worker.input.selecting import Selecting, Selection, collect_into
 from worker.records.purge_logs import deleted_by_campaign, purge_files
 from worker.records.report import RunResult
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
 from worker.sending.audience_stats import take_stats
-from worker.sending.listing import Reader, refused
+from worker.sending.listing import Reader
 from worker.sending.readback import ReadBack, read_back
 from worker.sending.retry import RetryPolicy
 from worker.state.checkpoint import Checkpoint
@@ -135,20 +134,8 @@ async def collect_selection(runtime: Runtime, selecting: Selecting) -> Selection
     found: list[Selection] = []
 
     async def work() -> None:
-        with SelectionFile(selecting.path) as target:
-            try:
-                with target.writing():
-                    found.append(
-                        await collect(
-                            rule,
-                            partial(reader.page, rule.campaign_id),
-                            target.file,
-                            runtime.settings.page_size,
-                        )
-                    )
-            except ApiError as exc:
-                raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
-            target.commit()
+        page_size = runtime.settings.page_size
+        found.append(await collect_into(rule, reader, selecting.path, page_size))
 
     try:
         interrupted = await runtime.supervise(work(), reader.stop.set)

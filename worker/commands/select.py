@@ -10,16 +10,14 @@ import argparse
 import asyncio
 import sys
 from datetime import UTC, datetime
-from functools import partial
 
-from worker.errors import ApiError
-from worker.input.selecting import Rule, Selection, SelectionFile, collect, rule_from
+from worker.input.selecting import Rule, Selection, collect_into, rule_from
 from worker.records.report import plural
 from worker.runtime.signals import signal_handlers
 from worker.runtime.stopping import Abandoned
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import TokenSource
-from worker.sending.listing import Reader, refused
+from worker.sending.listing import Reader
 from worker.sending.ratelimit import rate_gate
 from worker.sending.retry import RetryPolicy
 from worker.settings import Settings
@@ -45,21 +43,11 @@ async def select(settings: Settings, rule: Rule, out: str) -> Selection:
     async with http_session(settings.timeout, 1) as session, rate_gate(settings) as gate:
         client = UnleashXClient(session, settings.base_url, tokens)
         reader = Reader(client, gate, RetryPolicy.from_settings(settings))
-        with signal_handlers(lambda _signal: reader.stop.set()), SelectionFile(out) as target:
+        with signal_handlers(lambda _signal: reader.stop.set()):
             try:
-                with target.writing():
-                    selection = await collect(
-                        rule,
-                        partial(reader.page, rule.campaign_id),
-                        target.file,
-                        settings.page_size,
-                    )
+                return await collect_into(rule, reader, out, settings.page_size)
             except Abandoned:
                 raise KeyboardInterrupt from None
-            except ApiError as exc:
-                raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
-            target.commit()
-    return selection
 
 
 def describe(rule: Rule, selection: Selection) -> str:

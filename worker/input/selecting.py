@@ -32,6 +32,7 @@ import tempfile
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -39,9 +40,9 @@ import orjson
 import structlog
 from pyroaring import BitMap64
 
-from worker.errors import OutputError, UsageError
+from worker.errors import ApiError, OutputError, UsageError
 from worker.files import make_dirs
-from worker.sending.listing import Filters, Page, read_whole
+from worker.sending.listing import Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
@@ -320,6 +321,27 @@ async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: 
         )
     result.sha256 = digest.hexdigest()
     return result
+
+
+async def collect_into(rule: Rule, reader: Reader, target: str | Path, page_size: int) -> Selection:
+    """:func:`collect` from ``reader`` into ``target`` (a :class:`SelectionFile`: whole or
+    not at all).
+
+    Raises:
+        FatalError: the API refused the listing, or it kept failing.
+        SelectionError, UsageError, OutputError: see :func:`collect`, :class:`SelectionFile`.
+        Abandoned: the reader was stopped.
+    """
+    with SelectionFile(target) as out:
+        try:
+            with out.writing():
+                selection = await collect(
+                    rule, partial(reader.page, rule.campaign_id), out.file, page_size
+                )
+        except ApiError as exc:
+            raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
+        out.commit()
+    return selection
 
 
 def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selection) -> bool:
