@@ -41,7 +41,7 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
-from worker.files import make_dirs
+from worker.files import file_to_write, make_dirs
 from worker.sending.listing import Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
@@ -399,23 +399,20 @@ class SelectionFile:
     """
 
     def __init__(self, target: str | Path) -> None:
-        self.path = None if str(target) == "-" else Path(os.path.realpath(target))
-        self._shown: object = target if self.path is not None else "to stdout"
+        self._target = None if str(target) == "-" else Path(target)
+        self.path: Path | None = None  # the file, through symlinks (None: stdout)
+        self._shown: object = target if self._target is not None else "to stdout"
         self._tmp: Path | None = None
         self.file: IO[bytes]
 
     def __enter__(self) -> SelectionFile:
-        if self.path is None:
+        if self._target is None:
             if sys.stdout is None:
                 raise UsageError("select --out -: stdout is closed; name a file with --out")
             with self.writing():
                 self.file = tempfile.TemporaryFile()
             return self
-        if self.path.exists() and not self.path.is_file():
-            raise UsageError(
-                f"the selection {self._shown} is not a regular file (a directory, a device, "
-                "a pipe): name a file"
-            )
+        self.path = file_to_write(self._target, "the selection", "--out")
         with self.writing():
             make_dirs(self.path.parent)
             handle, name = tempfile.mkstemp(
@@ -429,7 +426,7 @@ class SelectionFile:
         """Make the selection the file at :attr:`path` (or copy it to stdout)."""
         with self.writing():
             self.file.flush()
-            if self.path is None:
+            if self.path is None:  # stdout
                 self.file.seek(0)
                 shutil.copyfileobj(self.file, sys.stdout.buffer)
                 sys.stdout.flush()
@@ -454,7 +451,7 @@ class SelectionFile:
         try:
             yield
         except OSError as exc:
-            if self.path is None and isinstance(exc, BrokenPipeError):
+            if self._target is None and isinstance(exc, BrokenPipeError):
                 os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             raise OutputError("the selection", self._shown, exc) from None
 
