@@ -318,9 +318,8 @@ async def collect(rule: Rule, reader: AudienceReader, out: IO[bytes], page_size:
     result.passes, result.pages = listing.passes, listing.pages
     if listing.why is not None:
         raise SelectionError(
-            f"campaign {rule.campaign_id} could not be listed completely in "
-            f"{listing.passes} passes ({listing.why}): nothing is "
-            "selected; run the selection again when it is quiet"
+            f"campaign {rule.campaign_id} could not be listed completely: {listing.why}; "
+            "nothing is selected: run the selection again when it is quiet"
         )
     result.sha256 = digest.hexdigest()
     return result
