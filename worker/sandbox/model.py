@@ -149,13 +149,13 @@ class Campaign:
 
     def add(self, audience_id: int) -> None:
         """Add a record (as a CRM or a dialler adds leads): an id past every other."""
-        if audience_id <= max(self.last, *self._added[-1:]):
+        if audience_id <= max([self.last, *self._added[-1:]]):
             raise ValueError(f"an added id must be past every other, got {audience_id}")
         self._added.append(audience_id)
 
     def next_id(self) -> int:
         """The id a record added now would get."""
-        return max(self.last, *self._added[-1:]) + 1
+        return max([self.last, *self._added[-1:]]) + 1
 
     def contains(self, audience_id: int) -> bool:
         """Whether the id is in the campaign's range (deleted or not)."""

@@ -208,7 +208,7 @@ async def read_whole(
         if done.why is None and previous is not None and previous == done.ids:
             return Listing(number, pages, listed, None)
         why = done.why or (
-            "the last pass found no second one to confirm it"
+            "a consistent pass, not yet confirmed by a second"
             if previous is None
             else "two passes in a row listed different records: the campaign changed while "
             "it was listed"
