@@ -37,9 +37,9 @@ def fault(mode: str, times: int | None = None) -> FaultConfig:
     return FaultConfig(listing_fault=mode, listing_fault_times=times)
 
 
-async def cli(api: SandboxHandle, token: str, cwd: Path, *args: str) -> Completed:
-    """The CLI in a child process, fast settings, against ``api``, 10 records a page."""
-    fast = ("--base-url", api.url, "--rate", "1000/s", "--page-size", "10")
+async def cli(api: SandboxHandle, token: str, cwd: Path, *args: str, size: int = 10) -> Completed:
+    """The CLI in a child process, fast settings, against ``api``, ``size`` records a page."""
+    fast = ("--base-url", api.url, "--rate", "1000/s", "--page-size", str(size))
     retry = ("--max-attempts", "2")
     return await finish(await start(*args, *fast, *retry, cwd=cwd, token=token), timeout=60)
 
@@ -180,11 +180,11 @@ async def test_verify_is_unproven_when_the_listing_lies(
 ) -> None:
     assert (await purge_acked(api, token, tmp_path)).code == 0
     api.state.replace_faults(fault(mode))
-    size = ("--page-size", "7") if mode == "padded" else ()  # room for the foreign record
+    size = 7 if mode == "padded" else 10  # the last page has room for the foreign record
 
     done = await cli(
         api, token, tmp_path, "verify", "--audit", str(tmp_path / "purge.jsonl"),
-        "--audit-log", str(tmp_path / "verify.jsonl"), *size,
+        "--audit-log", str(tmp_path / "verify.jsonl"), size=size,
     )  # fmt: skip
 
     assert api.state.listing_faults_served >= 1
@@ -201,10 +201,10 @@ async def test_select_writes_nothing_when_the_listing_lies(
 ) -> None:
     api.state.replace_faults(fault(mode))
     out = tmp_path / "sel.csv"
-    size = ("--page-size", "7") if mode == "padded" else ()
+    size = 7 if mode == "padded" else 10
 
     done = await cli(
-        api, token, tmp_path, "select", "--campaign-id", "42", *RULE, "--out", str(out), *size
+        api, token, tmp_path, "select", "--campaign-id", "42", *RULE, "--out", str(out), size=size
     )
 
     assert done.code == 2, done.err
