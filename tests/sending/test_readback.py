@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import read_audit
 from pyroaring import BitMap64
 
+from tests.listing_model import OffsetCampaign
 from worker.errors import FatalError
 from worker.records.audit import AuditLog
 from worker.records.purge_logs import Deleted, deleted_by_campaign
@@ -452,3 +453,48 @@ def test_compare_stats_without_a_campaign_read_at_both_moments_has_no_totals() -
     compared = compare_stats({42: stats(100)}, {42: None}, {42: 10}, {})
 
     assert (compared["total_audience_before"], compared["total_audience_after"]) == (None, None)
+
+
+# -- the stats cross-check ------------------------------------------------------------------
+
+
+class EmptyListing(OffsetCampaign):
+    """A listing that says "no records" (no error message, whole totals of 0) while the
+    campaign's stats count them."""
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.requests += 1
+        return Page([], 0, 0)
+
+
+class NoRecorder:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def verified(self, campaign_id: int, **fields: Any) -> None:
+        self.records.append({"campaign_id": campaign_id, **fields})
+
+
+async def test_a_listing_of_nothing_while_the_stats_count_records_is_unproven() -> None:
+    campaign = EmptyListing(range(1, 51))
+    recorder = NoRecorder()
+
+    checked = await read_back(campaign, cast(Recorder, recorder), deleted({42: [11]}), page_size=10)
+
+    check = checked.campaigns[42]
+    assert not checked.proven
+    assert check.unproven == (
+        f"campaign-audience-stats counts 50 records and audience-list 0 ({MAX_PASSES} passes)"
+    )
+    assert campaign.requests == 2 * MAX_PASSES  # a stats read and page 1, each pass
+    assert recorder.records[0]["unproven"] == check.unproven
+
+
+async def test_an_emptied_campaign_listed_empty_while_its_stats_count_records_is_unproven() -> None:
+    checked = await read_back(
+        EmptyListing(range(1, 51)), cast(Recorder, NoRecorder()), deleted({}, [42]), 10
+    )
+
+    assert checked.campaigns[42].unproven == (
+        "campaign-audience-stats counts 50 records and audience-list 0"
+    )
