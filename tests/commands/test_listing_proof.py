@@ -17,6 +17,9 @@ import orjson
 import pytest
 from processes import Completed, finish, start
 
+from worker.commands.run import all_selected_settled
+from worker.records.report import RunResult
+from worker.records.tally import Tally
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
 from worker.sandbox.runner import SandboxHandle
 
@@ -286,3 +289,17 @@ async def test_select_and_run_select_refuse_a_record_run_could_not_delete(
         ) in done.err
     assert deleted == 0
     assert selecting.out == ""
+
+
+@pytest.mark.parametrize(
+    ("selecting", "rejected", "code"), [(True, 1, 1), (True, 0, 0), (False, 1, 0)]
+)
+def test_a_run_select_that_left_a_selected_row_unsent_does_not_exit_0(
+    selecting: bool, rejected: int, code: int, tmp_path: Path
+) -> None:
+    sent = RunResult(
+        "run-1", 0, Tally(rows=2, valid=1, deleted=1, rejected=rejected), 0.1,
+        tmp_path / "a.jsonl", None, None, interrupted=False, fatal_reason=None, dry_run=False,
+    )  # fmt: skip
+
+    assert all_selected_settled(sent, selecting=selecting).exit_code == code
