@@ -228,7 +228,8 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     "select": {
         ExitCode.OK: "the selection is written (even an empty one)",
         ExitCode.USAGE: "usage or configuration error, a record the rule cannot be checked "
-        "on, or a campaign not listed completely in 5 passes: nothing was written",
+        "on, a listing not proven in 5 passes, or a selected record whose id run would "
+        "reject: nothing was written",
         ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign), or it "
         "kept failing",
         ExitCode.IO_ERROR: "the selection could not be written",
