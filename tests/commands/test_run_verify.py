@@ -54,7 +54,7 @@ async def test_a_clean_purge_is_proven_gone_with_its_campaign_sizes(
     assert verified[0]["still_present"] == []
     left = LIVE.last - LIVE.first + 1 - len(IDS)
     assert verified[0]["listed"] == left
-    assert verified[0]["pages"] == -(-left // 300)
+    assert (verified[0]["passes"], verified[0]["pages"]) == (2, 2 * -(-left // 300))
     finished = records[-1]
     assert finished["event"] == "run_finished"
     assert finished["verified"] == len(IDS)
@@ -166,11 +166,12 @@ async def test_every_request_of_a_run_select_verify_passes_its_one_rate_gate(
     assert len(slots) == requests
 
 
-async def test_a_signal_while_the_stats_wait_at_the_gate_ends_the_run_at_once(
+async def test_a_signal_while_a_read_waits_at_the_gate_ends_the_run_at_once(
     sandbox: SandboxHandle, token: str, tmp_path: Path
 ) -> None:
-    """At 1 request a minute, the stats before the purge wait a minute for their slot: a
-    SIGTERM then ends the run at once (exit 75, nothing sent), not a minute later."""
+    """At 1 request a minute, the selection's first page waits a minute for its slot
+    (after the stats it is checked against): a SIGTERM then ends the run at once (exit 75,
+    nothing selected, nothing sent), not a minute later."""
     proc = await start(
         "run",
         "--select",
@@ -193,13 +194,13 @@ async def test_a_signal_while_the_stats_wait_at_the_gate_ends_the_run_at_once(
         cwd=tmp_path,
         token=token,
     )
-    await eventually(lambda: sandbox.state.requests_total >= 1, what="the selection read")
-    await eventually(lambda: (tmp_path / "selection.csv").exists(), what="the selection")
-    await asyncio.sleep(0.3)  # now waiting at the gate for the stats' slot
+    await eventually(lambda: sandbox.state.requests_total >= 1, what="the selection's stats")
+    await asyncio.sleep(0.3)  # now waiting at the gate for page 1's slot
     proc.send_signal(signal.SIGTERM)
     done = await finish(proc, timeout=15)
     assert done.code == 75, done.err
     assert sandbox.state.requests_total == 1
+    assert not (tmp_path / "selection.csv").exists()
     assert sandbox.state.campaigns[LIVE.id].deleted_count == 0
 
 

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 import io
 import os
-from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.listing_model import OffsetCampaign
 from worker.commands.parsers import build_parser
 from worker.errors import OutputError, UsageError
 from worker.input.selecting import (
@@ -24,7 +24,7 @@ from worker.input.selecting import (
     parse_time,
     rule_from,
 )
-from worker.sending.listing import Page
+from worker.sending.listing import Filters, Page
 
 NOW = datetime(2026, 11, 30, 12, 0, 0, tzinfo=UTC)
 
@@ -137,66 +137,92 @@ def test_the_rule_names_the_same_selection_on_another_day() -> None:
     assert Selecting.of(today, Path("mine.csv")).path == Path("mine.csv")
 
 
-class ShiftingCampaign:
-    """A campaign listed by offset, from which ``delete_after_page`` ids vanish once the
-    first page has been read (another purge at work): later pages shift back."""
+async def test_a_listing_that_shifts_is_read_again_and_the_proving_pass_is_selected() -> None:
+    def another_purge(kind: str, number: int) -> None:
+        if kind == "page" and number == 2:  # ids 1-5 vanish once page 1 has been read
+            for gone in range(1, 6):
+                campaign.remove(gone)
 
-    def __init__(self, ids: Sequence[int], vanish: Sequence[int]) -> None:
-        self.alive = list(ids)
-        self.vanish = list(vanish)
-        self.calls = 0
-
-    async def page(self, number: int, limit: int, _filters: object) -> Page:
-        self.calls += 1
-        if self.calls == 2:
-            self.alive = [i for i in self.alive if i not in set(self.vanish)]
-        start = (number - 1) * limit
-        chunk = self.alive[start : start + limit]
-        pages = -(-len(self.alive) // limit)
-        return Page([record(i) for i in chunk], len(self.alive), pages)
-
-
-async def test_a_listing_that_shifts_is_read_again_and_nothing_is_skipped_or_repeated() -> None:
-    campaign = ShiftingCampaign(range(1, 101), vanish=range(1, 6))
+    campaign = OffsetCampaign(range(1, 101), before=another_purge)
     out = io.BytesIO()
     rule = Rule(campaign_id=42, statuses=("completed",))
-    selection = await collect(rule, campaign.page, out, page_size=10)
+    selection = await collect(rule, campaign, out, page_size=10)
     ids = [int(line.split(b",")[1]) for line in out.getvalue().splitlines()[1:]]
-    assert len(ids) == len(set(ids))
-    # Ids 1-5 were seen on page 1 before they vanished; every id still there is selected.
-    assert set(ids) == set(range(1, 101))
-    assert selection.passes == 2
-    assert selection.selected == 100
+    # Ids 1-5 were seen on page 1 before they vanished: they are not selected, and
+    # every id still there is, once.
+    assert ids == list(range(6, 101))
+    assert (selection.passes, selection.selected, selection.listed) == (3, 95, 95)
 
 
 async def test_a_listing_that_never_settles_is_refused() -> None:
     class Restless:
         calls = 0
 
-        async def page(self, number: int, limit: int, _filters: object) -> Page:
+        async def page(self, campaign_id: int, number: int, limit: int, f: object = ()) -> Page:
             self.calls += 1
             return Page([record(self.calls)], 1000 - self.calls, 2)
 
-    with pytest.raises(SelectionError, match="could not be listed completely in 5 passes"):
-        await collect(Rule(campaign_id=42, statuses=("fresh",)), Restless().page, io.BytesIO(), 1)
+        async def stats(self, campaign_id: int, filters: object = ()) -> dict[str, Any]:
+            return {"total_audience": 1000 - self.calls - 1}
+
+    refused = r"could not be listed completely: .* \(5 passes\); nothing is selected"
+    with pytest.raises(SelectionError, match=refused):
+        await collect(Rule(campaign_id=42, statuses=("fresh",)), Restless(), io.BytesIO(), 1)
 
 
 async def test_what_a_record_fails_on_is_counted() -> None:
-    campaign = ShiftingCampaign([], [])
-
-    async def page(number: int, limit: int, _filters: object) -> Page:
-        records = [record(1), record(2, status="Halted"), record(3, attempt=0, last_attempt=None)]
-        return Page(records, 3, 1)
-
-    del campaign
+    campaign = OffsetCampaign([1, 2, 3])
+    campaign.records = {
+        1: record(1),
+        2: record(2, status="Halted"),
+        3: record(3, attempt=0, last_attempt=None),
+    }
     out = io.BytesIO()
     rule = Rule(campaign_id=7, statuses=("completed",), before=NOW)
-    selection = await collect(rule, page, out, page_size=10)
+    selection = await collect(rule, campaign, out, page_size=10)
     assert selection.left_out == {"status": 1, "never_attempted": 1}
     assert out.getvalue().decode().splitlines() == [
         "campaign_id,audience_id,status,attempt,last_attempt,call_status",
         "7,1,Completed,2,2026-01-01 00:00:00,answered",
     ]
+
+
+async def test_a_selected_id_run_would_reject_is_refused_at_selection() -> None:
+    campaign = OffsetCampaign([5, 2**63])
+    with pytest.raises(
+        SelectionError,
+        match=r"record 9223372036854775808 of campaign 42 matches the rule, but run cannot "
+        r"delete it \(audience_id out of 64-bit range\): nothing is selected",
+    ):
+        await collect(Rule(campaign_id=42, statuses=("completed",)), campaign, io.BytesIO(), 10)
+    # The same id left out by the rule is no reason to refuse the rest.
+    campaign.records = {2**63: record(2**63, status="Halted")}
+    out = io.BytesIO()
+    await collect(Rule(campaign_id=42, statuses=("completed",)), campaign, out, 10)
+    assert out.getvalue().decode().splitlines()[1:] == [
+        "42,5,Completed,2,2026-01-01 00:00:00,answered"
+    ]
+
+
+async def test_the_selection_file_holds_one_pass_however_many_are_read() -> None:
+    """Churn that never settles (10 records out, 10 new ones in, before every page but the
+    first) must not grow the selection beyond one pass's pages: 4 pages of 10."""
+    rows: list[int] = []
+    out = io.BytesIO()
+
+    def churn(kind: str, number: int) -> None:
+        rows.append(out.getvalue().count(b"\n") - 1)
+        if kind == "page" and number >= 2:
+            for gone in campaign.ids[:10]:
+                campaign.remove(gone)
+            for _ in range(10):
+                campaign.add(campaign.ids[-1] + 1)
+
+    campaign = OffsetCampaign(range(1, 41), before=churn)
+    with pytest.raises(SelectionError, match="5 passes"):
+        await collect(Rule(campaign_id=42, statuses=("completed",)), campaign, out, page_size=10)
+    assert campaign.ids[-1] > 100  # the campaign saw many more records than one pass holds
+    assert 30 <= max(rows) <= 40
 
 
 def test_a_selection_appears_whole_or_not_at_all(tmp_path: Path) -> None:
@@ -226,17 +252,18 @@ def test_a_selection_that_cannot_be_written_is_an_output_error(tmp_path: Path) -
 
 
 async def test_pages_shorter_than_asked_are_not_taken_for_the_whole_listing() -> None:
-    """A server that caps its pages below the limit asked for reports as many pages as the
-    limit makes: trusting them would end the selection early, with records never seen."""
-    ids = list(range(1, 1001))
+    """A server that caps its pages below the limit asked for: trusting its page count
+    would end the selection early, with records never seen."""
 
-    async def capped(number: int, limit: int, _filters: object) -> Page:
-        start = (number - 1) * limit
-        chunk = ids[start : start + min(limit, 100)]
-        return Page([record(i) for i in chunk], len(ids), -(-len(ids) // limit))
+    class Capped(OffsetCampaign):
+        async def page(self, campaign_id: int, number: int, limit: int, f: Filters = ()) -> Page:
+            page = await super().page(campaign_id, number, 100)
+            return Page(page.records if number <= 2 else [], page.total_records, 2)
 
     with pytest.raises(SelectionError, match="listed 200 records of the 1,000 it reports"):
-        await collect(Rule(campaign_id=42, statuses=("completed",)), capped, io.BytesIO(), 500)
+        await collect(
+            Rule(campaign_id=42, statuses=("completed",)), Capped(range(1, 1001)), io.BytesIO(), 500
+        )
 
 
 def test_an_age_beyond_a_century_is_refused() -> None:

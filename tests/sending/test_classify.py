@@ -20,6 +20,8 @@ from worker.errors import (
 from worker.sending.classify import (
     Verdict,
     classify,
+    classify_listing,
+    classify_stats,
     normalise,
     parse_retry_after,
     transport_failure,
@@ -467,3 +469,79 @@ def test_final_verdicts_become_their_errors(kind: Kind, error_type: type[Excepti
 def test_deleted_verdict_is_not_an_error() -> None:
     with pytest.raises(ValueError, match="not an error"):
         Verdict(Kind.DELETED, 200, "deleted").error()
+
+
+# -- what a listing and a stats answer must be ----------------------------------------------
+
+
+def listing(records: list[object] | None = None, **pagination: object) -> dict[str, object]:
+    """A 3-record page 1 of 10 a page, as audience-list answers it, ``pagination`` changed."""
+    shown: list[object] = [{"id": i} for i in (1, 2, 3)] if records is None else records
+    return {
+        "datalist": shown,
+        "pagination": {"totalRecords": 3, "totalPages": 1, **pagination},
+    }
+
+
+def test_a_listing_of_the_documented_shape_is_data() -> None:
+    assert classify_listing(listing(), number=1, limit=10) is None
+    assert classify_listing({**listing(), "message": "Success."}, number=1, limit=10) is None
+    empty = listing([], totalRecords=0, totalPages=0)
+    assert classify_listing(empty, number=1, limit=10) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "why"),
+    [
+        (
+            {**listing([], totalRecords=0, totalPages=0), "message": "Something went wrong"},
+            "its message",
+        ),
+        (listing([], totalRecords=False, totalPages=False), "not a whole number"),
+        (listing(totalRecords=True, totalPages=True), "not a whole number"),
+        (listing(totalRecords="3"), "not a whole number"),
+        ({"pagination": {"totalRecords": 3, "totalPages": 1}}, "no datalist"),
+        ({"datalist": []}, "no datalist"),
+        (listing(totalPages=10**9), "3 records of 10 a page in 1,000,000,000 pages"),
+        (
+            listing([{"id": i} for i in range(1, 12)], totalRecords=11, totalPages=2),
+            "11 records, 10 asked",
+        ),
+        (listing([], totalRecords=3), "an empty first page of 3 records"),
+        (listing([{"id": True}], totalRecords=1), "without a positive integer id"),
+        (listing([{"id": 0}], totalRecords=1), "without a positive integer id"),
+        (listing(["7"], totalRecords=1), "without a positive integer id"),
+    ],
+)
+def test_an_answer_that_is_not_a_listing_is_retried_never_read(
+    answer: dict[str, object], why: str
+) -> None:
+    verdict = classify_listing(answer, number=1, limit=10)
+
+    assert verdict is not None
+    assert verdict.kind is Kind.RETRYABLE
+    assert verdict.reason.startswith("audience-list answered what is not ")
+    assert why in verdict.reason + (verdict.message or "")
+
+
+def test_a_page_past_the_first_may_be_empty() -> None:
+    assert classify_listing(listing([]), number=2, limit=10) is None
+
+
+@pytest.mark.parametrize(
+    ("answer", "data"),
+    [
+        ({"total_audience": 50, "coverage": 1.5}, True),
+        ({"total_audience": 0, "message": "ok"}, True),
+        ({"total_audience": False}, False),
+        ({"total_audience": "50"}, False),
+        ({"coverage": 1.5}, False),
+        ({"total_audience": 50, "message": "Something went wrong, try later"}, False),
+    ],
+)
+def test_stats_are_data_only_with_a_whole_total(answer: dict[str, object], data: bool) -> None:
+    verdict = classify_stats(answer)
+
+    assert (verdict is None) is data
+    if verdict is not None:
+        assert verdict.kind is Kind.RETRYABLE

@@ -6,12 +6,13 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from conftest import read_audit
 from pyroaring import BitMap64
 
+from tests.listing_model import OffsetCampaign
 from worker.errors import FatalError
 from worker.records.audit import AuditLog
 from worker.records.purge_logs import Deleted, deleted_by_campaign
@@ -78,14 +79,15 @@ class Meddling:
 
 
 class ShortPages:
-    """A server whose ``totalPages`` is one short: the last page is never asked for."""
+    """A server whose last page comes back empty: a listing that ends early."""
 
     def __init__(self, reader: Reader) -> None:
         self._reader = reader
 
     async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
         page = await self._reader.page(campaign_id, number, limit, filters)
-        return replace(page, total_pages=page.total_pages - 1)
+        last = number == page.total_pages
+        return replace(page, records=[] if last else page.records)
 
     async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
         return await self._reader.stats(campaign_id, filters)
@@ -110,8 +112,8 @@ async def test_a_purged_range_reads_back_with_nothing_present_in_one_verified_re
             "campaign_id": 42,
             "checked": 2500,
             "listed": 7500,
-            "pages": 8,
-            "passes": 1,
+            "pages": 16,  # two passes of 8 pages that list the same ids
+            "passes": 2,
             "unproven": None,
             "still_present": [],
         }
@@ -131,7 +133,7 @@ async def test_every_id_still_present_is_found_however_small_the_pages(
 
     check = checked.campaigns[42]
     assert list(check.still_present) == list(scattered)
-    assert (check.listed, check.pages, check.passes) == (10_000, 100, 1)
+    assert (check.listed, check.pages, check.passes) == (10_000, 200, 2)
     assert not checked.proven
     [verified] = events(reading.audit, "verified")
     assert verified["still_present"] == list(scattered)
@@ -159,8 +161,8 @@ async def test_a_listing_whose_total_changes_is_read_again_from_page_1(
 
     check = checked.campaigns[42]
     assert list(check.still_present) == [150, 5000]
-    assert check.passes == 2
-    assert check.pages == 2 + 100  # the first pass ended at the page that showed the change
+    assert check.passes == 3
+    assert check.pages == 2 + 100 + 100  # the first pass ended at the page that showed it
     assert check.listed == 10_000 - 60
     assert check.unproven is None
 
@@ -200,6 +202,7 @@ async def test_a_listing_shorter_than_the_total_it_reports_is_unproven(
 
     check = checked.campaigns[42]
     assert check.unproven == f"listed 9,000 records of the 9,900 it reports ({MAX_PASSES} passes)"
+    assert check.passes == MAX_PASSES
     assert list(check.still_present) == []  # 10,000 is on the page never read
 
 
@@ -450,3 +453,48 @@ def test_compare_stats_without_a_campaign_read_at_both_moments_has_no_totals() -
     compared = compare_stats({42: stats(100)}, {42: None}, {42: 10}, {})
 
     assert (compared["total_audience_before"], compared["total_audience_after"]) == (None, None)
+
+
+# -- the stats cross-check ------------------------------------------------------------------
+
+
+class EmptyListing(OffsetCampaign):
+    """A listing that says "no records" (no error message, whole totals of 0) while the
+    campaign's stats count them."""
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.requests += 1
+        return Page([], 0, 0)
+
+
+class NoRecorder:
+    def __init__(self) -> None:
+        self.records: list[dict[str, Any]] = []
+
+    def verified(self, campaign_id: int, **fields: Any) -> None:
+        self.records.append({"campaign_id": campaign_id, **fields})
+
+
+async def test_a_listing_of_nothing_while_the_stats_count_records_is_unproven() -> None:
+    campaign = EmptyListing(range(1, 51))
+    recorder = NoRecorder()
+
+    checked = await read_back(campaign, cast(Recorder, recorder), deleted({42: [11]}), page_size=10)
+
+    check = checked.campaigns[42]
+    assert not checked.proven
+    assert check.unproven == (
+        f"campaign-audience-stats counts 50 records and audience-list 0 ({MAX_PASSES} passes)"
+    )
+    assert campaign.requests == 2 * MAX_PASSES  # a stats read and page 1, each pass
+    assert recorder.records[0]["unproven"] == check.unproven
+
+
+async def test_an_emptied_campaign_listed_empty_while_its_stats_count_records_is_unproven() -> None:
+    checked = await read_back(
+        EmptyListing(range(1, 51)), cast(Recorder, NoRecorder()), deleted({}, [42]), 10
+    )
+
+    assert checked.campaigns[42].unproven == (
+        "campaign-audience-stats counts 50 records and audience-list 0"
+    )

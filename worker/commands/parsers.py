@@ -228,7 +228,8 @@ _OWN_CODES: dict[str, Mapping[ExitCode, str]] = {
     "select": {
         ExitCode.OK: "the selection is written (even an empty one)",
         ExitCode.USAGE: "usage or configuration error, a record the rule cannot be checked "
-        "on, or a campaign not listed completely in 5 passes: nothing was written",
+        "on, a listing not proven in 5 passes, or a selected record whose id run would "
+        "reject: nothing was written",
         ExitCode.FATAL: "the API refused the listing (bad token, unknown campaign), or it "
         "kept failing",
         ExitCode.IO_ERROR: "the selection could not be written",
@@ -366,6 +367,19 @@ def _flag(
         )
 
 
+# The sandbox's listing faults (worker.sandbox.listing_faults), as --help explains them.
+LISTING_FAULT_HELP = {
+    "churn": "before a page 2 or later is served, the listing's first record is removed and "
+    "a matching one is added after the last (the total holds, one record goes unlisted)",
+    "error-200": "HTTP 200 with an error message, no records and totals of 0",
+    "bool-totals": "no records, with totalRecords and totalPages false",
+    "endless": "totalPages 1,000,000,000, and a page past the end repeats page 1",
+    "oversized": "each page holds one record more than the limit asked for",
+    "padded": "page 2 holds page 1's last record in place of its own first, and the last page "
+    "adds a record of no campaign (the count of distinct ids holds)",
+}
+
+
 def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
     sandbox.add_argument(
         "--host",
@@ -445,6 +459,22 @@ def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
         metavar="SHARE",
         help="share of delete requests answered with success but not applied, 0..1: what "
         "run --verify must catch (default 0)",
+    )
+    sandbox.add_argument(
+        "--listing-fault",
+        choices=tuple(LISTING_FAULT_HELP),
+        default=None,
+        metavar="MODE",
+        help="make audience-list lie, to rehearse a listing that must not prove anything: "
+        + "; ".join(f"{mode}: {what}" for mode, what in LISTING_FAULT_HELP.items())
+        + " (campaign-audience-stats stays true; default: none)",
+    )
+    sandbox.add_argument(
+        "--listing-fault-times",
+        type=int,
+        default=None,
+        metavar="N",
+        help="serve --listing-fault to the first N answers it applies to only (default: every one)",
     )
     sandbox.add_argument(
         "--error-status",

@@ -265,6 +265,7 @@ async def _read_and_send(
         checkpoints.last_words()
         raise
     _refuse_all_rejected(sent)
+    sent = all_selected_settled(sent, selecting="selection" in started)
     result = replace(
         sent,
         state_dir=store.directory,
@@ -352,6 +353,17 @@ def _refuse_all_rejected(sent: RunResult) -> None:
             f"not one valid audience id: all {t.rejected} rows were rejected (the audit "
             f"log {sent.audit_log} gives each line and its reason)"
         )
+
+
+def all_selected_settled(sent: RunResult, *, selecting: bool) -> RunResult:
+    """A ``run --select`` whose selection held rows the run rejected (each audited with
+    its reason) left selected records neither deleted nor failed: not a purge of what was
+    selected, so not exit 0 (``select`` refuses such records; this is the backstop)."""
+    rejected = sent.tally.rejected
+    if not selecting or not rejected or sent.exit_code != ExitCode.OK:
+        return sent
+    log.warning("selected records were rejected, not deleted", rejected=rejected)
+    return replace(sent, exit_code=ExitCode.FAILED)
 
 
 def _resumed(point: Checkpoint | None, replayed: Replayed) -> dict[str, object] | None:

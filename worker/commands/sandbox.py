@@ -37,6 +37,8 @@ def sandbox_command(args: argparse.Namespace) -> int:
             max_batch=args.max_batch,
             error_status=args.error_status,
             ack_without_delete=args.ack_without_delete,
+            listing_fault=args.listing_fault,
+            listing_fault_times=args.listing_fault_times,
         )
     except ValueError as exc:
         raise UsageError(_as_flag(str(exc))) from None

@@ -9,12 +9,13 @@ Records never attempted (attempt 0, or no ``last_attempt``) have no age: an age 
 them out unless ``--include-never-attempted`` says otherwise. ``last_attempt`` is read as
 UTC (the vendor does not say; its examples carry no zone).
 
-Paging is by offset, and offsets shift when records are deleted, by this purge or by
-another one beside it. So the whole selection is collected before anything is deleted, and
-a listing whose ``totalRecords`` changed while it was read is read again from page 1: ids
-already seen are skipped (none repeated), and a pass during which nothing changed saw every
-record (none skipped). The selection streams to disk, so a large campaign does not sit in
-memory: only a bitmap of the ids seen does.
+Paging is by offset, and offsets shift when records are added or deleted, by this purge or
+by anyone beside it. So the whole selection is collected before anything is deleted, and
+it is what the pass that proved the listing read (:func:`~worker.sending.listing.read_whole`:
+two consecutive consistent passes that list the same ids), not the sum of passes: a record
+gone before that pass is not selected, one that was skipped by an earlier pass is. The
+selection streams to disk, started anew by each pass, so a large campaign does not sit in
+memory (a bitmap of the ids seen does) and the file never outgrows one pass.
 """
 
 from __future__ import annotations
@@ -29,10 +30,9 @@ import re
 import shutil
 import sys
 import tempfile
-from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from functools import partial
 from pathlib import Path
 from typing import IO, Any
 
@@ -42,7 +42,8 @@ from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
 from worker.files import file_to_write, make_dirs
-from worker.sending.listing import Filters, Page, Reader, read_whole, refused
+from worker.input.validate import parse_id
+from worker.sending.listing import AudienceReader, Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
@@ -283,41 +284,42 @@ class Selection:
         }
 
 
-# (page, limit, filters) -> the page: Reader.page with its campaign bound.
-PageReader = Callable[[int, int, Filters], Awaitable[Page]]
-
-
-async def collect(rule: Rule, read_page: PageReader, out: IO[bytes], page_size: int) -> Selection:
-    """Write the records the rule selects to ``out`` as CSV (:data:`HEADER`), each once.
+async def collect(rule: Rule, reader: AudienceReader, out: IO[bytes], page_size: int) -> Selection:
+    """Write the records the rule selects to ``out`` as CSV (:data:`HEADER`), each once:
+    those of the pass that proved the listing (:func:`~worker.sending.listing.read_whole`),
+    as that pass read them. Each pass starts the file anew, so it never holds more than
+    one pass of the listing.
 
     Raises:
-        SelectionError: the listing was not read completely in
+        SelectionError: the listing was not proven in
             :data:`~worker.sending.listing.MAX_PASSES` passes, or a record cannot be
-            checked.
-        ApiError: a read failed for good (from ``read_page``).
+            checked, or a selected record has an id ``run`` cannot delete.
+        ApiError: a read was refused, or kept failing.
     """
     result = Selection()
     seen = BitMap64()
     digest = hashlib.sha256()
-    _write(out, digest, [HEADER])
-    filters = rule.filters()
+    reading = 0
 
-    def take(page: Page) -> None:
+    def take(number: int, page: Page) -> None:
+        nonlocal digest, reading
+        if number != reading:  # a new pass: the selection is its own
+            reading = number
+            out.seek(0)
+            out.truncate()
+            seen.clear()
+            result.selected, result.listed, result.left_out = 0, 0, {}
+            digest = hashlib.sha256()
+            _write(out, digest, [HEADER])
         rows = [_row(rule, record) for record in page.records if _take(rule, record, seen, result)]
         _write(out, digest, rows)
 
-    listing = await read_whole(
-        lambda number: read_page(number, page_size, filters),
-        take,
-        to_the_end=True,
-        campaign_id=rule.campaign_id,
-    )
+    listing = await read_whole(reader, rule.campaign_id, page_size, take, rule.filters())
     result.passes, result.pages = listing.passes, listing.pages
     if listing.why is not None:
         raise SelectionError(
-            f"campaign {rule.campaign_id} could not be listed completely in "
-            f"{listing.passes} passes (the last: {listing.why}): run the selection again "
-            "when it is quiet"
+            f"campaign {rule.campaign_id} could not be listed completely: {listing.why}; "
+            "nothing is selected: run the selection again when it is quiet"
         )
     result.sha256 = digest.hexdigest()
     return result
@@ -335,9 +337,7 @@ async def collect_into(rule: Rule, reader: Reader, target: str | Path, page_size
     with SelectionFile(target) as out:
         try:
             with out.writing():
-                selection = await collect(
-                    rule, partial(reader.page, rule.campaign_id), out.file, page_size
-                )
+                selection = await collect(rule, reader, out.file, page_size)
         except ApiError as exc:
             raise refused(exc, f"cannot list campaign {rule.campaign_id}") from None
         out.commit()
@@ -345,8 +345,11 @@ async def collect_into(rule: Rule, reader: Reader, target: str | Path, page_size
 
 
 def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selection) -> bool:
-    """Check one record against the rule (once, whichever pass meets it first): whether it
-    is selected."""
+    """Check one record against the rule (once a pass): whether it is selected.
+
+    Raises:
+        SelectionError: it is selected, and its id is one ``run`` would reject.
+    """
     audience_id = record["id"]
     if audience_id in seen:
         return False
@@ -356,6 +359,11 @@ def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selecti
     if why is not None:
         result.left_out[why] = result.left_out.get(why, 0) + 1
         return False
+    if isinstance(refusal := parse_id(str(audience_id)), str):
+        raise SelectionError(
+            f"record {audience_id} of campaign {rule.campaign_id} matches the rule, but "
+            f"run cannot delete it (audience_id {refusal}): nothing is selected"
+        )
     result.selected += 1
     return True
 

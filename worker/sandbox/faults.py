@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 
+from worker.sandbox.listing_faults import LISTING_FAULTS
+
 SERVER_ERRORS = (500, 502, 503)
 RATIOS = ("error_ratio", "drop_ratio", "ack_without_delete")
 SERVER_ERROR_MESSAGES = {
@@ -41,6 +43,8 @@ class FaultConfig:
     not specify; run the client against both 400 and 200 to cover either answer.
     ``ack_without_delete`` is the share of delete requests with ids that are answered exactly
     like a success but delete nothing: what reading the campaign back must catch.
+    ``listing_fault`` makes audience-list lie one way of :data:`LISTING_FAULTS`, to the first
+    ``listing_fault_times`` answers it applies to (None: to every one).
     """
 
     seed: int = 0
@@ -53,6 +57,8 @@ class FaultConfig:
     error_status: int = 400
     retry_after_on_5xx: bool = False
     ack_without_delete: float = 0.0
+    listing_fault: str | None = None
+    listing_fault_times: int | None = None
 
     def __post_init__(self) -> None:
         for name in RATIOS:
@@ -67,6 +73,15 @@ class FaultConfig:
                 raise ValueError(f"{name} must be >= 1 or null, got {value}")
         if not 100 <= self.error_status <= 599:
             raise ValueError(f"error_status must be an HTTP status, got {self.error_status}")
+        if self.listing_fault is not None and self.listing_fault not in LISTING_FAULTS:
+            raise ValueError(
+                f"listing_fault must be one of {', '.join(LISTING_FAULTS)}, got "
+                f"{self.listing_fault!r}"
+            )
+        if self.listing_fault_times is not None and self.listing_fault_times < 1:
+            raise ValueError(
+                f"listing_fault_times must be >= 1 or null, got {self.listing_fault_times}"
+            )
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -93,13 +108,22 @@ def _check_type(name: str, value: object) -> object:
         if not isinstance(value, bool):
             raise ValueError(f"{name} must be a boolean")
         return value
+    if name == "listing_fault":
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{name} must be a string or null")
+        return value
     if isinstance(value, bool):
         raise ValueError(f"{name} must be a number")
     if name in (*RATIOS, "latency_ms"):
         if not isinstance(value, int | float):
             raise ValueError(f"{name} must be a number")
         return float(value)
-    if value is None and name in ("limit_per_second", "limit_per_minute", "max_batch"):
+    if value is None and name in (
+        "limit_per_second",
+        "limit_per_minute",
+        "max_batch",
+        "listing_fault_times",
+    ):
         return None
     if not isinstance(value, int):
         raise ValueError(f"{name} must be an integer")

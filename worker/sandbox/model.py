@@ -106,6 +106,7 @@ class Campaign:
     """Mutable state of one campaign: its status, which ids are deleted, what survives."""
 
     __slots__ = (
+        "_added",
         "_alive",
         "_classes",
         "_deleted",
@@ -129,6 +130,9 @@ class Campaign:
         self._alive = array("i", [BLOCK // PERIOD]) * (full * PERIOD)
         if tail:
             self._alive.extend(residue_counts(self.first + full * BLOCK, tail))
+        # Records added since start-up (the ``churn`` listing fault), ids past ``last``,
+        # ascending: they list after the range's.
+        self._added: list[int] = []
 
     @property
     def total(self) -> int:
@@ -141,7 +145,17 @@ class Campaign:
 
     @property
     def alive_count(self) -> int:
-        return self._deleted.clear_count
+        return self._deleted.clear_count + len(self._added)
+
+    def add(self, audience_id: int) -> None:
+        """Add a record (as a CRM or a dialler adds leads): an id past every other."""
+        if audience_id <= max([self.last, *self._added[-1:]]):
+            raise ValueError(f"an added id must be past every other, got {audience_id}")
+        self._added.append(audience_id)
+
+    def next_id(self) -> int:
+        """The id a record added now would get."""
+        return max([self.last, *self._added[-1:]]) + 1
 
     def contains(self, audience_id: int) -> bool:
         """Whether the id is in the campaign's range (deleted or not)."""
@@ -149,16 +163,22 @@ class Campaign:
 
     def alive(self, audience_id: int) -> bool:
         """Whether the id belongs to the campaign and has not been deleted."""
+        if audience_id > self.last:
+            return audience_id in self._added
         return self.contains(audience_id) and not self._deleted.test(audience_id - self.first)
 
     def delete(self, ids: Iterable[int]) -> int:
-        """Delete the ids that are in range and alive; return how many were removed."""
+        """Delete the ids that are in range and alive, or added; return how many were
+        removed."""
         first, last, mark, alive = self.first, self.last, self._deleted.set, self._alive
         removed = 0
         for audience_id in ids:
             offset = audience_id - first
             if first <= audience_id <= last and mark(offset):
                 alive[offset // BLOCK * PERIOD + audience_id % PERIOD] -= 1
+                removed += 1
+            elif audience_id > last and audience_id in self._added:
+                self._added.remove(audience_id)
                 removed += 1
         return removed
 
@@ -167,7 +187,18 @@ class Campaign:
         removed = self.alive_count
         self._deleted.set_all()
         self._alive = array("i", [0]) * len(self._alive)
+        self._added.clear()
         return removed
+
+    def admits(self, where: AudienceFilter | None, audience_id: int) -> bool:
+        """Whether the record ``audience_id`` matches ``where``."""
+        if where is None:
+            return True
+        if where.by_class and not where.admits(self._classes[audience_id % PERIOD]):
+            return False
+        if where.mobile_no is None:
+            return True
+        return where.admits_mobile(mobile_no(self.seed, self.id, audience_id))
 
     def nth_alive(self, n: int) -> int | None:
         """The ``n``-th (0-based) surviving id, found without walking the ids before it."""
@@ -191,9 +222,13 @@ class Campaign:
         """Surviving records that match ``where``."""
         if where is not None and where.mobile_no is not None:
             return sum(1 for _ in self.matching(where))
-        passes = self._passes(where)
+        added = sum(1 for i in self._added if self.admits(where, i))
+        return self._in_range(self._passes(where)) + added
+
+    def _in_range(self, passes: list[bool] | None) -> int:
+        """Surviving ids of the range whose class passes."""
         if passes is None:
-            return self.alive_count
+            return self._deleted.clear_count
         return sum(n for n, ok in zip(self._by_residue(), passes, strict=True) if ok)
 
     def totals(self, where: AudienceFilter | None = None) -> Totals:
@@ -207,6 +242,9 @@ class Campaign:
         for residue, alive in enumerate(self._by_residue()):
             if passes is None or passes[residue]:
                 out.add(self._classes[residue], alive)
+        for audience_id in self._added:
+            if self.admits(where, audience_id):
+                out.add(self._classes[audience_id % PERIOD], 1)
         return out
 
     def page(self, where: AudienceFilter | None, skip: int, limit: int) -> tuple[list[int], int]:
@@ -226,14 +264,21 @@ class Campaign:
         passes = self._passes(where)
         if where is None or where.mobile_no is None:
             yield from self._by_class(passes, skip)
-            return
-        seed, campaign_id = self.seed, self.id
-        found = (
-            audience_id
-            for audience_id in self._by_class(passes, 0)
-            if where.admits_mobile(mobile_no(seed, campaign_id, audience_id))
-        )
-        yield from islice(found, skip, None)
+            skip = max(0, skip - self._in_range(passes))
+        else:
+            seed, campaign_id = self.seed, self.id
+            found = (
+                audience_id
+                for audience_id in self._by_class(passes, 0)
+                if where.admits_mobile(mobile_no(seed, campaign_id, audience_id))
+            )
+            for audience_id in found:
+                if skip:
+                    skip -= 1
+                else:
+                    yield audience_id
+        added = (i for i in self._added if self.admits(where, i))
+        yield from islice(added, skip, None)
 
     def _by_residue(self) -> list[int]:
         """Surviving ids per residue (a strided sum per residue, in C)."""

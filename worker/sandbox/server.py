@@ -12,10 +12,10 @@ reading the campaign back. Control routes under ``/_sandbox`` bypass faults, aut
 audience-list pages by offset over the surviving records that match the filters (``filters``),
 in ascending id order: page P of limit L holds the matches at positions (P-1)*L .. P*L-1 *at the
 time of the request*, so deleting records of page 1 moves later records onto earlier pages, as
-with any offset-paginated API. A page past the end is empty. campaign-audience-stats sums the
-same matches: ``successful_calls`` counts answered calls and ``coverage`` is
-``successful_calls / total_attempt * 100`` (2 decimals, 0 without attempts), as the vendor defines
-them.
+with any offset-paginated API. A page past the end is empty. A listing fault
+(``listing_faults``) makes audience-list lie. campaign-audience-stats sums the same matches:
+``successful_calls`` counts answered calls and ``coverage`` is ``successful_calls /
+total_attempt * 100`` (2 decimals, 0 without attempts), as the vendor defines them.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from aiohttp import web
 from worker.sandbox.control import CONTROL_PREFIX, add_control_routes, json_object
 from worker.sandbox.faults import SERVER_ERROR_MESSAGES, FaultConfig
 from worker.sandbox.filters import AudienceFilter, parse_filter
+from worker.sandbox.listing_faults import answer, churn, listing_ids
 from worker.sandbox.model import CAMPAIGN_STATUSES, Campaign, CampaignSpec
 from worker.sandbox.records import headers, record
 from worker.sandbox.state import STATE_KEY, SandboxState
@@ -214,20 +215,22 @@ async def audience_list(request: web.Request) -> web.Response:
     if page is None or limit is None or page < 1 or not 1 <= limit <= MAX_PAGE_LIMIT:
         return _message(f"page must be >= 1 and limit between 1 and {MAX_PAGE_LIMIT}", 400)
     where = _listing_filter(request)
-    ids, total = campaign.page(where, (page - 1) * limit, limit)
+    fault = request.app[STATE_KEY].listing_fault(page)
+    if fault == "churn":
+        churn(campaign, where)
+    ids, total = listing_ids(fault, campaign, where, page, limit)
     seed, simple = campaign.seed, where.is_new
-    return web.json_response(
-        {
-            "datalist": [record(campaign.id, i, seed=seed, simple=simple) for i in ids],
-            "headers": headers(simple=simple),
-            "pagination": {
-                "totalRecords": total,
-                "totalPages": ceil(total / limit),
-                "currentPage": page,
-                "limit": limit,
-            },
-        }
-    )
+    body = {
+        "datalist": [record(campaign.id, i, seed=seed, simple=simple) for i in ids],
+        "headers": headers(simple=simple),
+        "pagination": {
+            "totalRecords": total,
+            "totalPages": ceil(total / limit),
+            "currentPage": page,
+            "limit": limit,
+        },
+    }
+    return web.json_response(answer(fault, body))
 
 
 async def audience_stats(request: web.Request) -> web.Response:

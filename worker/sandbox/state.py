@@ -18,6 +18,7 @@ from aiohttp import web
 
 from worker.sandbox.bitmap import Bitmap
 from worker.sandbox.faults import FaultConfig, FaultInjector, SlidingWindowLimiter
+from worker.sandbox.listing_faults import applies
 from worker.sandbox.model import Campaign, CampaignSpec
 
 MAX_OUTSIDE_IDS = 10_000
@@ -83,6 +84,8 @@ class SandboxState:
         self.acked_requests = 0
         self.acked_ids = 0
         self.acked_by_campaign: dict[int, Bitmap] = {}
+        self.listing_faults_left = faults.listing_fault_times
+        self.listing_faults_served = 0
 
     @property
     def faults(self) -> FaultConfig:
@@ -91,6 +94,17 @@ class SandboxState:
     def replace_faults(self, config: FaultConfig) -> None:
         """Swap the fault config and reseed; the rate windows keep their history."""
         self.injector = FaultInjector(config)
+        self.listing_faults_left = config.listing_fault_times
+
+    def listing_fault(self, page: int) -> str | None:
+        """The listing fault to serve page ``page`` with, if any (counted)."""
+        mode = self.faults.listing_fault
+        if mode is None or not applies(mode, page) or self.listing_faults_left == 0:
+            return None
+        if self.listing_faults_left is not None:
+            self.listing_faults_left -= 1
+        self.listing_faults_served += 1
+        return mode
 
     def admit_delete(self) -> int | None:
         """Pass an API request, of any route, through the rate limit: None if admitted (its
@@ -161,6 +175,7 @@ class SandboxState:
             },
             "max_audience_len": self.max_audience_len,
             "acked_not_applied": {"requests": self.acked_requests, "ids": self.acked_ids},
+            "listing_faults_served": self.listing_faults_served,
         }
         if times:
             doc["accepted_times"] = list(self.accepted_times)

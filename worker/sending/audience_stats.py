@@ -19,7 +19,7 @@ import structlog
 
 from worker.errors import ApiError
 from worker.records.recorder import Recorder
-from worker.sending.readback import AudienceReader
+from worker.sending.listing import AudienceReader
 
 log = structlog.get_logger("audience_purge.stats")
 

@@ -180,6 +180,83 @@ def classify_read(
     return _refusal(status, message, parse_retry_after(headers.get("Retry-After")))
 
 
+# What a listing or a stats answer may say beside its data (compared as normalise() does):
+# the vendor documents none, so any other message is an error answered with a 2xx.
+READ_MESSAGES = {
+    "success",
+    "successful",
+    "ok",
+    "data found",
+    "data fetched successfully",
+    "audience list",
+    "audience list fetched successfully",
+    "audience fetched successfully",
+    "stats fetched successfully",
+}
+
+
+def _not_data(what: str, why: str, message: str | None = None) -> Verdict:
+    """An answer that is no listing (no stats): retried, and never read as data."""
+    return Verdict(Kind.RETRYABLE, None, f"{what} answered what is not {why}", message)
+
+
+def _whole(value: object) -> bool:
+    """A JSON integer of 0 or more (``True`` is an int to Python, not to the API)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _says_something_else(data: Mapping[str, object]) -> str | None:
+    """The answer's message, if it has one that is not a known way of saying "here it is"."""
+    message = data.get("message")
+    if message is None or (isinstance(message, str) and normalise(message) in READ_MESSAGES):
+        return None
+    return message if isinstance(message, str) else repr(message)
+
+
+def classify_listing(data: Mapping[str, object], number: int, limit: int) -> Verdict | None:
+    """None if ``data`` (what :func:`classify_read` let through) is page ``number`` of
+    ``limit`` records of an audience-list, else the retryable :class:`Verdict` of why not:
+    a message that is not a listing's, ``datalist`` or ``pagination`` missing, totals that
+    are not whole numbers (a bool, a string), ``totalPages`` other than
+    ``ceil(totalRecords / limit)``, more records than ``limit``, an empty first page of a
+    listing that reports records, or a record without a positive integer ``id``."""
+    what = "audience-list"
+    said = _says_something_else(data)
+    if said is not None:
+        return _not_data(what, "a listing (its message)", said)
+    records, pagination = data.get("datalist"), data.get("pagination")
+    if not isinstance(records, list) or not isinstance(pagination, Mapping):
+        return _not_data(what, "a listing (no datalist and pagination)")
+    total, pages = pagination.get("totalRecords"), pagination.get("totalPages")
+    if not _whole(total) or not _whole(pages):
+        return _not_data(what, "a listing (totalRecords or totalPages not a whole number)")
+    assert isinstance(total, int)
+    assert isinstance(pages, int)
+    if pages != -(-total // limit) and not (total == 0 and pages == 1):
+        return _not_data(
+            what, f"a listing ({total:,} records of {limit:,} a page in {pages:,} pages)"
+        )
+    if len(records) > limit:
+        return _not_data(what, f"a page ({len(records):,} records, {limit:,} asked for)")
+    if number == 1 and total and not records:
+        return _not_data(what, f"a listing (an empty first page of {total:,} records)")
+    for item in records:
+        if not isinstance(item, Mapping) or not _whole(item.get("id")) or item["id"] == 0:
+            return _not_data(what, "a listing (a record without a positive integer id)")
+    return None
+
+
+def classify_stats(data: Mapping[str, object]) -> Verdict | None:
+    """None if ``data`` is a campaign-audience-stats answer (a whole ``total_audience``,
+    no message of another kind), else the retryable :class:`Verdict` of why not."""
+    said = _says_something_else(data)
+    if said is not None:
+        return _not_data("campaign-audience-stats", "stats (its message)", said)
+    if not _whole(data.get("total_audience")):
+        return _not_data("campaign-audience-stats", "stats (total_audience not a whole number)")
+    return None
+
+
 def transport_failure(exc: BaseException) -> Verdict:
     """A request that got no HTTP answer (timeout, reset, refused) is worth retrying."""
     name = type(exc).__name__

@@ -7,8 +7,10 @@ the ids recorded as deleted that it still holds failed after all (``still_presen
 Only that intersection is kept, never the listing: memory is the deleted ids' bitmap.
 
 The listing is read whole as a selection's is (:func:`worker.sending.listing.read_whole`:
-again from page 1 while the records shift under it). A campaign never read completely is
-*unproven*: the ids seen are recorded, "none left" is not claimed.
+from page 1 until two consecutive consistent passes list the same ids). A campaign whose
+listing is not proven so (it kept changing, its answers were not a listing, its counts
+disagree with campaign-audience-stats) is *unproven*: the ids seen in any pass are
+recorded as still present, "none left" is not claimed.
 
 Which ids to look for comes from the audit files (:mod:`worker.records.purge_logs`: a
 resumed purge's files are found through their links, so that a read-back covers every id
@@ -20,8 +22,7 @@ The campaigns' sizes before and after are :mod:`worker.sending.audience_stats`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import structlog
 from pyroaring import BitMap64
@@ -29,19 +30,9 @@ from pyroaring import BitMap64
 from worker.errors import ApiError
 from worker.records.purge_logs import Deleted
 from worker.records.recorder import Recorder
-from worker.sending.listing import Filters, Page, read_whole, refused
+from worker.sending.listing import AudienceReader, NotAListing, Page, read_whole, refused
 
 log = structlog.get_logger("audience_purge.readback")
-
-
-class AudienceReader(Protocol):
-    """What a read-back needs of :class:`worker.sending.listing.Reader`."""
-
-    async def page(
-        self, campaign_id: int, number: int, limit: int, filters: Filters = ()
-    ) -> Page: ...
-
-    async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,20 +128,18 @@ async def _read_campaign(
     reader: AudienceReader, campaign: int, wanted: BitMap64, page_size: int, *, emptied: bool
 ) -> CampaignCheck:
     if not wanted:  # only emptied by delete-all: its total is the whole answer
-        page = await reader.page(campaign, 1, 1)
-        return _emptied_check(campaign, page.total_records)
+        try:
+            return await _emptied_check(reader, campaign)
+        except NotAListing as exc:
+            why = exc.reason + (f": {exc.message}" if exc.message else "")
+            return CampaignCheck(campaign, 0, BitMap64(), 0, 1, 1, True, why)
     found = BitMap64()
 
-    def take(page: Page) -> None:
+    def take(_pass: int, page: Page) -> None:
         found.update(i for record in page.records if (i := record["id"]) in wanted)
 
-    listing = await read_whole(
-        partial(reader.page, campaign, limit=page_size),
-        take,
-        to_the_end=False,
-        campaign_id=campaign,
-    )
-    unproven = None if listing.why is None else f"{listing.why} ({listing.passes} passes)"
+    listing = await read_whole(reader, campaign, page_size, take)
+    unproven = listing.why
     if emptied and listing.listed and unproven is None:
         unproven = _still_holds(listing.listed)
     return CampaignCheck(
@@ -165,8 +154,16 @@ async def _read_campaign(
     )
 
 
-def _emptied_check(campaign: int, total: int) -> CampaignCheck:
-    unproven = _still_holds(total) if total else None
+async def _emptied_check(reader: AudienceReader, campaign: int) -> CampaignCheck:
+    """A campaign emptied by delete-all: proven when its stats and its listing both count
+    no record."""
+    count = (await reader.stats(campaign))["total_audience"]
+    total = (await reader.page(campaign, 1, 1)).total_records
+    unproven = None
+    if total != count:
+        unproven = f"campaign-audience-stats counts {count:,} records and audience-list {total:,}"
+    elif total:
+        unproven = _still_holds(total)
     return CampaignCheck(campaign, 0, BitMap64(), total, 1, 1, True, unproven)
 
 
