@@ -526,6 +526,8 @@ def test_summary_names_the_unsigned_records_of_a_signed_run(
     assert data["unsigned"] == [
         {"file": str(signed_log), "lines": str(line), "run_id": records[0]["run_id"], "records": 1}
     ]
+    assert main(["audit", "verify", "--json", str(signed_log)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["unsigned"] == data["unsigned"]
 
 
 def test_summary_of_a_signed_run_to_its_end_names_nothing_unsigned(

@@ -67,6 +67,7 @@ def verify_command(args: argparse.Namespace) -> int:
         verdict.errors += signatures.errors
     if args.json:
         document = verdict_document(verdict, key, signatures)
+        document["unsigned"] = [_span(span) for span in unsigned_spans(args.paths)]
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 1 if verdict.errors else 0
     for warning in verdict.warnings:
