@@ -175,6 +175,7 @@ async def test_happy_path_deletes_every_id_and_audits_every_batch(
         "verified": 0,
         "still_present": 0,
         "unproven": {},
+        "partial": None,
         "total_audience_before": None,
         "total_audience_after": None,
         "audience": {},

@@ -594,6 +594,47 @@ def test_a_crashed_run_without_the_file_that_continued_it_is_a_caveat(
     assert report(tmp_path)["incomplete_runs"][0]["continued_by"] is None
 
 
+def test_a_file_continuing_one_not_given_is_read_back_partly_exit_1(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The ids the earlier file recorded were never looked for: not proven gone. Here
+    they are even still there, which a read-back of the later file alone cannot see."""
+    sandbox = sandboxes()
+    sandbox.state.campaigns[42].delete(range(101, 201))
+    first, second = crashed_and_resumed(tmp_path)
+
+    assert verify(sandbox, tmp_path, second) == 1
+
+    out = capsys.readouterr().out
+    said = (
+        f"partly read back: the ids of earlier runs in {first.absolute()} were not checked "
+        "(not among the files given: add them to --audit)"
+    )
+    assert out.splitlines()[0].endswith(": partly read back (exit 1)")
+    assert f"  {said}" in out.splitlines()
+    [finished] = verify_records(tmp_path, "run_finished")
+    for record in (finished, report(tmp_path)):
+        assert record["partial"] == {
+            "unchecked": None,
+            "missing": [str(first.absolute())],
+            "reason": said,
+        }
+        assert record["still_present"] == 0
+
+
+def test_files_given_with_the_one_they_continue_are_read_back_whole(
+    sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sandbox = sandboxes()
+    sandbox.state.campaigns[42].delete(range(1, 201))
+    first, second = crashed_and_resumed(tmp_path)
+
+    assert verify(sandbox, tmp_path, second, first) == 0
+
+    assert "partly read back" not in capsys.readouterr().out
+    assert report(tmp_path)["partial"] is None
+
+
 def test_an_audit_file_with_no_record_is_warned_about(
     sandboxes: Sandbox, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

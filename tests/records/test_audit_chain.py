@@ -658,3 +658,47 @@ def test_find_matches_a_rejected_row_by_its_id_cell_not_by_its_campaign(tmp_path
     assert list(find([path], 42)) == []
     assert [r["line"] for _, _, r in find([path], 7)] == []
     assert [r["line"] for _, _, r in find([path], -7)] == [4]
+
+
+# --- a record changed and re-hashed alone --------------------------------------------------
+
+
+def rehashed_alone(path: Path, index: int, change: Callable[[dict[str, Any]], None]) -> None:
+    """Record ``index`` changed and given a valid hash of its own; nothing else touched."""
+    records = [orjson.loads(line) for line in lines_of(path)]
+    change(records[index])
+    records[index]["hash"] = record_hash(records[index])
+    write_records(path, records)
+
+
+def test_a_deleted_record_changed_and_rehashed_alone_is_caught_by_the_next_line(
+    purge: PurgeRun,
+) -> None:
+    """Its own hash is valid: only the next record's prev_hash, which still names the old
+    hash, tells. An id never sent, claimed as erased, is tampering."""
+    path, _, _ = purge
+    records = read_audit(path)
+    index = next(n for n, r in enumerate(records) if r["event"] == "deleted")
+    assert index < len(records) - 1
+
+    rehashed_alone(path, index, lambda r: r["audience_ids"].append(424242))
+
+    problem = problem_of([path])
+    assert where(problem) == (path, index + 2)
+    assert "prev_hash does not match the previous record" in problem.reason
+
+
+def test_any_record_changed_and_rehashed_alone_is_caught_by_the_next_line(
+    purge: PurgeRun,
+) -> None:
+    path, _, _ = purge
+    original = path.read_bytes()
+    events = [r["event"] for r in read_audit(path)]
+
+    for index, event in enumerate(events[:-1]):
+        path.write_bytes(original)
+        rehashed_alone(path, index, lambda r: r.update(ts="2020-01-01T00:00:00.000000Z"))
+
+        problem = problem_of([path])
+        assert where(problem) == (path, index + 2), event
+        assert "prev_hash does not match the previous record" in problem.reason, event

@@ -376,7 +376,9 @@ def test_reading_the_same_ids_back_twice_does_not_cover_ids_never_looked_for(
     assert "partly read back" in verdict
 
 
-def test_ids_deleted_twice_are_looked_for_once(tmp_path: Path) -> None:
+def test_ids_deleted_twice_are_counted_once_and_their_re_deletions_apart(
+    tmp_path: Path,
+) -> None:
     # A run killed before its checkpoint: the next run sent ids 6-10 again.
     log = trail(
         tmp_path / "audit.jsonl",
@@ -384,10 +386,15 @@ def test_ids_deleted_twice_are_looked_for_once(tmp_path: Path) -> None:
         [deleted(range(6, 16)), ("verified", verified(15))],
     )
 
-    numbers, verdict = proof(page_of(log))
+    page = page_of(log)
+    numbers, verdict = proof(page)
 
-    assert numbers[:2] == ["20", "15"]  # ids in deleted records; distinct ids looked for
+    assert numbers[:2] == ["15", "15"]  # distinct ids deleted; distinct ids looked for
     assert verdict == '<span class="ok">gone</span>'
+    # ids deleted, failed, duplicate rows, unconfirmed, delete_all answers, deleted again
+    assert row(page, "42") == [15, 0, 0, 0, 0, 5]
+    assert row(page, "all") == [15, 0, 0, 0, 0, 5]
+    assert figure(page, "total-deleted") == 20  # the chart counts ids in deleted records
 
 
 async def test_a_real_purge_read_back_whole_says_gone(
@@ -403,3 +410,109 @@ async def test_a_real_purge_read_back_whole_says_gone(
     assert numbers[:3] == ["40", "40", "0"]
     assert numbers[4:6] == ["1", "0"]
     assert verdict == '<span class="ok">gone</span>'
+
+
+# --- several chains --------------------------------------------------------------------------
+
+
+async def test_a_purge_log_and_its_verify_log_are_two_chains_each_with_its_verdict(
+    make_settings: MakeSettings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """verify --audit writes a chain of its own: beside the purge's log on one page it is
+    a second chain, verified on its own, not tampering; its read-back proves the ids gone."""
+    from worker.commands.verify import describe_file, recorded_deletions, verify
+
+    ids = write_csv(tmp_path / "ids.csv", [str(i) for i in range(1, 41)])
+    purge_log = tmp_path / "audit.jsonl"
+    purged = await run_purge(make_settings(campaign_id=42), str(ids), out=io.StringIO())
+    assert purged.exit_code == 0
+    verify_log = tmp_path / "verify.jsonl"
+    settings = make_settings(audit_log=verify_log, report=None, failed_out=None)
+    described = [describe_file(purge_log)[0]]
+    deleted = recorded_deletions([purge_log], None)
+    assert await verify(settings, [purge_log], described, deleted, out=io.StringIO()) == 0
+    out = tmp_path / "page.html"
+
+    assert main(["audit", "report", "--html", str(out), str(purge_log), str(verify_log)]) == 0
+
+    page = out.read_text()
+    assert capsys.readouterr().out.strip().splitlines()[-1] == f"{out}: OK"
+    assert "Verdict: OK</p>" in page
+    assert "The files hold 2 chains" in page
+    assert '<span id="verdict-1">OK</span>' in page
+    assert '<span id="verdict-2">OK</span>' in page
+    numbers, said = proof(page)
+    assert numbers[:3] == [str(deleted.count(42)), str(deleted.count(42)), "0"]
+    assert said == '<span class="ok">gone</span>'
+
+
+def test_a_chain_whose_earlier_file_is_not_given_is_said_not_hidden(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Three files of one chain, the middle one left out: the first is a chain, the last
+    continues a file not given, and the page says so (its own verdict, with a warning)."""
+    paths = [tmp_path / f"{n}.jsonl" for n in ("first", "second", "third")]
+    previous = None
+    for number, path in enumerate(paths):
+        log = AuditLog(path, f"run-{number}", previous=previous)
+        log.write("run_started", command="run")
+        log.write("run_finished", exit_code=0)
+        previous = log.head()
+        log.close()
+    out = tmp_path / "page.html"
+
+    assert main(["audit", "report", "--html", str(out), str(paths[0]), str(paths[2])]) == 0
+
+    page = out.read_text()
+    assert capsys.readouterr().out.strip() == f"{out}: OK with warnings"
+    assert '<span id="verdict-1">OK</span>' in page
+    assert '<span id="verdict-2">OK with warnings</span>' in page
+    assert (
+        f"the chain continues run run-1 at seq 1 in {paths[1]}, which is not among the files "
+        "given: what came before it is not checked"
+    ) in page
+
+
+def test_two_files_of_one_chain_are_one_chain_on_the_page(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    first, second = tmp_path / "first.jsonl", tmp_path / "second.jsonl"
+    log = AuditLog(first, "run-0")
+    log.write("run_started", command="run")
+    head = log.head()
+    log.close()
+    later = AuditLog(second, "run-1", previous=head)
+    later.write("run_started", command="run")
+    later.write("run_finished", exit_code=0)
+    later.close()
+    out = tmp_path / "page.html"
+
+    assert main(["audit", "report", "--html", str(out), str(second), str(first)]) == 0
+
+    page = out.read_text()
+    assert "chains" not in page.split("<h2>Totals", 1)[0]
+    assert f"Files in chain order: {first}, {second}" in page
+
+
+def test_ids_deleted_only_after_the_last_signed_head_are_said_unsigned(tmp_path: Path) -> None:
+    """A signing run's records after its last signed head (a crash, or appended later):
+    the proof row says how many of the ids deleted no signature vouches for."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from worker.records.signing import Signer
+
+    path = tmp_path / "audit.jsonl"
+    log = AuditLog(path, "run-0", signer=Signer(Ed25519PrivateKey.generate()))
+    log.write("run_started", command="run")
+    log.write(*deleted(range(1, 6))[:1], **deleted(range(1, 6))[1])
+    log.sync()  # a checkpoint: head_signed
+    log.write(*deleted(range(6, 8))[:1], **deleted(range(6, 8))[1])
+    log.write("verified", **verified(7))
+    log.close()
+
+    numbers, verdict = proof(page_of(path))
+
+    assert numbers[:3] == ["7", "7", "0"]
+    assert verdict.startswith('<span class="bad">unsigned</span>: ')
+    assert "gone" not in verdict
+    assert "2 of the ids deleted are recorded only after the last signed head" in verdict

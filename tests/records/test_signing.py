@@ -13,6 +13,7 @@ import orjson
 import pytest
 from conftest import write_csv
 from processes import eventually, finish, start
+from pyroaring import BitMap64
 
 from worker.cli import main
 from worker.commands.run import run_purge
@@ -404,3 +405,199 @@ async def test_hmac_and_ed25519_together_each_verify(
     assert code == 0, out
     assert "1 signed head(s) checked" in out
     assert "Ed25519 signature(s) verified" in out
+
+
+# --- signed to the end ---------------------------------------------------------------------
+
+NEVER_SENT = 4242  # not among the run's ids
+
+
+def cut_after_the_first_signed_head(path: Path, *, finished: bool) -> Records:
+    """What someone without the private key can make of a signed log: its records up to
+    the first head_signed (signed, untouched), then a forged ``deleted`` record of an id
+    never sent and, if ``finished``, an unsigned copy of run_finished; the plain hash chain
+    rebuilt over it all. The records written."""
+    records = records_of(path)
+    first_head = next(i for i, r in enumerate(records) if r["event"] == "head_signed")
+    template = next(r for r in records if r["event"] == "deleted")
+    forged = [{**template, "audience_ids": [NEVER_SENT]}]
+    if finished:
+        unsigned = {k: v for k, v in records[-1].items() if k != "head_signature"}
+        forged.append(unsigned)
+    kept = rechain(records[: first_head + 1] + forged)
+    write_records(path, kept)
+    return kept
+
+
+def test_a_run_started_of_a_signed_run_declares_its_signing_key(
+    signed_log: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = records_of(signed_log)
+    finished = records[-1]
+    assert records[0]["event"] == "run_started"
+    assert records[0]["signing_key_id"] == finished["signing_key_id"]
+
+
+def test_an_unsigned_run_finished_in_a_signed_run_is_tampered(
+    signed_log: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = cut_after_the_first_signed_head(signed_log, finished=True)
+    assert verify(capsys, signed_log)[0] == 0  # the hash chain alone is fooled
+
+    code, out, _ = verify(capsys, signed_log, "--public-key", str(keys[1]))
+
+    run_id = records[0]["run_id"]
+    assert code == 1, out
+    assert (
+        f"TAMPERED: {signed_log}:{len(records)}: run_finished of run {run_id} has no "
+        "head_signature, but its run_started declares a signing key"
+    ) in out
+
+
+def test_an_unsigned_run_finished_is_tampered_in_a_log_declaring_the_key_in_its_settings(
+    signed_log: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logs written before run_started carried signing_key_id name --sign-key in their
+    settings: that declares the run signed too."""
+    records = records_of(signed_log)
+    del records[0]["signing_key_id"]
+    write_records(signed_log, rechain(records))
+    cut_after_the_first_signed_head(signed_log, finished=True)
+
+    code, out, _ = verify(capsys, signed_log, "--public-key", str(keys[1]))
+
+    assert code == 1, out
+    assert "has no head_signature, but its run_started declares a signing key" in out
+
+
+def test_a_forged_tail_without_run_finished_is_a_crash_but_find_calls_it_unsigned(
+    signed_log: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = cut_after_the_first_signed_head(signed_log, finished=False)
+    line = len(records)
+
+    code, out, _ = verify(capsys, signed_log, "--public-key", str(keys[1]))
+    assert code == 0, out  # what a crash between checkpoints leaves
+    assert f"WARNING: {signed_log}:{line}: 1 records after the last signed head" in out
+
+    assert main(["audit", "find", str(NEVER_SENT), str(signed_log)]) == 0
+    found = capsys.readouterr().out
+    assert "was erased" not in found
+    assert f"{signed_log}:{line}  " in found
+    assert found.splitlines()[0].endswith("  UNSIGNED")
+    assert found.splitlines()[-1] == (
+        f"=> audience id {NEVER_SENT}: erased only by an unsigned record ({signed_log}:{line}, "
+        f"run {records[0]['run_id']}): its run signs its heads, but no signature covers this "
+        "record (a crash between checkpoints, or added later); not proven"
+    )
+    assert main(["audit", "find", "--json", str(NEVER_SENT), str(signed_log)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["unsigned"] is True
+
+
+def test_find_says_erased_for_an_id_a_signature_covers(
+    signed_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    covered = next(r for r in records_of(signed_log) if r["event"] == "deleted")
+    audience_id = covered["audience_ids"][0]
+
+    assert main(["audit", "find", str(audience_id), str(signed_log)]) == 0
+
+    out = capsys.readouterr().out
+    assert f"=> audience id {audience_id} was erased" in out
+    assert "UNSIGNED" not in out
+
+
+def test_summary_names_the_unsigned_records_of_a_signed_run(
+    signed_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    records = cut_after_the_first_signed_head(signed_log, finished=False)
+
+    assert main(["audit", "summary", str(signed_log)]) == 0
+    out = capsys.readouterr().out
+    assert main(["audit", "summary", "--json", str(signed_log)]) == 0
+    data = orjson.loads(capsys.readouterr().out)
+
+    line = len(records)
+    assert out.splitlines()[0] == (
+        f"WARNING: {signed_log}:{line}: 1 record(s) of run {records[0]['run_id']} after its "
+        "last signed head are unsigned (its run_started declares a signing key): a crash "
+        "between checkpoints, or records added later; no signature vouches for what they say"
+    )
+    assert data["unsigned"] == [
+        {"file": str(signed_log), "lines": str(line), "run_id": records[0]["run_id"], "records": 1}
+    ]
+    assert main(["audit", "verify", "--json", str(signed_log)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["unsigned"] == data["unsigned"]
+
+
+def test_summary_of_a_signed_run_to_its_end_names_nothing_unsigned(
+    signed_log: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["audit", "summary", "--json", str(signed_log)]) == 0
+    assert orjson.loads(capsys.readouterr().out)["unsigned"] == []
+
+
+def test_a_killed_runs_log_changed_before_its_last_head_signed_and_rechained_fails(
+    signed_log: Path, keys: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A killed run's last signature is a head_signed: it alone vouches for the records
+    before it, so its signature is checked, not only run_finished's."""
+    records = records_of(signed_log)[:-1]  # killed: no run_finished
+    last_head = max(i for i, r in enumerate(records) if r["event"] == "head_signed")
+    records = records[: last_head + 1]
+    deleted = next(r for r in records if r["event"] == "deleted")
+    deleted["audience_ids"][0] = NEVER_SENT
+    write_records(signed_log, rechain(records))
+    assert verify(capsys, signed_log)[0] == 0  # the hash chain alone is fooled
+
+    code, out, _ = verify(capsys, signed_log, "--public-key", str(keys[1]))
+
+    assert code == 1, out
+    assert (
+        f"TAMPERED: {signed_log}:{last_head + 1}: head_signature does not verify: the record "
+        "was changed or the chain rebuilt"
+    ) in out
+
+
+def page(tmp_path: Path, log: Path, public: Path) -> str:
+    out = tmp_path / "page.html"
+    assert main(["audit", "report", "--html", str(out), "--public-key", str(public), str(log)]) == 0
+    return out.read_text()
+
+
+def test_the_evidence_page_of_a_forged_unsigned_run_finished_is_not_verified(
+    signed_log: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    cut_after_the_first_signed_head(signed_log, finished=True)
+
+    shown = page(tmp_path, signed_log, keys[1])
+
+    assert "Verdict: TAMPERED" in shown
+    assert "Ed25519 signatures: NOT verified" in shown
+    assert "signatures: verified" not in shown
+
+
+def test_the_evidence_page_names_the_unsigned_records_of_a_crashed_signed_run(
+    signed_log: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from worker.records.evidence import figures
+
+    records = cut_after_the_first_signed_head(signed_log, finished=False)
+
+    shown = page(tmp_path, signed_log, keys[1])
+
+    assert "Verdict: OK with warnings" in shown
+    assert "Ed25519 signatures: partly verified" in shown
+    assert (
+        f"<li>run {records[0]['run_id']}: 1 record(s) after its last signed head are unsigned"
+    ) in shown
+    assert figures(records).unsigned_ids == {42: BitMap64([NEVER_SENT])}
+
+
+def test_the_evidence_page_of_a_run_signed_to_its_end_is_verified(
+    signed_log: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    shown = page(tmp_path, signed_log, keys[1])
+
+    assert "Ed25519 signatures: verified" in shown
+    assert 'id="unsigned"' not in shown

@@ -29,11 +29,14 @@ from worker.records.audit import read_key_file
 from worker.records.audit_query import (
     Hit,
     Problem,
+    UnsignedSpan,
     Verdict,
     check,
+    check_chains,
     find,
     find_line,
     summarize,
+    unsigned_spans,
 )
 
 if TYPE_CHECKING:
@@ -64,6 +67,7 @@ def verify_command(args: argparse.Namespace) -> int:
         verdict.errors += signatures.errors
     if args.json:
         document = verdict_document(verdict, key, signatures)
+        document["unsigned"] = [_span(span) for span in unsigned_spans(args.paths)]
         sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 1 if verdict.errors else 0
     for warning in verdict.warnings:
@@ -159,12 +163,17 @@ def _verified(verdict: Verdict, key: bytes | None, signatures: SignatureCheck | 
 def summary_command(args: argparse.Namespace) -> int:
     """The totals; ``WARNING:`` lines first for records they cannot count whole (a
     ``duplicates`` record whose arrays differ in length). Exit 0 either way."""
-    data = summarize(_readable(args.paths))
+    paths = _readable(args.paths)
+    data = summarize(paths)
+    data["unsigned"] = [_span(span) for span in unsigned_spans(paths)]
     if args.json:
         sys.stdout.write(orjson.dumps(data, option=orjson.OPT_INDENT_2).decode() + "\n")
         return 0
     for warning in data["warnings"]:
         print(f"WARNING: {warning['file']}:{warning['line']}: {warning['reason']}")
+    for span in data["unsigned"]:
+        said = _UNSIGNED.format(run=span["run_id"])
+        print(f"WARNING: {span['file']}:{span['lines']}: {span['records']} {said}")
     print("events:")
     for event, n in data["events"].items():
         print(f"  {event:<14} {n}")
@@ -180,6 +189,23 @@ def summary_command(args: argparse.Namespace) -> int:
             + (" (interrupted)" if run.get("interrupted") else "")
         )
     return 0
+
+
+_UNSIGNED = (
+    "record(s) of run {run} after its last signed head are unsigned (its run_started "
+    "declares a signing key): a crash between checkpoints, or records added later; no "
+    "signature vouches for what they say"
+)
+
+
+def _span(span: UnsignedSpan) -> dict[str, Any]:
+    """An unsigned span as ``audit summary`` (``--json``) gives it."""
+    return {
+        "file": str(span.path),
+        "lines": span.lines,
+        "run_id": span.run_id,
+        "records": span.last - span.first + 1,
+    }
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -251,32 +277,49 @@ def find_command(args: argparse.Namespace) -> int:
     then, in text, one line saying what was found. Exit 1 when nothing is."""
     audience_id, input_line, paths = _find_target(args)
     paths = _readable(paths)
+    spans = unsigned_spans(paths)
     if audience_id is not None:
         hits = list(find(paths, audience_id, args.campaign_id))
-        closing = _found(hits, audience_id)
+        closing = _found(hits, audience_id, spans)
     else:
         assert input_line is not None
         hits = list(find_line(paths, input_line, args.campaign_id))
         closing = _found_line(hits, input_line)
     for path, line, record in hits:
+        unsigned = _unsigned(spans, (path, line, record))
         if args.json:
             # Not "line": a record's own ``line`` is the input line it is about.
             shown = {"file": str(path), "file_line": line, **record}
+            if unsigned:
+                shown["unsigned"] = True
             sys.stdout.write(orjson.dumps(shown).decode() + "\n")
         else:
-            print(f"{path}:{line}  {_describe(record)}")
+            print(f"{path}:{line}  {_describe(record)}" + ("  UNSIGNED" if unsigned else ""))
     if not args.json:
         print(closing)
     return 0 if hits else 1
 
 
-def _found(hits: list[Hit], audience_id: int) -> str:
-    deleted = [r for _, _, r in hits if r.get("event") == "deleted"]
-    if deleted:
-        first = deleted[0]
+def _unsigned(spans: list[UnsignedSpan], hit: Hit) -> bool:
+    """Whether the record is one of a signing run that no signature covers."""
+    return any(span.holds(hit[0], hit[1]) for span in spans)
+
+
+def _found(hits: list[Hit], audience_id: int, spans: list[UnsignedSpan]) -> str:
+    deleted = [hit for hit in hits if hit[2].get("event") == "deleted"]
+    signed = [hit for hit in deleted if not _unsigned(spans, hit)]
+    if signed:
+        first = signed[0][2]
         return (
             f"=> audience id {audience_id} was erased: {first.get('ts')} in run "
             f"{first.get('run_id')} (HTTP {first.get('http_status')}, {first.get('message')!r})"
+        )
+    if deleted:
+        path, line, first = deleted[0]
+        return (
+            f"=> audience id {audience_id}: erased only by an unsigned record ({path}:{line}, "
+            f"run {first.get('run_id')}): its run signs its heads, but no signature covers "
+            "this record (a crash between checkpoints, or added later); not proven"
         )
     if hits:
         return f"=> audience id {audience_id} has no deletion record"
@@ -341,21 +384,24 @@ def report_command(args: argparse.Namespace) -> int:
 
         checker = load_checker(args.public_key)
     paths = _readable(args.paths)
-    signatures = None
+    signatures: list[SignatureCheck | None] = []
     try:
-        verdict = check(paths, key)
-        if checker is not None:
-            from worker.records.signing import check_signatures
+        verdicts = check_chains(paths, key)
+        for verdict in verdicts:
+            signatures.append(None)
+            if checker is not None and verdict.files:
+                from worker.records.signing import check_signatures
 
-            signatures = check_signatures([end.path for end in verdict.files], checker)
-            verdict.warnings += signatures.warnings
-            verdict.errors += signatures.errors
+                found = check_signatures([end.path for end in verdict.files], checker)
+                verdict.warnings += found.warnings
+                verdict.errors += found.errors
+                signatures[-1] = found
         records = [record for _, _, record in read_records(paths)]
     except OSError as exc:
         raise UsageError(f"cannot read the audit files: {exc}") from None
     page = render(
         records,
-        verdict,
+        verdicts,
         paths=paths,
         generated=datetime.now(UTC).isoformat(timespec="seconds"),
         key_file=args.audit_key_file,
@@ -368,7 +414,7 @@ def report_command(args: argparse.Namespace) -> int:
         write_atomic(out, page.encode("utf-8"))
     except OSError as exc:
         raise UsageError(f"cannot write {out}: {exc}") from None
-    print(f"{out}: {verdict_label(verdict)}")
+    print(f"{out}: {verdict_label(verdicts)}")
     return 0
 
 

@@ -22,7 +22,7 @@ from worker.errors import OutputError, StateError
 from worker.exit_codes import ExitCode
 from worker.files import file_sha256, write_atomic
 from worker.input.selecting import Selecting, Selection, collect_into
-from worker.records.purge_logs import deleted_by_campaign, purge_files
+from worker.records.purge_logs import Partial, deleted_by_campaign, whole_purge
 from worker.records.report import RunResult
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
@@ -158,19 +158,25 @@ async def reader_of(runtime: Runtime) -> Reader:
 class Proof:
     """What a run proves beyond the API's answers: the campaigns' campaign-audience-stats
     before and after (with ``--verify`` or ``--select``, for the campaign named up front),
-    and with ``--verify`` a read-back of every campaign this run deleted from."""
+    and with ``--verify`` a read-back of every campaign this run deleted from, and of what
+    the earlier runs of the purge deleted (their files as the state names them,
+    ``earlier``): ``partial`` when one of those cannot be found."""
 
     runtime: Runtime
     campaigns: tuple[int, ...]
     verify: bool
+    earlier: Sequence[dict[str, Any]] = ()
     reader: Reader | None = None
+    partial: Partial | None = None
 
     @classmethod
-    def of(cls, runtime: Runtime, started: dict[str, Any]) -> Proof:
+    def of(cls, runtime: Runtime, started: dict[str, Any], point: Checkpoint | None) -> Proof:
         settings = runtime.settings
         wanted = settings.verify or "selection" in started
         campaign = settings.campaign_id
-        return cls(runtime, (campaign,) if campaign is not None and wanted else (), settings.verify)
+        campaigns = (campaign,) if campaign is not None and wanted else ()
+        earlier = point.audit_files if point is not None else []
+        return cls(runtime, campaigns, settings.verify, earlier)
 
     async def _read(self) -> Reader:
         if self.reader is None:
@@ -205,22 +211,24 @@ class Proof:
             return runtime.result(interrupted=True, fatal=None)
         result = runtime.result(interrupted=False, fatal=None)
         unproven = checked[0].unproven if checked else {}
-        if not unproven:
+        if not unproven and self.partial is None:
             return result
-        # A campaign that could not be read completely proves nothing either way.
+        # A campaign that could not be read completely proves nothing either way, and ids
+        # never looked for are not proven gone.
         return replace(
             result,
             exit_code=max(result.exit_code, ExitCode.FAILED),
-            unproven={str(c): why for c, why in sorted(unproven.items())},
+            unproven={str(c): why for c, why in sorted(unproven.items())} or None,
+            partial=None if self.partial is None else self.partial.fields(),
         )
 
     def _purge_files(self) -> list[Path]:
         """The audit files of the whole purge, so that a resumed run reads back what every
-        run of it deleted, not only its own (a link it cannot follow is logged)."""
-        found = purge_files(self.runtime.audit_path)
-        if not found.complete:
-            log.warning("read back without an earlier run's deletions", reason=found.reason)
-        return found.files
+        run of it deleted, not only its own; what it cannot find makes it partial."""
+        files, self.partial = whole_purge(self.runtime.audit_path, self.earlier)
+        if self.partial is not None:
+            log.warning("read back without an earlier run's deletions", **self.partial.fields())
+        return files
 
     async def _stats(self, campaigns: Sequence[int], moment: str) -> bool:
         reader = await self._read()

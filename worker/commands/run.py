@@ -255,7 +255,7 @@ async def _read_and_send(
         print_findings(findings, recorder.tally, point, settings, counted, out)
         planned = runtime.result(interrupted=False, fatal=None, **read())
         return runtime.finish_with(replace(planned, selection=started.get("selection")))
-    proof = Proof.of(runtime, started)
+    proof = Proof.of(runtime, started, point)
     try:
         await proof.before()
         sent = await _send(runtime, plan, batches, checkpoints, input_lines)

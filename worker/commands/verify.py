@@ -34,7 +34,14 @@ from worker.errors import FatalError, UsageError
 from worker.exit_codes import ExitCode, finished_code
 from worker.files import file_sha256
 from worker.records.audit_query import ChainEnd, verify_file
-from worker.records.purge_logs import Deleted, IncompleteRun, deleted_by_campaign, incomplete_runs
+from worker.records.purge_logs import (
+    Deleted,
+    IncompleteRun,
+    Partial,
+    deleted_by_campaign,
+    incomplete_runs,
+    not_given,
+)
 from worker.records.report import STDOUT, plural
 from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
@@ -61,7 +68,13 @@ def verify_command(settings: Settings, paths: Sequence[Path]) -> int:
     out = sys.stderr if settings.report == STDOUT else sys.stdout
     described = [about for about, _ in checked]
     incomplete = incomplete_runs([end for _, end in checked])
-    return asyncio.run(verify(settings, files, described, deleted, out=out, incomplete=incomplete))
+    try:
+        partial = not_given(files)
+    except OSError as exc:
+        raise UsageError(f"an audit file cannot be read: {exc.strerror}") from None
+    return asyncio.run(
+        verify(settings, files, described, deleted, out=out, incomplete=incomplete, partial=partial)
+    )
 
 
 def distinct_files(paths: Sequence[Path]) -> list[Path]:
@@ -130,6 +143,7 @@ class _Verification:
     deleted: Deleted
     stop_event: asyncio.Event
     incomplete: Sequence[IncompleteRun] = ()
+    partial: Partial | None = None  # earlier files the given ones continue, not given
     after: dict[int, dict[str, Any] | None] = field(default_factory=dict)
     checked: ReadBack | None = None
     fatal: FatalError | None = None
@@ -158,9 +172,12 @@ async def verify(
     *,
     out: TextIO = sys.stdout,
     incomplete: Sequence[IncompleteRun] = (),
+    partial: Partial | None = None,
 ) -> int:
     """Read back the campaigns ``deleted`` names, in a run of its own; the exit code.
-    ``incomplete`` are the runs of the files without ``run_finished``: said, not failed.
+    ``incomplete`` are the runs of the files without ``run_finished``: said, not failed;
+    ``partial``, the earlier files the given ones continue and that were not given: ids
+    never looked for are not proven gone (exit 1).
 
     Raises:
         UsageError: an output (audit log, report, failed-out) is one of the audit files.
@@ -186,13 +203,13 @@ async def verify(
         client, gate = await runtime.api(concurrency=1)
         stop = asyncio.Event()
         reader = Reader(client, gate, RetryPolicy.from_settings(settings), stop=stop)
-        work = _Verification(reader, runtime, deleted, stop, incomplete)
+        work = _Verification(reader, runtime, deleted, stop, incomplete, partial)
         interrupted = await runtime.supervise(work.run(), work.stop)
         unproven = work.checked is not None and bool(work.checked.unproven)
         code = finished_code(
             fatal=work.fatal is not None,
             interrupted=interrupted,
-            failed=recorder.failed_left > 0 or unproven,
+            failed=recorder.failed_left > 0 or unproven or partial is not None,
         )
         fields = _finished_fields(work, code, interrupted, runtime)
         runtime.finish(**fields)
@@ -217,6 +234,7 @@ def _finished_fields(
         "failed_left": runtime.recorder.failed_left,
         "incomplete_runs": [run.fields() for run in work.incomplete],
         "caveat": _caveat(work.incomplete),
+        "partial": None if work.partial is None else work.partial.fields(),
         "campaigns": {str(c): check.fields() for c, check in checked.campaigns.items()},
         **compare_stats(
             deleted.before,
@@ -254,7 +272,9 @@ def _verdict(fields: dict[str, Any]) -> str:
     code = fields["exit_code"]
     if code == ExitCode.FAILED:
         left = fields["still_present"]
-        return f"{plural(left, 'id')} still present" if left else "not proven"
+        if left:
+            return f"{plural(left, 'id')} still present"
+        return "partly read back" if fields["partial"] and not fields["unproven"] else "not proven"
     return _VERDICTS.get(code, "ended")
 
 
@@ -269,6 +289,8 @@ def print_verification(
         f"audience-purge verify {runtime.run_id}: {_verdict(fields)} (exit {code}){why}{caveat}",
         *(run.warning() for run in work.incomplete),
     ]
+    if work.partial is not None:
+        lines.append(f"  {work.partial.text()}")
     checks = work.checked.campaigns if work.checked else {}
     for campaign in work.deleted.campaigns:
         check = checks.get(campaign)

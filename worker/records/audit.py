@@ -222,7 +222,8 @@ class _Chain:
         record["seq"] = self.seq
         record["prev_hash"] = self.prev_hash
         signer = self._signer
-        if signer is not None and record.get("event") in SIGNED_EVENTS:
+        if signer is not None and record.get("event") in (*SIGNED_EVENTS, "run_started"):
+            # On run_started it declares the run signed: its run_finished must be.
             record["signing_key_id"] = signer.key_id
         if self._key is not None and record.get("event") == "run_finished":
             record["head_hmac"] = head_hmac(self._key, _normalised(record))
@@ -293,9 +294,10 @@ class AuditLog:
         self._before_sync: list[Callable[[], None]] = []
 
     def head(self) -> dict[str, Any]:
-        """Where the chain stands: what a continuing file names as ``previous``."""
+        """Where the chain stands: what a continuing file names as ``previous``. The path is
+        absolute: a resume from another directory must find the file."""
         return {
-            "audit_log": str(self.path),
+            "audit_log": str(self.path.absolute()),
             "run_id": self.run_id,
             "last_seq": self._chain.seq - 1,
             "last_hash": self._chain.prev_hash,

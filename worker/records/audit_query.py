@@ -586,7 +586,7 @@ class _Links:
             self.order.append(segment.end)
 
 
-def _distinct(paths: Sequence[Path]) -> list[Path]:
+def distinct_paths(paths: Sequence[Path]) -> list[Path]:
     """The paths, a file named twice only once."""
     seen: set[Path] = set()
     out: list[Path] = []
@@ -624,7 +624,7 @@ def check(paths: Sequence[Path], key: bytes | None = None) -> Verdict:
     torn record, a crashed run the next one did not link to) is a warning. Links are found by
     hash, not by path, so archived or moved files verify the same.
     """
-    paths = _distinct(paths)
+    paths = distinct_paths(paths)
     wanted = frozenset(filter(None, map(_first_prev, paths))) - {ZERO_HASH}
     ends: list[ChainEnd] = []
     errors: list[Problem] = []
@@ -649,12 +649,123 @@ def check(paths: Sequence[Path], key: bytes | None = None) -> Verdict:
     return Verdict(order, [], warnings, head.stop, head.end.path)
 
 
+def chains(paths: Sequence[Path]) -> list[list[Path]]:
+    """The files grouped into chains by their links (a file is in the chain of the file
+    holding the record its first record continues), in the order first given. Files with
+    no complete record go with the first chain, where a crash's warning names them."""
+    paths = distinct_paths(paths)
+    firsts = {path: _first_prev(path) for path in paths}
+    wanted = frozenset(h for h in firsts.values() if h is not None) - {ZERO_HASH}
+    holder: dict[str, Path] = {}
+    for path in paths:
+        end, _ = verify_file(path, None, wanted)
+        holder.update({mark.hash: path for mark in end.marks.values()})
+
+    def find_root(path: Path) -> Path:
+        seen = {path}
+        while (parent := holder.get(firsts[path] or "")) is not None and parent not in seen:
+            seen.add(parent)
+            path = parent
+        return path
+
+    groups: dict[Path, list[Path]] = {}
+    empty = [path for path in paths if firsts[path] is None]
+    for path in paths:
+        if firsts[path] is not None:
+            groups.setdefault(find_root(path), []).append(path)
+    found = list(groups.values()) or [[]]
+    found[0] += empty
+    return found
+
+
+def check_chains(paths: Sequence[Path], key: bytes | None = None) -> list[Verdict]:
+    """:func:`check` for each chain of the files (:func:`chains`): a purge's logs and a
+    later ``verify`` run's are two chains by design, each with its own verdict. A chain
+    that continues a file not given is said (the chain before it is not among them)."""
+    verdicts = []
+    for group in chains(paths):
+        verdict = check(group, key)
+        start = next((end for end in verdict.files if end.records), None)
+        if not verdict.errors and start is not None and start.first_prev != ZERO_HASH:
+            prev = start.previous
+            verdict.warnings.insert(
+                0,
+                Problem(
+                    start.path,
+                    start.first_line,
+                    f"the chain continues run {prev.get('run_id')} at seq {prev.get('last_seq')} "
+                    f"in {prev.get('audit_log')}, which is not among the files given: what came "
+                    "before it is not checked",
+                ),
+            )
+        verdicts.append(verdict)
+    return verdicts
+
+
 def verify(
     paths: Sequence[Path], key: bytes | None = None
 ) -> tuple[list[ChainEnd], Problem | None]:
     """:func:`check`, reduced to the files (in chain order) and the first error."""
     verdict = check(paths, key)
     return verdict.files, verdict.errors[0] if verdict.errors else None
+
+
+def declares_key(record: dict[str, Any]) -> bool:
+    """Whether a ``run_started`` says its run signs its heads (``signing_key_id``, or, in
+    older logs, a ``sign_key`` among its settings)."""
+    settings = record.get("settings")
+    sign_key = settings.get("sign_key") if isinstance(settings, dict) else None
+    return bool(record.get("signing_key_id") or sign_key)
+
+
+@dataclass(frozen=True, slots=True)
+class UnsignedSpan:
+    """Lines ``first`` to ``last`` of ``path``: records of run ``run_id``, which signs its
+    heads, after its last signed one. A crash leaves them (a run killed between
+    checkpoints); so does whoever appends to a signed log: no signature vouches for them."""
+
+    path: Path
+    run_id: str
+    first: int
+    last: int
+
+    def holds(self, path: Path, line: int) -> bool:
+        return path == self.path and self.first <= line <= self.last
+
+    @property
+    def lines(self) -> str:
+        """``7`` or ``7-12``."""
+        return str(self.first) if self.first == self.last else f"{self.first}-{self.last}"
+
+
+def unsigned_spans(paths: Sequence[Path]) -> list[UnsignedSpan]:
+    """The records of signing runs that no signature covers, per run. Only lines that
+    hold ``run_started`` or ``head_signature`` are decoded: a run's records follow its
+    ``run_started`` in its file."""
+    spans: list[UnsignedSpan] = []
+    for path in paths:
+        run: tuple[str, bool] | None = None
+        first = last = 0
+        for number, line in _records(path):
+            record = (
+                parse_line(line) if b"run_started" in line or b"head_signature" in line else None
+            )
+            if isinstance(record, dict) and record.get("event") == "run_started":
+                spans += _unsigned(path, run, first, last)
+                run, first = (str(record.get("run_id")), declares_key(record)), number
+            elif isinstance(record, dict) and "head_signature" in record:
+                first = number + 1
+            last = number
+        spans += _unsigned(path, run, first, last)
+    return spans
+
+
+def _unsigned(
+    path: Path, run: tuple[str, bool] | None, first: int, last: int
+) -> list[UnsignedSpan]:
+    if run is None or not run[1] or first > last:
+        return []
+    return [UnsignedSpan(path, run[0], first, last)]
 
 
 def read_records(paths: Sequence[Path]) -> Iterator[tuple[Path, int, dict[str, Any]]]:

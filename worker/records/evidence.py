@@ -24,12 +24,13 @@ import orjson
 from pyroaring import BitMap64
 
 from worker.input.validate import MAX_ID
-from worker.records.audit_query import Verdict, duplicate_rows
+from worker.records.audit_query import Verdict, declares_key, duplicate_rows
 
 if TYPE_CHECKING:
     from worker.records.signing import SignatureCheck
 
 PROG = "audience-purge"
+GONE = '<span class="ok">gone</span>'
 BUCKETS = 24  # bars of the chart at most
 
 # What each series of the chart counts, said on the page under the chart.
@@ -51,11 +52,12 @@ SERIES: tuple[tuple[str, str, str], ...] = (
 )
 
 
-def verdict_label(verdict: Verdict) -> str:
-    """``TAMPERED``, ``OK with warnings`` or ``OK``."""
-    if verdict.errors:
+def verdict_label(verdict: Verdict | Sequence[Verdict]) -> str:
+    """``TAMPERED``, ``OK with warnings`` or ``OK``; of several chains, the worst."""
+    verdicts = [verdict] if isinstance(verdict, Verdict) else list(verdict)
+    if any(v.errors for v in verdicts):
         return "TAMPERED"
-    return "OK with warnings" if verdict.warnings else "OK"
+    return "OK with warnings" if any(v.warnings for v in verdicts) else "OK"
 
 
 @dataclass(slots=True)
@@ -85,8 +87,13 @@ class Figures:
     # the latest read-back says what is gone now; an earlier one is history.
     readback: dict[int, Counter[str]] = field(default_factory=lambda: defaultdict(Counter))
     readback_ts: dict[int, str] = field(default_factory=dict)
+    readback_run: dict[int, str] = field(default_factory=dict)  # the latest read-back's run
     # campaign-audience-stats per campaign: the first "before" and the last "after".
     audience: dict[int, dict[str, int]] = field(default_factory=lambda: defaultdict(dict))
+    # Runs that sign their heads: the records after each one's last signed head (no
+    # signature covers them), and the ids deleted in those, per campaign.
+    unsigned: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    unsigned_ids: dict[int, BitMap64] = field(default_factory=lambda: defaultdict(BitMap64))
 
     @property
     def totals(self) -> Counter[str]:
@@ -121,9 +128,11 @@ def _ids(value: Any) -> list[int]:
 def figures(records: Iterable[dict[str, Any]]) -> Figures:
     """Count the records: duplicate rows as ``audit summary`` counts them
     (:func:`~worker.records.audit_query.duplicate_rows`); ``rejected`` records carry no
-    campaign (counted overall)."""
+    campaign (counted overall). ``deleted`` counts distinct ids per campaign, and
+    ``redeleted`` the ids deleted again (a resumed batch, a retried still-present id)."""
     found = Figures()
     for record in records:
+        _note_signed(found, record)
         found.records += 1
         event = record.get("event")
         when = _ts(record)
@@ -169,7 +178,32 @@ def figures(records: Iterable[dict[str, Any]]) -> Figures:
             _note_stats(found.audience[campaign], record)
         if point and when is not None:
             found.events.append((when, point))
+    for campaign, distinct in found.deleted_ids.items():
+        counts = found.campaigns[campaign]
+        counts["redeleted"] = max(0, counts["deleted"] - len(distinct))
+        counts["deleted"] = len(distinct)
+    for pending in found.unsigned.values():
+        for record in pending:
+            campaign = record.get("campaign_id")
+            if record.get("event") == "deleted" and isinstance(campaign, int):
+                found.unsigned_ids[campaign].update(_ids(record.get("audience_ids")))
+    found.unsigned = {run: pending for run, pending in found.unsigned.items() if pending}
     return found
+
+
+def _note_signed(found: Figures, record: dict[str, Any]) -> None:
+    """Keep the records of a signing run since its last signed head (a signed one clears
+    them): what is left at the end, no signature covers."""
+    run_id = str(record.get("run_id"))
+    if record.get("event") == "run_started" and declares_key(record):
+        found.unsigned[run_id] = []
+    pending = found.unsigned.get(run_id)
+    if pending is None:
+        return
+    if "head_signature" in record:
+        pending.clear()
+    else:
+        pending.append(record)
 
 
 def _count_readback(found: Figures, campaign: int, record: dict[str, Any]) -> None:
@@ -183,6 +217,7 @@ def _count_readback(found: Figures, campaign: int, record: dict[str, Any]) -> No
     if when < found.readback_ts.get(campaign, ""):
         return
     found.readback_ts[campaign] = when
+    found.readback_run[campaign] = str(record.get("run_id"))
     listed, checked = record.get("listed"), record.get("checked")
     counts["listed"] = listed if isinstance(listed, int) else 0
     counts["checked"] = checked if isinstance(checked, int) else 0
@@ -359,6 +394,7 @@ _COLUMNS = (
     ("duplicates", "duplicate rows"),
     ("unconfirmed", "ids unconfirmed"),
     ("deleted_all", "delete_all answers"),
+    ("redeleted", "ids deleted again"),
 )
 
 
@@ -422,11 +458,15 @@ def _proof(found: Figures) -> list[str]:
         out.append(
             _row(
                 str(campaign),
-                str(found.campaigns[campaign]["deleted"]),
+                str(len(deleted)),
                 *_read_cells(read),
                 _t(sizes.get("before")),
                 _t(sizes.get("after")),
-                _readback_verdict(read, len(deleted)),
+                _unsigned_note(
+                    found,
+                    campaign,
+                    _readback_verdict(read, len(deleted), _partial(found, campaign)),
+                ),
                 numeric=range(1, 9),
                 row_id=f"proof-{campaign}",
             )
@@ -456,12 +496,22 @@ def _read_cells(read: Counter[str]) -> list[str]:
     return [str(read[name]) for name in names]
 
 
-def _readback_verdict(read: Counter[str], deleted: int) -> str:
+def _partial(found: Figures, campaign: int) -> str | None:
+    """What the run of the campaign's latest read-back could not read back: the earlier
+    runs' files it could not find (``partial`` in its ``run_finished``)."""
+    run = found.runs.get(found.readback_run.get(campaign, ""))
+    partial = run.finished.get("partial") if run is not None else None
+    return str(partial.get("reason")) if isinstance(partial, dict) else None
+
+
+def _readback_verdict(read: Counter[str], deleted: int, partial: str | None = None) -> str:
     """``gone`` only if the latest read-back listed the campaign completely, looked for
-    every distinct id deleted, and found none of them."""
+    every distinct id deleted (of every run of its purge), and found none of them."""
     if not read["reads"]:
         return "no read-back"
     found: list[str] = []
+    if partial is not None:
+        found.append(f'<span class="bad">not proven</span>: {_t(partial)}')
     if read["still_present"]:
         found.append('<span class="bad">ids still present</span>')
     if read["last_unproven"]:
@@ -476,7 +526,21 @@ def _readback_verdict(read: Counter[str], deleted: int) -> str:
             "never looked for by it (verify --audit with all the purge's files looks for "
             "them all)"
         )
-    return "; ".join(found) or '<span class="ok">gone</span>'
+    return "; ".join(found) or GONE
+
+
+def _unsigned_note(found: Figures, campaign: int, verdict: str) -> str:
+    """The verdict, unless ids deleted are in records no signature covers: then not
+    ``gone``, but how many."""
+    ids = found.unsigned_ids.get(campaign)
+    if not ids:
+        return verdict
+    note = (
+        f'<span class="bad">unsigned</span>: {len(ids)} of the ids deleted are recorded '
+        "only after the last signed head of their run (a crash, or added later): no "
+        "signature vouches for them"
+    )
+    return note if verdict == GONE else f"{verdict}; {note}"
 
 
 def _iso(when: datetime | None) -> str | None:
@@ -505,23 +569,47 @@ def _chart(found: Figures) -> list[str]:
 
 
 def _verification(
-    verdict: Verdict, key_checked: bool, signatures: SignatureCheck | None
+    verdicts: Sequence[Verdict],
+    key_checked: bool,
+    signatures: Sequence[SignatureCheck | None],
+    found: Figures,
 ) -> list[str]:
-    label = verdict_label(verdict)
+    """The verdict over every chain (the worst), then each chain's own."""
+    label = verdict_label(verdicts)
     css = {"TAMPERED": "bad", "OK with warnings": "warn"}.get(label, "ok")
-    records = sum(end.records for end in verdict.files)
     out = [
         "<h2>Chain verification</h2>",
         f'<p class="verdict {css}" id="verdict">Verdict: {escape(label)}</p>',
-        f"<p>{len(verdict.files)} file(s), {records} records"
-        + ("; signed heads (HMAC) checked" if key_checked else "; HMAC heads not checked")
-        + ".</p>",
     ]
     if label == "TAMPERED":
         out.append(
             "<p><b>The chain does not verify: the figures on this page come from records that "
             "may have been changed, removed or added. Do not rely on them.</b></p>"
         )
+    if len(verdicts) > 1:
+        out.append(
+            f"<p>The files hold {len(verdicts)} chains (a purge's logs and a later verify "
+            "run's, say, are separate chains by design); each is verified on its own.</p>"
+        )
+    for number, (verdict, checked) in enumerate(zip(verdicts, signatures, strict=True), 1):
+        if len(verdicts) > 1:
+            own = verdict_label(verdict)
+            out.append(
+                f'<h3>Chain {number} of {len(verdicts)}: <span id="verdict-{number}">'
+                f"{escape(own)}</span></h3>"
+            )
+        out += _chain(verdict, key_checked, checked)
+    out += _unsigned_runs(found)
+    return out
+
+
+def _chain(verdict: Verdict, key_checked: bool, signatures: SignatureCheck | None) -> list[str]:
+    records = sum(end.records for end in verdict.files)
+    out = [
+        f"<p>{len(verdict.files)} file(s), {records} records"
+        + ("; signed heads (HMAC) checked" if key_checked else "; HMAC heads not checked")
+        + ".</p>",
+    ]
     head = verdict.head
     if head is not None:
         out.append(
@@ -537,23 +625,43 @@ def _verification(
         )
     for title, problems in (("Errors", verdict.errors), ("Warnings", verdict.warnings)):
         if problems:
-            out.append(f"<h3>{title}</h3><ul>")
+            out.append(f"<h4>{title}</h4><ul>")
             out += [f"<li>{_t(str(problem))}</li>" for problem in problems]
             out.append("</ul>")
     if signatures is None:
         out.append("<p>Ed25519 signatures: not checked (no --public-key).</p>")
-    else:
-        ok = "verified" if not signatures.errors else "NOT verified"
-        out.append(
-            f"<p>Ed25519 signatures: {ok}; {signatures.verified} signature(s) verified under "
-            f"key {_t(signatures.key_id)}"
-        )
-        if signatures.last_signed is not None:
-            path, line, seq = signatures.last_signed
-            out.append(f"; last signed seq {seq} ({_t(str(path))}:{line})")
-        if signatures.unsigned_after:
-            out.append(f"; {signatures.unsigned_after} record(s) after it are unsigned")
-        out.append(".</p>")
+        return out
+    ok = "NOT verified"
+    if not signatures.errors:
+        ok = "partly verified" if signatures.unsigned_after else "verified"
+    out.append(
+        f"<p>Ed25519 signatures: {ok}; {signatures.verified} signature(s) verified under "
+        f"key {_t(signatures.key_id)}"
+    )
+    if signatures.last_signed is not None:
+        path, line, seq = signatures.last_signed
+        out.append(f"; last signed seq {seq} ({_t(str(path))}:{line})")
+    if signatures.unsigned_after:
+        out.append(f"; {signatures.unsigned_after} record(s) after it are unsigned")
+    out.append(".</p>")
+    return out
+
+
+def _unsigned_runs(found: Figures) -> list[str]:
+    """The records of signing runs that no signature covers, per run."""
+    if not found.unsigned:
+        return []
+    out = [
+        '<h3>Unsigned records</h3><ul id="unsigned">',
+        *(
+            f"<li>run {_t(run)}: {len(pending)} record(s) after its last signed head are "
+            "unsigned, though its run_started declares a signing key (a crash between "
+            "checkpoints, or records added later): no signature vouches for what they say"
+            "</li>"
+            for run, pending in found.unsigned.items()
+        ),
+        "</ul>",
+    ]
     return out
 
 
@@ -575,16 +683,19 @@ def commands(paths: Sequence[Path], public_key: Path | None, key_file: Path | No
 
 def render(
     records: Iterable[dict[str, Any]],
-    verdict: Verdict,
+    verdict: Verdict | Sequence[Verdict],
     *,
     paths: Sequence[Path],
     generated: str,
     key_file: Path | None = None,
     public_key: Path | None = None,
-    signatures: SignatureCheck | None = None,
+    signatures: SignatureCheck | Sequence[SignatureCheck | None] | None = None,
 ) -> str:
-    """The page, as one HTML string."""
+    """The page, as one HTML string: ``verdict`` is one per chain of the files (see
+    :func:`~worker.records.audit_query.check_chains`), ``signatures`` the same."""
     found = figures(records)
+    verdicts = [verdict] if isinstance(verdict, Verdict) else list(verdict)
+    checks = list(signatures) if isinstance(signatures, Sequence) else [signatures] * len(verdicts)
     body: list[str] = [
         "<h1>Audience purge: audit evidence</h1>",
         f"<p>Generated {escape(generated)} from "
@@ -592,7 +703,7 @@ def render(
         + ".</p>",
         "<p>This page lists no individual audience id, only counts. To see what happened "
         "to one id, run <code>audit find ID</code> (below).</p>",
-        *_verification(verdict, key_file is not None, signatures),
+        *_verification(verdicts, key_file is not None, checks, found),
         *_totals(found),
         *_proof(found),
         *_chart(found),

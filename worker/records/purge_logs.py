@@ -2,7 +2,10 @@
 deleted, and which runs in them never finished.
 
 ``run --verify`` reads back what every run of a resumed purge deleted, not only its own:
-:func:`purge_files` follows each file's ``previous`` link back to the first. ``verify``
+:func:`whole_purge` takes the files the state directory names (by absolute path, so a
+resume from any directory finds them) and those :func:`purge_files` reaches by following
+each file's ``previous`` link back to the first; an earlier run's file that neither finds
+makes the read-back :class:`Partial`. ``verify``
 reads any files it is given: :func:`deleted_by_campaign` totals what they record, and
 :func:`incomplete_runs` names the runs without ``run_finished`` (a crash, or a truncated
 file), whose deletions the files may not hold in full.
@@ -18,7 +21,7 @@ from typing import Any, TypeGuard
 from pyroaring import BitMap64
 
 from worker.input.validate import MAX_ID
-from worker.records.audit_query import ChainEnd, parse_line, read_records
+from worker.records.audit_query import ChainEnd, distinct_paths, parse_line, read_records
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,12 +112,122 @@ def purge_files(path: Path) -> PurgeFiles:
             reason = f"{files[-1]} continues a run, but its link names no file"
             return PurgeFiles(files[::-1], None, reason)
         why = _unreachable(previous, wanted, seen)
+        beside = files[-1].parent / previous.name
+        # A relative link was written by a run in another directory: look beside the file
+        # that links to it.
+        if (
+            why is not None
+            and not previous.is_absolute()
+            and _unreachable(beside, wanted, seen) is None
+        ):
+            previous, why = beside, None
         if why is not None:
             return PurgeFiles(files[::-1], previous, f"{files[-1]} continues {previous}, {why}")
         files.append(previous)
         seen.add(previous.resolve())
         link = _link(previous)
     return PurgeFiles(files[::-1])
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """A read-back that could not cover the whole purge: the earlier runs' files that
+    cannot be found, and how many ids they recorded as deleted (``unchecked``; None when
+    unknown: a link the state does not account for)."""
+
+    missing: list[str]
+    unchecked: int | None
+    why: str = "cannot be found"
+
+    def text(self) -> str:
+        """``partly read back: N ids of earlier runs not checked (... cannot be found)``."""
+        files = ", ".join(self.missing)
+        if self.unchecked is None:
+            return (
+                f"partly read back: the ids of earlier runs in {files} were not checked "
+                f"({self.why})"
+            )
+        return (
+            f"partly read back: {self.unchecked:,} ids of earlier runs not checked ({files} "
+            f"{self.why})"
+        )
+
+    def fields(self) -> dict[str, Any]:
+        """For ``run_finished`` and the report."""
+        return {"unchecked": self.unchecked, "missing": self.missing, "reason": self.text()}
+
+
+def whole_purge(
+    path: Path, known: Sequence[Mapping[str, Any]]
+) -> tuple[list[Path], Partial | None]:
+    """The audit files of the purge whose latest file is ``path`` (``path`` last), and
+    what of it cannot be read back.
+
+    ``known`` are the state's entries for the purge's runs (``run_id``, absolute ``path``,
+    ``deleted``): a file that is gone, or that no longer holds its run, is missing, and
+    the ids its run recorded as deleted (by its last checkpoint; None: unknown, a state of
+    an older version) were not checked; a run that recorded none is no loss. A
+    ``previous`` link that reaches no file the state accounts for is missing too, its ids
+    unknown.
+
+    Raises:
+        OSError: ``path`` itself cannot be read.
+    """
+    walked = purge_files(path)
+    found: list[Path] = []
+    missing: dict[str, int | None] = {}
+    for entry in known:
+        where = Path(str(entry.get("path")))
+        if _holds_run(where, str(entry.get("run_id"))):
+            found.append(where)
+        elif (deleted := entry.get("deleted")) is None:
+            missing[str(where.absolute())] = None  # a state of an older version: unknown
+        elif isinstance(deleted, int) and deleted > 0:
+            name = str(where.absolute())
+            known_so_far = missing.get(name, 0)
+            missing[name] = None if known_so_far is None else known_so_far + deleted
+    files = distinct_paths([*found, *walked.files])
+    have = {f.resolve() for f in files}
+    lost = walked.missing
+    if walked.reason is not None and (lost is None or lost.resolve() not in have):
+        name = "(a link that names no file)" if lost is None else str(lost.absolute())
+        missing.setdefault(name, None)
+    if not missing:
+        return files, None
+    counts = list(missing.values())
+    unchecked = None if None in counts else sum(c for c in counts if c is not None)
+    return files, Partial(list(missing), unchecked)
+
+
+def not_given(paths: Sequence[Path]) -> Partial | None:
+    """The earlier files that the given ones continue and that are not among them (by the
+    record their links name, whatever the files are called): a read-back of the given
+    files alone does not cover what those recorded.
+
+    Raises:
+        OSError: a given file cannot be read.
+    """
+    missing: list[str] = []
+    for path in paths:
+        link = _link(path)
+        if link is None:
+            continue
+        previous, wanted = link
+        if not any(_unreachable(other, wanted, set()) is None for other in paths):
+            missing.append("(a link that names no file)" if previous is None else str(previous))
+    if not missing:
+        return None
+    return Partial(missing, None, "not among the files given: add them to --audit")
+
+
+def _holds_run(path: Path, run_id: str) -> bool:
+    """Whether ``path`` is a file holding records of run ``run_id``."""
+    needle = b'"run_id":"' + run_id.encode() + b'"'
+    try:
+        with path.open("rb") as handle:
+            return any(needle in line for line in handle)
+    except OSError:
+        return False
 
 
 def _link(path: Path) -> tuple[Path | None, str] | None:

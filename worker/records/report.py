@@ -45,6 +45,8 @@ class RunResult:
     already_complete: str | None = None  # a rerun of a finished purge: who finished it
     selection: Mapping[str, Any] | None = None  # run --select: the rule and its file
     unproven: Mapping[str, str] | None = None  # --verify: campaigns not read completely, why
+    # --verify: earlier runs' files that could not be read back (purge_logs.Partial.fields)
+    partial: Mapping[str, Any] | None = None
     results: Path | None = None  # --results: one row per input row
 
     def summary(self) -> dict[str, Any]:
@@ -76,6 +78,7 @@ class RunResult:
             "verified": t.verified,
             "still_present": t.still_present,
             "unproven": dict(self.unproven or {}),
+            "partial": None if self.partial is None else dict(self.partial),
             **audience_totals(t),
             "campaigns": {
                 str(c): {"deleted": t.deleted_by_campaign[c], "failed": t.failed_by_campaign[c]}
@@ -224,6 +227,8 @@ def print_summary(result: RunResult, out: TextIO, command: str = "run") -> None:
             f"  read back   {t.verified:>10} ids   still present {t.still_present:>7}"
             + (f"    NOT PROVEN: {', '.join(sorted(result.unproven))}" if result.unproven else "")
         )
+    if result.partial:
+        lines.append(f"  {result.partial['reason']}")
     for campaign, moments in sorted(t.audience_stats.items()):
         check = audience_check(campaign, moments, t)
         if check.get("total_audience_before") is not None:

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from worker.errors import ConfigError
-from worker.records.audit_query import Problem, canonical
+from worker.records.audit_query import Problem, canonical, declares_key
 
 UNSIGNED = ("hash", "head_hmac", "head_signature")
 
@@ -131,8 +131,13 @@ class SignatureCheck:
 def check_signatures(paths: list[Path], checker: Checker) -> SignatureCheck:
     """Every ``run_finished`` and ``head_signed`` that carries ``head_signature`` must verify
     under ``checker``'s key (a ``head_signed`` must carry one, and name the record before
-    it); records after the last signed one are a warning, a log with no signature an error."""
+    it); records after the last signed one are a warning, a log with no signature an error.
+
+    A run whose ``run_started`` declares a signing key signs its ``run_finished``: one
+    without a signature is no crash's (a crash leaves no ``run_finished``), so it is an
+    error, as an unsigned ``head_signed`` is."""
     found = SignatureCheck(checker.key_id)
+    signing: set[str] = set()
     for path in paths:
         for number, line in enumerate(path.read_bytes().splitlines(), start=1):
             try:
@@ -141,7 +146,9 @@ def check_signatures(paths: list[Path], checker: Checker) -> SignatureCheck:
                 continue  # a torn line: the chain check says what it is
             if not isinstance(record, dict):
                 continue
-            reason = _signature_problem(record, checker)
+            if record.get("event") == "run_started" and declares_key(record):
+                signing.add(str(record.get("run_id")))
+            reason = _signature_problem(record, checker, signing)
             if reason is not None:
                 found.errors.append(Problem(path, number, reason))
             elif "head_signature" in record:
@@ -152,7 +159,7 @@ def check_signatures(paths: list[Path], checker: Checker) -> SignatureCheck:
             found.unsigned_after += 1
             if found.first_unsigned is None:
                 found.first_unsigned = (path, number)
-    if found.last_signed is None and not found.errors:
+    if found.last_signed is None:
         found.errors.append(
             Problem(
                 paths[0],
@@ -175,11 +182,17 @@ def check_signatures(paths: list[Path], checker: Checker) -> SignatureCheck:
     return found
 
 
-def _signature_problem(record: dict[str, Any], checker: Checker) -> str | None:
+def _signature_problem(record: dict[str, Any], checker: Checker, signing: set[str]) -> str | None:
     event = record.get("event")
     if "head_signature" not in record:
         if event == "head_signed":
             return "head_signed has no head_signature: the signature was removed"
+        if event == "run_finished" and record.get("run_id") in signing:
+            return (
+                f"run_finished of run {record.get('run_id')} has no head_signature, but its "
+                "run_started declares a signing key: a crash leaves no run_finished, so this "
+                "one was forged or its signature removed"
+            )
         return None
     if event not in ("run_finished", "head_signed"):
         return f"head_signature on a {event!r} record, which the writer never signs"

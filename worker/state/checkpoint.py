@@ -15,6 +15,9 @@ offset. The *watermark* W is the offset of the first row that has not reached it
 - the audit chain head, so the next run's audit file links to this one, and the file the
   running run writes (``audit_pending``): records after the head are replayed on resume
   (see :mod:`worker.state.replay`), so only batches that were in flight are sent again;
+- every audit file of the purge, by absolute path, with its run and the ids that run
+  recorded as deleted (``audit_files``): a read-back finds them from any directory, and
+  says how many ids it could not check when one is gone;
 - the target it belongs to (API base URL without credentials, ``--campaign-id``, shard):
   a state directory reused for another target is refused, never taken for "done".
 
@@ -106,6 +109,8 @@ class Checkpoint:
     run_ids: list[str] = field(default_factory=list)
     audit: dict[str, Any] = field(default_factory=dict)
     audit_pending: str | None = None
+    # Every run's audit file ({"run_id", "path" (absolute), "deleted"}), oldest first.
+    audit_files: list[dict[str, Any]] = field(default_factory=list)
     target: dict[str, Any] = field(default_factory=dict)
     completed_by: dict[str, Any] | None = None  # the run that finished the purge, and when
     totals: dict[str, int] = field(default_factory=dict)
@@ -134,6 +139,21 @@ def _layout(value: object) -> tuple[int, int | None, bool] | None:
         raise ValueError(f"bad layout {value!r}")
     id_col, campaign_col, header = value
     return int(id_col), None if campaign_col is None else int(campaign_col), bool(header)
+
+
+def _audit_files(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """The purge's audit files; a state written before they were kept names two at most:
+    its chain head's and the last run's (as written then, perhaps relative), the ids they
+    hold unknown (``deleted`` None)."""
+    if "audit_files" in doc:
+        return [dict(entry) for entry in doc["audit_files"] or []]
+    head, runs = doc.get("audit") or {}, doc.get("run_ids") or [None]
+    named = [(head.get("run_id"), head.get("audit_log")), (runs[-1], doc.get("audit_pending"))]
+    found: dict[str, dict[str, Any]] = {}
+    for run_id, path in named:
+        if run_id and path:
+            found.setdefault(str(path), {"run_id": str(run_id), "path": str(path), "deleted": None})
+    return list(found.values())
 
 
 def _optional_str(value: object) -> str | None:
@@ -275,6 +295,7 @@ class StateStore:
                 run_ids=[str(r) for r in doc["run_ids"]],
                 audit=dict(doc["audit"]),
                 audit_pending=_optional_str(doc.get("audit_pending")),
+                audit_files=_audit_files(doc),
                 target=dict(doc.get("target") or {}),
                 completed_by=doc.get("completed_by"),
                 totals={str(k): int(v) for k, v in doc["totals"].items()},
@@ -336,6 +357,7 @@ def _document(point: Checkpoint, generation: int, blobs: dict[str, str]) -> dict
         "run_ids": point.run_ids,
         "audit": point.audit,
         "audit_pending": point.audit_pending,
+        "audit_files": point.audit_files,
         "target": point.target,
         "completed_by": point.completed_by,
         "totals": point.totals,

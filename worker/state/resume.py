@@ -226,7 +226,8 @@ class Checkpointer:
             audit=self.recorder.audit.head()
             if self.recorder.audit.written or self.link is None
             else self.link,
-            audit_pending=str(self.recorder.audit.path),
+            audit_pending=str(self.recorder.audit.path.absolute()),
+            audit_files=self._audit_files(),
             target=self.target,
             completed_by=self._completed_by(complete),
             totals={
@@ -238,6 +239,22 @@ class Checkpointer:
             done_above=done,
             failed=self.recorder.failed_pairs,
         )
+
+    def _audit_files(self) -> list[dict[str, Any]]:
+        """The earlier runs' audit files, and this run's, with what each recorded as
+        deleted (this run's: so far)."""
+        audit = self.recorder.audit
+        earlier = [
+            e
+            for e in (self.prior.audit_files if self.prior else [])
+            if e.get("run_id") != audit.run_id
+        ]
+        mine = {
+            "run_id": audit.run_id,
+            "path": str(audit.path.absolute()),
+            "deleted": self.recorder.tally.deleted,
+        }
+        return [*earlier, mine]
 
     def _completed_by(self, complete: bool) -> dict[str, Any] | None:
         """Who finished the purge: an earlier run, unless this one had work of its own."""
