@@ -25,6 +25,7 @@ from worker.errors import UsageError
 from worker.exit_codes import ExitCode
 from worker.queue.admin import DeadLetter, dead_letters, last_dead_id, move_back, now_ms
 from worker.queue.intake import open_queue
+from worker.queue.message import shown
 from worker.queue.streams import StreamQueue
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
@@ -173,7 +174,7 @@ class _Mover:
 
 
 def _described(dead: DeadLetter) -> str:
-    fields = dict(dead.fields)
+    fields = shown(dead.fields)
     ids = fields.get("audience_ids", "")
     count = len([i for i in re.split(r"[\s,\[\]]+", ids) if i])
     return (

@@ -17,8 +17,14 @@ from typing import Any, TypeVar
 
 from redis.exceptions import RedisError
 
-from worker.queue.message import Pairs
-from worker.queue.streams import DEAD_FIELDS, StreamQueue, raise_if_cancelled, unavailable
+from worker.queue.message import Pairs, shown
+from worker.queue.streams import (
+    DEAD_FIELDS,
+    DEAD_NAMES,
+    StreamQueue,
+    raise_if_cancelled,
+    unavailable,
+)
 
 T = TypeVar("T")
 
@@ -171,10 +177,12 @@ class DeadLetter:
 
 
 def _dead_letter(dead_id: str, pairs: Pairs) -> DeadLetter:
-    bookkeeping = {name: value for name, value in pairs if name in DEAD_FIELDS}
+    """A dead letter as read (bytes: a malformed entry's may not be UTF-8); its bookkeeping
+    as text (``base64:`` where someone else wrote bytes there)."""
+    bookkeeping = shown((name, value) for name, value in pairs if name in DEAD_NAMES)
     return DeadLetter(
         dead_id,
-        tuple((name, value) for name, value in pairs if name not in DEAD_FIELDS),
+        tuple((name, value) for name, value in pairs if name not in DEAD_NAMES),
         bookkeeping.get("dead_reason", ""),
         bookkeeping.get("dead_entry_id"),
         bookkeeping.get("dead_consumer"),
@@ -184,15 +192,13 @@ def _dead_letter(dead_id: str, pairs: Pairs) -> DeadLetter:
 async def last_dead_id(queue: StreamQueue) -> str | None:
     """The newest dead letter's id: a redrive goes no further, so an entry that fails
     again while it runs is not moved round and round."""
-    newest = await _ask("XREVRANGE", queue.redis.xrevrange(queue.dead_stream, "+", "-", 1))
-    return str(newest[0][0]) if newest else None
+    newest = await queue.entries(queue.dead_stream, "+", "-", 1, newest_first=True)
+    return newest[0][0] if newest else None
 
 
 async def dead_letters(queue: StreamQueue, start: str, end: str, count: int) -> list[DeadLetter]:
     """One page of the dead-letter stream, from ``start`` (``(id`` excludes it) to ``end``."""
-    page: list[tuple[str, Pairs]] = await _ask(
-        "XRANGE", queue.redis.xrange(queue.dead_stream, start, end, count)
-    )
+    page = await queue.entries(queue.dead_stream, start, end, count)
     return [_dead_letter(dead_id, pairs) for dead_id, pairs in page]
 
 

@@ -28,7 +28,7 @@ from worker.errors import ConfigError, ServiceUnavailable
 from worker.input.batching import Batch
 from worker.queue.acks import Acks
 from worker.queue.admin import PendingEntry, pending_entries
-from worker.queue.message import Malformed, Pairs, parse_entry
+from worker.queue.message import Malformed, Pairs, parse_entry, shown
 from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
 from worker.queue.streams import QueueUnavailable, StreamQueue, open_redis
 from worker.records.recorder import Recorder
@@ -183,8 +183,9 @@ class Intake:
 
     async def _dead_letter(self, entry_id: str, fields: Pairs, reason: str) -> list[Batch]:
         """Audit, then copy the entry whole to the dead-letter stream; the audit shows a
-        repeated field once (the reason names it), the dead-letter copy keeps every value."""
-        self._recorder.dead_lettered(entry_id, reason, dict(fields))
+        repeated field once (the reason names it) and bytes that are not UTF-8 in base64,
+        the dead-letter copy keeps every value, byte for byte."""
+        self._recorder.dead_lettered(entry_id, reason, shown(fields))
         await retry_queue(
             lambda: self._queue.dead_letter(entry_id, fields, reason), self._backoff, entry_id
         )
