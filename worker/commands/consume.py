@@ -34,9 +34,14 @@ async def run_consumer(settings: Settings) -> RunResult:
     """Consume the stream until it is empty (``until_empty``) or a signal stops it."""
     runtime = Runtime(settings, "consume", plans=False)
     async with open_queue(settings) as queue:
-        await queue.ensure_group()
+        group_created = await queue.ensure_group()
         async with runtime.recording() as recorder:
-            runtime.start(stream=queue.stream, group=queue.group, consumer=queue.consumer)
+            runtime.start(
+                stream=queue.stream,
+                group=queue.group,
+                group_created=group_created,
+                consumer=queue.consumer,
+            )
             backoff = RedisBackoff.from_settings(settings)
             acks = Acks(queue, recorder, backoff, runtime.fail)
             dispatcher = await runtime.dispatcher(on_settled=acks.settled)

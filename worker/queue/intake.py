@@ -136,13 +136,7 @@ class Intake:
         block_ms = 200 if self._settings.until_empty else 2000
         while True:
             room = await self._acks.room(self._limit)
-            got = await with_redis_retries(
-                partial(self._queue.read, room, block_ms),
-                self._backoff,
-                what="reading entries",
-                # A lost reply may have left entries pending here.
-                on_retry=self._queue.rescan_own_pending,
-            )
+            got = await self._read(room, block_ms)
             if not got:
                 if self._settings.until_empty and self._acks.idle():
                     if await self._drained():
@@ -153,10 +147,30 @@ class Intake:
                 for batch in await self._admit(entry_id, fields, deliveries):
                     yield batch
 
+    async def _read(self, room: int, block_ms: int) -> list[tuple[str, Pairs, int]]:
+        """Entries, Redis's outages ridden out.
+
+        Raises:
+            ServiceUnavailable: Redis answered that retrying cannot help; a stream or group
+                that is gone is not created again (see :func:`lost`).
+        """
+        try:
+            return await with_redis_retries(
+                partial(self._queue.read, room, block_ms),
+                self._backoff,
+                what="reading entries",
+                # A lost reply may have left entries pending here.
+                on_retry=self._queue.rescan_own_pending,
+            )
+        except QueueUnavailable as exc:
+            raise lost(self._queue, exc) from None
+
     async def _drained(self) -> bool:
         try:
             return await self._queue.drained()
-        except QueueUnavailable:
+        except QueueUnavailable as exc:
+            if exc.permanent:
+                raise lost(self._queue, exc) from None
             return False
 
     async def _admit(self, entry_id: str, fields: Pairs, deliveries: int) -> list[Batch]:
@@ -192,6 +206,25 @@ class Intake:
         return []
 
 
+def lost(queue: StreamQueue, exc: QueueUnavailable) -> ServiceUnavailable:
+    """The one line that ends a consumer on a permanent Redis error.
+
+    A group that is gone mid-run (the stream deleted, the group destroyed, a Redis without
+    persistence restarted) is not created again: its pending entries, and whatever the
+    stream held, are lost or would be read again from its start, and only the operator can
+    say which inputs to enqueue again. The next ``consume`` creates it, from the start of
+    the stream as it is then, and says so.
+    """
+    if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+        return ServiceUnavailable(
+            f"stream {queue.stream} or its group {queue.group} is gone ({exc}): deleted, or "
+            "Redis restarted without persistence; it is not created again mid-run, since the "
+            "entries it held are lost or would be read again (enqueue the inputs again; the "
+            "next consume creates the group)"
+        )
+    return ServiceUnavailable(f"{exc} (retrying cannot help)")
+
+
 class _Waiting:
     """Says what a consumer that has nothing to do but cannot finish waits for: entries
     pending at other consumers, their owners and idle times, and when it will take them
@@ -206,7 +239,9 @@ class _Waiting:
     async def tell(self) -> None:
         try:
             held = await pending_entries(self._queue, count=100, exclude=self._queue.consumer)
-        except QueueUnavailable:
+        except QueueUnavailable as exc:
+            if exc.permanent:
+                raise lost(self._queue, exc) from None
             return
         now = asyncio.get_running_loop().time()
         ids = tuple(e.entry_id for e in held)

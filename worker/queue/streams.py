@@ -236,20 +236,28 @@ class StreamQueue:
     async def ping(self) -> None:
         await self._call("PING", self.redis.ping())
 
-    async def ensure_group(self) -> None:
+    async def ensure_group(self) -> bool:
         """Create the group (reading from the stream's start) if it does not exist, and
         keep acknowledged entries if another group reads the stream too (deleting them
-        would take them from that group)."""
+        would take them from that group). True if the group was created.
+
+        Only here, at a consumer's start: a group lost mid-run is not created again (see
+        :func:`worker.queue.intake.lost`)."""
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if refused_credentials(exc):
-                raise unavailable("XGROUP CREATE", exc) from None
-            if "BUSYGROUP" not in str(exc):
-                raise QueueUnavailable(f"XGROUP CREATE failed: {exc}", permanent=True) from None
+            created = True
         except RedisError as exc:
             raise_if_cancelled()
-            raise unavailable("XGROUP CREATE", exc) from None
+            if "BUSYGROUP" not in str(exc):
+                raise unavailable("XGROUP CREATE", exc) from None
+            created = False
+        if created:
+            log.info(
+                "consumer group created: it reads the stream from its start",
+                stream=self.stream,
+                group=self.group,
+                entries=await self._call("XLEN", self.redis.xlen(self.stream)),
+            )
         groups = await self._call("XINFO GROUPS", self.redis.xinfo_groups(self.stream))
         others = sorted(str(g["name"]) for g in groups if g.get("name") != self.group)
         self.delete_acked = not others
@@ -259,6 +267,7 @@ class StreamQueue:
                 stream=self.stream,
                 groups=others,
             )
+        return created
 
     async def add(self, entries: Sequence[Mapping[str, str]]) -> list[str]:
         """XADD many entries in one round trip; returns their ids."""
