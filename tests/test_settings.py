@@ -98,6 +98,7 @@ def test_public_settings_of_the_defaults() -> None:
         "log_level": "info",
         "log_format": "auto",
         "metrics_port": None,
+        "metrics_address": "127.0.0.1",
         "pushgateway": None,
         "metrics_job": "audience-purge",
         "max_deletes": None,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,6 +27,7 @@ from worker.errors import ConfigError, ServiceUnavailable
 from worker.input.batching import Batch
 from worker.queue.acks import Acks
 from worker.queue.admin import PendingEntry, pending_entries
+from worker.queue.lease import default_name
 from worker.queue.message import Malformed, Pairs, parse_entry, shown
 from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
 from worker.queue.streams import QueueUnavailable, StreamQueue, open_redis
@@ -65,7 +65,7 @@ def make_queue(settings: Settings, redis: object) -> StreamQueue:
         redis,
         settings.stream,
         settings.group,
-        settings.consumer or socket.gethostname(),
+        settings.consumer or default_name(),
         settings.dead_stream or f"{settings.stream}:dead",
         settings.max_deliveries,
         round(settings.claim_idle * 1000),

@@ -21,10 +21,10 @@ or group is gone; ``WRONGTYPE``; refused credentials or permissions) is permanen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
@@ -68,6 +68,7 @@ __all__ = [
     "QueueUnavailable",
     "StreamQueue",
     "as_bytes",
+    "ask",
     "by_name",
     "encode",
     "entry_pairs",
@@ -77,6 +78,7 @@ __all__ = [
     "refused_credentials",
     "unavailable",
 ]
+T = TypeVar("T")
 log = structlog.get_logger("audience_purge.queue")
 
 # What dead_letter adds to an entry's own fields (redrive takes them off again).
@@ -137,6 +139,16 @@ def unavailable(what: str, exc: RedisError) -> QueueUnavailable:
     if refused_credentials(exc) or isinstance(exc, AuthorizationError):
         return QueueUnavailable(message, auth=True)
     return QueueUnavailable(message, permanent=not transient(exc))
+
+
+async def ask(what: str, call: Awaitable[T]) -> T:
+    """A Redis call; its failure is a QueueUnavailable naming ``what``."""
+    try:
+        result = await call
+    except RedisError as exc:
+        raise_if_cancelled()
+        raise unavailable(what, exc) from None
+    return result
 
 
 def as_bytes(value: str | bytes) -> bytes:
