@@ -1,6 +1,7 @@
 """Entries are bytes until proven text: a stream entry with a byte that is not UTF-8 in any
 field name or value (a known field or not) is dead-lettered whole, byte for byte, and the
-entries read with it are sent; ``redrive`` and ``status`` handle such a dead letter."""
+entries read with it are sent; ``redrive`` and ``status`` handle such a dead letter, and
+``redrive --since`` a hostile time."""
 
 from __future__ import annotations
 
@@ -18,8 +19,9 @@ from conftest import read_audit
 from queue_helpers import DEAD, GROUP, STREAM, of, pending_count
 
 from worker.commands.consume import run_consumer
-from worker.commands.redrive import run_redrive
+from worker.commands.redrive import parse_since, run_redrive
 from worker.commands.status import show_status
+from worker.errors import UsageError
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
@@ -154,3 +156,11 @@ async def test_redrive_and_status_handle_a_dead_letter_not_in_utf8(
     [redriven] = of(read_audit(tmp_path / "redrive.jsonl"), "redriven")
     assert (redriven["entry_id"], redriven["dead_letter_id"]) == (new_id, dead_id)
     assert redriven["reason"] == reason
+
+
+@pytest.mark.parametrize(
+    "text", ["99999999999999999999w", "0001-01-01T00:00:00+23:59", "1969-12-31T23:59:59Z"]
+)
+def test_a_since_before_1970_is_a_usage_error_not_an_internal_one(text: str) -> None:
+    with pytest.raises(UsageError, match=r"is before 1970-01-01: leave --since out"):
+        parse_since(text, 1_790_000_000_000)
