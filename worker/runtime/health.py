@@ -159,8 +159,8 @@ async def _listen(
         why = exc.strerror or str(exc)
         if asked:
             raise ConfigError(
-                f"cannot serve metrics on {host} port {port}: {why} (another worker on this "
-                "host? give each its own --metrics-port, or 0 to turn them off)",
+                f"cannot serve metrics on port {port}: {why} (at {host}; another worker on "
+                "this host? give each its own --metrics-port, or 0 to turn them off)",
                 key="metrics_port",
             ) from None
         failed = exc
