@@ -215,7 +215,7 @@ def lost(queue: StreamQueue, exc: QueueUnavailable) -> ServiceUnavailable:
     say which inputs to enqueue again. The next ``consume`` creates it, from the start of
     the stream as it is then, and says so.
     """
-    if "NOGROUP" in str(exc) or "UNBLOCKED" in str(exc):
+    if any(sign in str(exc) for sign in ("NOGROUP", "UNBLOCKED", "no such key")):
         return ServiceUnavailable(
             f"stream {queue.stream} or its group {queue.group} is gone ({exc}): deleted, or "
             "Redis restarted without persistence; it is not created again mid-run, since the "
