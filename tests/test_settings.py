@@ -81,6 +81,7 @@ def test_public_settings_of_the_defaults() -> None:
         "redis_url": None,
         "redis_backoff_initial": 0.5,
         "redis_backoff_max": 5.0,
+        "redis_outage_max": 0.0,
         "stream": None,
         "group": "audience-purge",
         "consumer": None,

@@ -378,7 +378,8 @@ SURFACE = {
     "--batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --sign-key --grace --redis "
     "--redis-backoff-initial "
-    "--redis-backoff-max --stream --group --consumer --dead-stream --dead-letter-max "
+    "--redis-backoff-max --redis-outage-max --stream --group --consumer --dead-stream "
+    "--dead-letter-max "
     "--until-empty --max-deliveries --claim-idle --rate-scope --rate-key --insecure-http "
     "--halt-on-failure-rate --deadline --log-level --log-format --metrics-port "
     "--metrics-address --pushgateway --metrics-job",

@@ -26,7 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.commands.consume import run_consumer
-from worker.queue.streams import unavailable
+from worker.errors import ServiceUnavailable
+from worker.queue.streams import StreamQueue, unavailable
 from worker.sandbox.runner import SandboxHandle
 
 LOSSES = {
@@ -120,3 +121,27 @@ async def test_a_consumer_says_in_run_started_whether_it_created_the_group(
         started.append(read_audit(tmp_path / f"{n}.jsonl")[0])
 
     assert [r["group_created"] for r in started] == [True, False]
+
+
+async def test_a_redis_away_longer_than_redis_outage_max_ends_the_consumer_with_69(
+    make_settings: Any, redis_url: str, rdb: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Transient errors are retried within the configured budget, then end the run."""
+    await produce(rdb, tens(1, 10))
+    refused = unavailable("XREADGROUP", RedisConnectionError("Connection refused"))
+
+    async def away(*_: Any) -> Any:
+        raise refused
+
+    monkeypatch.setattr(StreamQueue, "read", away)
+    settings = make_settings(
+        redis_url=redis_url,
+        stream=STREAM,
+        consumer="c1",
+        until_empty=True,
+        redis_outage_max=0.5,
+        redis_backoff_max=0.1,
+    )
+
+    with pytest.raises(ServiceUnavailable, match=r"Redis away for more than redis_outage_max"):
+        await asyncio.wait_for(run_consumer(settings), timeout=10)

@@ -151,18 +151,26 @@ class Intake:
         """Entries, Redis's outages ridden out.
 
         Raises:
-            ServiceUnavailable: Redis answered that retrying cannot help; a stream or group
-                that is gone is not created again (see :func:`lost`).
+            ServiceUnavailable: Redis answered that retrying cannot help (a stream or group
+                that is gone is not created again: see :func:`lost`), or was away for more
+                than ``redis_outage_max``.
         """
         try:
             return await with_redis_retries(
                 partial(self._queue.read, room, block_ms),
                 self._backoff,
                 what="reading entries",
+                within=self._settings.redis_outage_max or None,
                 # A lost reply may have left entries pending here.
                 on_retry=self._queue.rescan_own_pending,
             )
         except QueueUnavailable as exc:
+            if not exc.permanent:
+                raise ServiceUnavailable(
+                    f"Redis away for more than redis_outage_max "
+                    f"({self._settings.redis_outage_max:g} s): {exc}; the entries read and "
+                    "not acknowledged stay pending"
+                ) from None
             raise lost(self._queue, exc) from None
 
     async def _drained(self) -> bool:

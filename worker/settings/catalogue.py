@@ -261,6 +261,15 @@ class Settings:
         flag="--redis-backoff-max S",
         commands=_REDIS,
     )
+    redis_outage_max: float = setting(
+        0.0,
+        number(0.0, 31_536_000),
+        "seconds consume keeps retrying its reads while Redis is away (connection refused, "
+        "timeouts, loading, failing over) before it ends with exit 69; 0: for as long as it "
+        "takes",
+        flag="--redis-outage-max S",
+        commands=(CONSUME,),
+    )
     stream: str | None = setting(
         None, text, "stream name", flag="--stream NAME", commands=_QUEUE, required=_QUEUE
     )
