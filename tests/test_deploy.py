@@ -534,7 +534,10 @@ def test_consumer_probes_ask_the_health_endpoints_on_the_metrics_port() -> None:
         get = container[probe]["httpGet"]
         assert get["path"] == path
         assert get["port"] in (port["name"], port["containerPort"])
-    assert "--consumer" not in " ".join(container["args"])  # the pod name is the consumer
+    # The kubelet and Prometheus reach the pod's IP, not its loopback.
+    assert settings.metrics_address == "0.0.0.0"
+    # Default names are unique per process (the pod name, the PID and random).
+    assert "--consumer" not in " ".join(container["args"])
 
 
 # --- replays --------------------------------------------------------------------------------

@@ -371,17 +371,18 @@ SURFACE = {
     "--shard-count --redis "
     "--redis-backoff-initial --redis-backoff-max --rate-scope --rate-key --insecure-http "
     "--dry-run --max-deletes --expect-count --halt-on-failure-rate --deadline --progress "
-    "--log-level --log-format --metrics-port --pushgateway --metrics-job",
+    "--log-level --log-format --metrics-port --metrics-address --pushgateway --metrics-job",
     ENQUEUE: "--input --config --batch-size --campaign-id --audit-log --redis "
     "--redis-backoff-initial --redis-backoff-max --stream --ref --force --log-format",
     CONSUME: "--config --base-url --token-file --rate --concurrency --concurrency-mode "
     "--batch-size --timeout "
     "--max-attempts --audit-log --audit-key-file --sign-key --grace --redis "
     "--redis-backoff-initial "
-    "--redis-backoff-max --stream --group --consumer --dead-stream --dead-letter-max "
+    "--redis-backoff-max --redis-outage-max --stream --group --consumer --dead-stream "
+    "--dead-letter-max "
     "--until-empty --max-deliveries --claim-idle --rate-scope --rate-key --insecure-http "
-    "--halt-on-failure-rate --deadline --log-level --log-format --metrics-port --pushgateway "
-    "--metrics-job",
+    "--halt-on-failure-rate --deadline --log-level --log-format --metrics-port "
+    "--metrics-address --pushgateway --metrics-job",
     DELETE_ALL: "--campaign-id --confirm --config --base-url --token-file --rate --timeout "
     "--max-attempts --audit-log --audit-key-file --sign-key --insecure-http --dry-run --log-level "
     "--log-format",
@@ -564,7 +565,7 @@ def test_a_setting_refused_once_the_run_starts_is_named_as_it_was_given(
     path = ids_file(tmp_path, range(1, 4))
     url = f"http://127.0.0.1:{closed_port()}/api/v1/global"
     with socket.socket() as busy:
-        busy.bind(("0.0.0.0", 0))  # where the metrics endpoint listens
+        busy.bind(("0.0.0.0", 0))  # every address: the metrics endpoint's loopback too
         busy.listen()
         port = str(busy.getsockname()[1])
         given = ["--metrics-port", port] if how == "flag" else []

@@ -16,6 +16,7 @@ import sys
 
 from worker.queue.acks import Acks
 from worker.queue.intake import Intake, open_queue
+from worker.queue.lease import consumer_name
 from worker.queue.retrying import RedisBackoff
 from worker.queue.watch import QueueWatch
 from worker.records.report import RunResult, print_summary
@@ -33,14 +34,20 @@ def consume_command(settings: Settings) -> int:
 async def run_consumer(settings: Settings) -> RunResult:
     """Consume the stream until it is empty (``until_empty``) or a signal stops it."""
     runtime = Runtime(settings, "consume", plans=False)
-    async with open_queue(settings) as queue:
-        await queue.ensure_group()
+    async with open_queue(settings) as queue, consumer_name(queue) as lease:
+        group_created = await queue.ensure_group()
         async with runtime.recording() as recorder:
-            runtime.start(stream=queue.stream, group=queue.group, consumer=queue.consumer)
+            runtime.start(
+                stream=queue.stream,
+                group=queue.group,
+                group_created=group_created,
+                consumer=queue.consumer,
+            )
             backoff = RedisBackoff.from_settings(settings)
             acks = Acks(queue, recorder, backoff, runtime.fail)
             dispatcher = await runtime.dispatcher(on_settled=acks.settled)
             intake = Intake(queue, settings, recorder, acks, backoff)
+            runtime.background(lease.keep())
             if runtime.metrics is not None:
                 watch = QueueWatch(queue, runtime.metrics)
                 runtime.readiness_checks.append(watch.readiness)

@@ -488,6 +488,17 @@ def _add_sandbox_arguments(sandbox: argparse.ArgumentParser) -> None:
 STATUS_NAMES = ("fresh", "completed", "halted", "inqueue")  # audience-list codes 0..3
 
 
+def _attempts(text: str) -> int:
+    """``--attempt N``: a number of attempts in ASCII digits (``int()`` would read ``"٢"``
+    as 2, as no API does)."""
+    value = text.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 9:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of attempts (digits 0-9), got {text!r}"
+        )
+    return int(value)
+
+
 def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of a selection rule (``select``, ``run --select``): each narrows it."""
     parser.add_argument(
@@ -506,7 +517,7 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--attempt",
         action="append",
-        type=int,
+        type=_attempts,
         metavar="N",
         help="the record's number of attempts, exactly (repeatable: any of them)",
     )

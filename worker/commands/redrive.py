@@ -25,6 +25,7 @@ from worker.errors import UsageError
 from worker.exit_codes import ExitCode
 from worker.queue.admin import DeadLetter, dead_letters, last_dead_id, move_back, now_ms
 from worker.queue.intake import open_queue
+from worker.queue.message import shown
 from worker.queue.streams import StreamQueue
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
@@ -51,17 +52,23 @@ def parse_since(text: str, now: int) -> int:
     value = text.strip()
     if _DURATION.fullmatch(value):
         seconds = sum(int(n) * _SECONDS[unit] for n, unit in _UNIT.findall(value))
-        return now - seconds * 1000
-    try:
-        moment = datetime.fromisoformat(value)
-    except ValueError:
-        moment = None
-    if moment is None or moment.tzinfo is None or not value.isascii():
+        since = now - seconds * 1000
+    else:
+        try:
+            moment = datetime.fromisoformat(value) if value.isascii() else None
+        except ValueError:
+            moment = None
+        if moment is None or moment.tzinfo is None:
+            raise UsageError(
+                f"--since {text!r}: expected a duration (90s, 30m, 2h, 1d, 1h30m) or an RFC "
+                "3339 time with its offset (2026-11-26T06:00:00Z)"
+            )
+        since = int(moment.timestamp() * 1000)
+    if since < 0:  # stream entry ids count from 1970; datetime ends at the year 1
         raise UsageError(
-            f"--since {text!r}: expected a duration (90s, 30m, 2h, 1d, 1h30m) or an RFC 3339 "
-            "time with its offset (2026-11-26T06:00:00Z)"
+            f"--since {text!r} is before 1970-01-01: leave --since out for every dead letter"
         )
-    return int(moment.timestamp() * 1000)
+    return since
 
 
 async def run_redrive(
@@ -173,7 +180,7 @@ class _Mover:
 
 
 def _described(dead: DeadLetter) -> str:
-    fields = dict(dead.fields)
+    fields = shown(dead.fields)
     ids = fields.get("audience_ids", "")
     count = len([i for i in re.split(r"[\s,\[\]]+", ids) if i])
     return (

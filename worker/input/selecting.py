@@ -195,13 +195,14 @@ def parse_time(text: str, flag: str) -> datetime:
     """A date (midnight UTC) or an RFC 3339 time; a time without a zone is UTC.
 
     Raises:
-        UsageError: not a date or time.
+        UsageError: not a date or time, or one out of datetime's range in UTC.
     """
     try:
         return _utc(text)
     except ValueError:
         raise UsageError(
-            f"{flag}: expected a date (2026-06-01) or a time (2026-06-01T00:00:00Z), got {text!r}"
+            f"{flag}: expected a date (2026-06-01) or a time (2026-06-01T00:00:00Z) between "
+            f"the years 1 and 9999 in UTC, got {text!r}"
         ) from None
 
 
@@ -209,10 +210,16 @@ def _utc(text: str) -> datetime:
     """An ISO 8601 date or time, in UTC: one without a zone is taken as UTC.
 
     Raises:
-        ValueError: it is neither.
+        ValueError: it is neither (its digits ASCII), or it is beyond the years 1 to 9999
+            once in UTC (``9999-12-31T23:59:59-23:59``).
     """
+    if not text.isascii():
+        raise ValueError("not ASCII")
     when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    try:
+        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("beyond the years 1 to 9999 in UTC") from None
 
 
 def last_attempt(record: Mapping[str, Any]) -> datetime | None:
@@ -253,13 +260,15 @@ def _status(record: Mapping[str, Any]) -> str | None:
 
 def _attempts(record: Mapping[str, Any]) -> int | None:
     value = _field(record, "attempt")
-    if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+    text = value.strip() if isinstance(value, str) else ""
+    if text.isascii() and text.isdigit():  # "²" and "٢" are digits to str, not to the API
+        return int(text)
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _stamp(when: datetime | None) -> str | None:
-    return None if when is None else when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    """RFC 3339 in UTC, to the microsecond the cutoff has (``0001-01-01T00:00:00Z``)."""
+    return None if when is None else when.isoformat().replace("+00:00", "Z")
 
 
 @dataclass(slots=True)

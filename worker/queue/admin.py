@@ -11,16 +11,17 @@ is never lost, nor moved twice.
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any
 
-from redis.exceptions import RedisError
-
-from worker.queue.message import Pairs
-from worker.queue.streams import DEAD_FIELDS, StreamQueue, raise_if_cancelled, unavailable
-
-T = TypeVar("T")
+from worker.queue.message import Pairs, shown
+from worker.queue.streams import (
+    DEAD_FIELDS,
+    DEAD_NAMES,
+    StreamQueue,
+    ask,
+)
 
 
 def entry_time_ms(entry_id: str) -> int:
@@ -72,21 +73,11 @@ class QueueState:
     group: GroupState | None
 
 
-async def _ask(what: str, call: Awaitable[T]) -> T:
-    """A Redis call; its failure is a QueueUnavailable naming ``what``."""
-    try:
-        result = await call
-    except RedisError as exc:
-        raise_if_cancelled()
-        raise unavailable(what, exc) from None
-    return result
-
-
 async def pending_entries(
     queue: StreamQueue, *, count: int, exclude: str | None = None
 ) -> list[PendingEntry]:
     """The group's oldest pending entries (up to ``count``), but those of ``exclude``."""
-    rows = await _ask(
+    rows = await ask(
         "XPENDING",
         queue.redis.xpending_range(queue.stream, queue.group, min="-", max="+", count=count),
     )
@@ -105,8 +96,8 @@ async def pending_entries(
 async def queue_state(queue: StreamQueue) -> QueueState:
     """Lengths, memory and the group of ``queue``, as Redis sees them now."""
     redis = queue.redis
-    exists = bool(await _ask("EXISTS", redis.exists(queue.stream)))
-    length = int(await _ask("XLEN", redis.xlen(queue.stream)))
+    exists = bool(await ask("EXISTS", redis.exists(queue.stream)))
+    length = int(await ask("XLEN", redis.xlen(queue.stream)))
     group = await _group_state(queue, length) if exists else None
     return QueueState(
         stream=queue.stream,
@@ -114,7 +105,7 @@ async def queue_state(queue: StreamQueue) -> QueueState:
         length=length,
         memory_bytes=await _memory(queue, queue.stream),
         dead_stream=queue.dead_stream,
-        dead_length=int(await _ask("XLEN", redis.xlen(queue.dead_stream))),
+        dead_length=int(await ask("XLEN", redis.xlen(queue.dead_stream))),
         dead_memory_bytes=await _memory(queue, queue.dead_stream),
         group=group,
     )
@@ -122,20 +113,18 @@ async def queue_state(queue: StreamQueue) -> QueueState:
 
 async def _memory(queue: StreamQueue, key: str) -> int | None:
     """MEMORY USAGE of ``key`` (Redis samples a few nodes of a big stream); None if absent."""
-    used = await _ask("MEMORY USAGE", queue.redis.memory_usage(key))
+    used = await ask("MEMORY USAGE", queue.redis.memory_usage(key))
     return None if used is None else int(used)
 
 
 async def _group_state(queue: StreamQueue, length: int) -> GroupState | None:
-    groups = await _ask("XINFO GROUPS", queue.redis.xinfo_groups(queue.stream))
+    groups = await ask("XINFO GROUPS", queue.redis.xinfo_groups(queue.stream))
     info = next((g for g in groups if g.get("name") == queue.group), None)
     if info is None:
         return None
     pending = int(info.get("pending") or 0)
     lag = info.get("lag")
-    consumers = await _ask(
-        "XINFO CONSUMERS", queue.redis.xinfo_consumers(queue.stream, queue.group)
-    )
+    consumers = await ask("XINFO CONSUMERS", queue.redis.xinfo_consumers(queue.stream, queue.group))
     oldest = await pending_entries(queue, count=1)
     return GroupState(
         name=queue.group,
@@ -171,10 +160,12 @@ class DeadLetter:
 
 
 def _dead_letter(dead_id: str, pairs: Pairs) -> DeadLetter:
-    bookkeeping = {name: value for name, value in pairs if name in DEAD_FIELDS}
+    """A dead letter as read (bytes: a malformed entry's may not be UTF-8); its bookkeeping
+    as text (``base64:`` where someone else wrote bytes there)."""
+    bookkeeping = shown((name, value) for name, value in pairs if name in DEAD_NAMES)
     return DeadLetter(
         dead_id,
-        tuple((name, value) for name, value in pairs if name not in DEAD_FIELDS),
+        tuple((name, value) for name, value in pairs if name not in DEAD_NAMES),
         bookkeeping.get("dead_reason", ""),
         bookkeeping.get("dead_entry_id"),
         bookkeeping.get("dead_consumer"),
@@ -184,15 +175,13 @@ def _dead_letter(dead_id: str, pairs: Pairs) -> DeadLetter:
 async def last_dead_id(queue: StreamQueue) -> str | None:
     """The newest dead letter's id: a redrive goes no further, so an entry that fails
     again while it runs is not moved round and round."""
-    newest = await _ask("XREVRANGE", queue.redis.xrevrange(queue.dead_stream, "+", "-", 1))
-    return str(newest[0][0]) if newest else None
+    newest = await queue.entries(queue.dead_stream, "+", "-", 1, newest_first=True)
+    return newest[0][0] if newest else None
 
 
 async def dead_letters(queue: StreamQueue, start: str, end: str, count: int) -> list[DeadLetter]:
     """One page of the dead-letter stream, from ``start`` (``(id`` excludes it) to ``end``."""
-    page: list[tuple[str, Pairs]] = await _ask(
-        "XRANGE", queue.redis.xrange(queue.dead_stream, start, end, count)
-    )
+    page = await queue.entries(queue.dead_stream, start, end, count)
     return [_dead_letter(dead_id, pairs) for dead_id, pairs in page]
 
 
@@ -235,7 +224,7 @@ async def move_back(queue: StreamQueue, dead_ids: Sequence[str]) -> dict[str, st
         return {}
     script: Any = queue.redis.register_script(_MOVE_BACK)
     keys = [queue.stream, queue.dead_stream]
-    flat = await _ask("EVALSHA", script(keys=keys, args=[len(dead_ids), *dead_ids, *DEAD_FIELDS]))
+    flat = await ask("EVALSHA", script(keys=keys, args=[len(dead_ids), *dead_ids, *DEAD_FIELDS]))
     pairs = zip(flat[::2], flat[1::2], strict=True)
     return {str(dead_id): (str(new) if new else None) for dead_id, new in pairs}
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -28,7 +27,8 @@ from worker.errors import ConfigError, ServiceUnavailable
 from worker.input.batching import Batch
 from worker.queue.acks import Acks
 from worker.queue.admin import PendingEntry, pending_entries
-from worker.queue.message import Malformed, Pairs, parse_entry
+from worker.queue.lease import default_name
+from worker.queue.message import Malformed, Pairs, parse_entry, shown
 from worker.queue.retrying import RedisBackoff, retry_queue, with_redis_retries
 from worker.queue.streams import QueueUnavailable, StreamQueue, open_redis
 from worker.records.recorder import Recorder
@@ -65,7 +65,7 @@ def make_queue(settings: Settings, redis: object) -> StreamQueue:
         redis,
         settings.stream,
         settings.group,
-        settings.consumer or socket.gethostname(),
+        settings.consumer or default_name(),
         settings.dead_stream or f"{settings.stream}:dead",
         settings.max_deliveries,
         round(settings.claim_idle * 1000),
@@ -136,13 +136,7 @@ class Intake:
         block_ms = 200 if self._settings.until_empty else 2000
         while True:
             room = await self._acks.room(self._limit)
-            got = await with_redis_retries(
-                partial(self._queue.read, room, block_ms),
-                self._backoff,
-                what="reading entries",
-                # A lost reply may have left entries pending here.
-                on_retry=self._queue.rescan_own_pending,
-            )
+            got = await self._read(room, block_ms)
             if not got:
                 if self._settings.until_empty and self._acks.idle():
                     if await self._drained():
@@ -153,10 +147,38 @@ class Intake:
                 for batch in await self._admit(entry_id, fields, deliveries):
                     yield batch
 
+    async def _read(self, room: int, block_ms: int) -> list[tuple[str, Pairs, int]]:
+        """Entries, Redis's outages ridden out.
+
+        Raises:
+            ServiceUnavailable: Redis answered that retrying cannot help (a stream or group
+                that is gone is not created again: see :func:`lost`), or was away for more
+                than ``redis_outage_max``.
+        """
+        try:
+            return await with_redis_retries(
+                partial(self._queue.read, room, block_ms),
+                self._backoff,
+                what="reading entries",
+                within=self._settings.redis_outage_max or None,
+                # A lost reply may have left entries pending here.
+                on_retry=self._queue.rescan_own_pending,
+            )
+        except QueueUnavailable as exc:
+            if not exc.permanent:
+                raise ServiceUnavailable(
+                    f"Redis away for more than redis_outage_max "
+                    f"({self._settings.redis_outage_max:g} s): {exc}; the entries read and "
+                    "not acknowledged stay pending"
+                ) from None
+            raise lost(self._queue, exc) from None
+
     async def _drained(self) -> bool:
         try:
             return await self._queue.drained()
-        except QueueUnavailable:
+        except QueueUnavailable as exc:
+            if exc.permanent:
+                raise lost(self._queue, exc) from None
             return False
 
     async def _admit(self, entry_id: str, fields: Pairs, deliveries: int) -> list[Batch]:
@@ -183,12 +205,32 @@ class Intake:
 
     async def _dead_letter(self, entry_id: str, fields: Pairs, reason: str) -> list[Batch]:
         """Audit, then copy the entry whole to the dead-letter stream; the audit shows a
-        repeated field once (the reason names it), the dead-letter copy keeps every value."""
-        self._recorder.dead_lettered(entry_id, reason, dict(fields))
+        repeated field once (the reason names it) and bytes that are not UTF-8 in base64,
+        the dead-letter copy keeps every value, byte for byte."""
+        self._recorder.dead_lettered(entry_id, reason, shown(fields))
         await retry_queue(
             lambda: self._queue.dead_letter(entry_id, fields, reason), self._backoff, entry_id
         )
         return []
+
+
+def lost(queue: StreamQueue, exc: QueueUnavailable) -> ServiceUnavailable:
+    """The one line that ends a consumer on a permanent Redis error.
+
+    A group that is gone mid-run (the stream deleted, the group destroyed, a Redis without
+    persistence restarted) is not created again: its pending entries, and whatever the
+    stream held, are lost or would be read again from its start, and only the operator can
+    say which inputs to enqueue again. The next ``consume`` creates it, from the start of
+    the stream as it is then, and says so.
+    """
+    if any(sign in str(exc) for sign in ("NOGROUP", "UNBLOCKED", "no such key")):
+        return ServiceUnavailable(
+            f"stream {queue.stream} or its group {queue.group} is gone ({exc}): deleted, or "
+            "Redis restarted without persistence; it is not created again mid-run, since the "
+            "entries it held are lost or would be read again (enqueue the inputs again; the "
+            "next consume creates the group)"
+        )
+    return ServiceUnavailable(f"{exc} (retrying cannot help)")
 
 
 class _Waiting:
@@ -205,7 +247,9 @@ class _Waiting:
     async def tell(self) -> None:
         try:
             held = await pending_entries(self._queue, count=100, exclude=self._queue.consumer)
-        except QueueUnavailable:
+        except QueueUnavailable as exc:
+            if exc.permanent:
+                raise lost(self._queue, exc) from None
             return
         now = asyncio.get_running_loop().time()
         ids = tuple(e.entry_id for e in held)

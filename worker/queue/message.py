@@ -6,16 +6,18 @@
     ref           optional: a producer's reference (at most 200 characters), copied into the
                   audit records of the entry's ids
 
-An entry with anything else in those fields, or with one of them twice (XADD accepts
-``audience_ids 1 audience_ids 2``), is malformed: it goes, whole, to the dead-letter stream
-with the reason, and is acknowledged. Nothing of it is sent: an entry is either trusted
-entirely or not at all.
+An entry with anything else in those fields, with one of them twice (XADD accepts
+``audience_ids 1 audience_ids 2``), or with a field name or value (of any field, known or
+not) that is not UTF-8, is malformed: it goes, whole and byte for byte, to the dead-letter
+stream with the reason, and is acknowledged. Nothing of it is sent: an entry is either
+trusted entirely or not at all.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping, Sequence
+from base64 import b64encode
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import orjson
@@ -26,8 +28,10 @@ MAX_IDS = 10_000
 MAX_REF = 200
 _SPLIT = re.compile(r"\s*,\s*")
 
-# An entry's fields as Redis holds them: in order, a repeated field repeated.
-Pairs = tuple[tuple[str, str], ...]
+# An entry's fields as Redis holds them: bytes, in order, a repeated field repeated.
+Pairs = tuple[tuple[bytes, bytes], ...]
+# Fields as a caller may give them: read from the stream, or text.
+Fields = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 
 class Malformed(ValueError):
@@ -44,7 +48,7 @@ class Entry:
     ref: str | None
 
 
-def parse_entry(entry_id: str, fields: Mapping[str, str] | Pairs) -> Entry:
+def parse_entry(entry_id: str, fields: Fields) -> Entry:
     """Validate one entry's fields (as read from the stream, or by name).
 
     Raises:
@@ -61,20 +65,50 @@ def parse_entry(entry_id: str, fields: Mapping[str, str] | Pairs) -> Entry:
     return Entry(entry_id, campaign, ids, ref)
 
 
-def by_name(fields: Mapping[str, str] | Pairs) -> Mapping[str, str]:
-    """The fields by name.
+def by_name(fields: Fields) -> Mapping[str, str]:
+    """The fields by name, as text.
 
     Raises:
-        Malformed: a field is repeated; which of its values the producer meant is unknown.
+        Malformed: a field name or value is not UTF-8, or a field is repeated (which of its
+            values the producer meant is unknown).
     """
     if isinstance(fields, Mapping):
         return fields
     named: dict[str, str] = {}
-    for name, value in fields:
+    for position, (raw_name, raw_value) in enumerate(fields, 1):
+        name = _text(raw_name, f"the name of field {position}")
+        value = _text(raw_value, f"field {name}")
         if name in named:
             raise Malformed(f"field {name} is repeated")
         named[name] = value
     return named
+
+
+def _text(value: str | bytes, what: str) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise Malformed(
+            f"{what} is not UTF-8 (byte 0x{value[exc.start]:02x} at offset {exc.start})"
+        ) from None
+
+
+def shown(fields: Fields) -> dict[str, str]:
+    """Fields for an audit record or a message: text as is; a name or value that is not
+    UTF-8 as ``base64:`` and its bytes, so that nothing of it is lost or misread."""
+    pairs = fields.items() if isinstance(fields, Mapping) else fields
+    return {_shown(name): _shown(value) for name, value in pairs}
+
+
+def _shown(value: str | bytes) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return "base64:" + b64encode(value).decode("ascii")
 
 
 def _ids(text: str) -> tuple[int, ...]:

@@ -3,8 +3,9 @@
 Connecting at start, reading entries and writing acknowledgements all retry the same way:
 capped exponential backoff with full jitter between ``redis_backoff_initial`` and
 ``redis_backoff_max`` (so a fleet of consumers does not reconnect in lockstep), bounded by
-a number of attempts where giving up is possible. A *permanent* failure (a key of the wrong
-type, a missing permission) is never retried. ``CancelledError`` is never caught.
+a number of attempts, or a time (``redis_outage_max``), where giving up is possible. A
+*permanent* failure (see :func:`worker.queue.streams.transient`) is never retried.
+``CancelledError`` is never caught.
 """
 
 from __future__ import annotations
@@ -19,9 +20,12 @@ from tenacity import (
     RetryCallState,
     retry_if_exception,
     stop_after_attempt,
+    stop_after_delay,
+    stop_any,
     stop_never,
     wait_random_exponential,
 )
+from tenacity.stop import StopBaseT, stop_base
 
 from worker.queue.streams import QueueUnavailable
 from worker.settings import Settings
@@ -52,9 +56,11 @@ async def with_redis_retries(
     *,
     what: str,
     attempts: int | None = None,
+    within: float | None = None,
     on_retry: Callable[[], None] | None = None,
 ) -> T:
-    """``call()`` until it succeeds; ``attempts`` bounds the tries (None: until stopped).
+    """``call()`` until it succeeds; ``attempts`` bounds the tries, ``within`` the seconds
+    of trying (None: until stopped).
 
     Raises:
         QueueUnavailable: a permanent one at once, or the last one when attempts ran out.
@@ -75,7 +81,7 @@ async def with_redis_retries(
 
     retrying = AsyncRetrying(
         retry=retry_if_exception(_temporary),
-        stop=stop_never if attempts is None else stop_after_attempt(attempts),
+        stop=_stop(attempts, within),
         wait=wait_random_exponential(multiplier=backoff.initial, max=backoff.maximum),
         before_sleep=before_sleep,
         reraise=True,
@@ -84,6 +90,12 @@ async def with_redis_retries(
         with attempt:
             return await call()
     raise AssertionError("unreachable: tenacity either returns or re-raises")
+
+
+def _stop(attempts: int | None, within: float | None) -> StopBaseT:
+    stops: list[stop_base] = [stop_after_attempt(attempts)] if attempts is not None else []
+    stops += [stop_after_delay(within)] if within is not None else []
+    return stop_any(*stops) if stops else stop_never
 
 
 QUEUE_WRITE_ATTEMPTS = 12

@@ -6,21 +6,42 @@ deleted (XDEL) in the same transaction, so the stream holds only the work still 
 (unless other groups read the stream too: their entries are kept). Entries left pending by
 a dead consumer are taken over with XAUTOCLAIM once idle longer than ``claim_idle``; an
 entry delivered more than ``max_deliveries`` times is dead-lettered. The dead-letter stream
-keeps the newest ``dead_letter_max`` entries. Redis errors become
-:class:`QueueUnavailable`; refused credentials are a permanent one.
+keeps the newest ``dead_letter_max`` entries.
+
+Entries are read as bytes (``NEVER_DECODE``): any producer may write any byte, and a field
+that is not UTF-8 must make its entry malformed (dead-lettered whole, bytes kept), not fail
+the read of every entry beside it. Everything else Redis answers is text.
+
+Redis errors become :class:`QueueUnavailable`, classified here once (:func:`unavailable`):
+a lost connection, a timeout, a Redis loading its data or failing over is transient
+(retried); an answer that retrying the same command cannot change (``NOGROUP``: the stream
+or group is gone; ``WRONGTYPE``; refused credentials or permissions) is permanent.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import redis.asyncio as aioredis
 import structlog
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError, ResponseError
+from redis.client import NEVER_DECODE
+from redis.exceptions import (
+    AuthenticationError,
+    AuthorizationError,
+    ClusterDownError,
+    InvalidResponse,
+    OutOfMemoryError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+    TryAgainError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from worker.errors import ConfigError, ServiceUnavailable
 from worker.queue.message import (
@@ -38,6 +59,7 @@ from worker.sending.credentials import redact_url
 # The message format's names, for the modules and tests that import them from here.
 __all__ = [
     "DEAD_FIELDS",
+    "DEAD_NAMES",
     "MAX_IDS",
     "MAX_REF",
     "Entry",
@@ -45,6 +67,8 @@ __all__ = [
     "Pairs",
     "QueueUnavailable",
     "StreamQueue",
+    "as_bytes",
+    "ask",
     "by_name",
     "encode",
     "entry_pairs",
@@ -54,10 +78,25 @@ __all__ = [
     "refused_credentials",
     "unavailable",
 ]
+T = TypeVar("T")
 log = structlog.get_logger("audience_purge.queue")
 
 # What dead_letter adds to an entry's own fields (redrive takes them off again).
 DEAD_FIELDS = ("dead_reason", "dead_entry_id", "dead_consumer")
+DEAD_NAMES = frozenset(name.encode() for name in DEAD_FIELDS)
+# Error replies that a later try of the same command may not get: Redis loading its data,
+# a replica being promoted, a cluster slot moving, a script running, memory or disk full.
+_TRANSIENT_REPLIES = (
+    "LOADING",
+    "READONLY",
+    "MASTERDOWN",
+    "TRYAGAIN",
+    "CLUSTERDOWN",
+    "BUSY",
+    "MISCONF",
+    "NOREPLICAS",
+    "OOM",
+)
 
 
 class QueueUnavailable(ServiceUnavailable):
@@ -80,12 +119,49 @@ def refused_credentials(exc: RedisError) -> bool:
     return isinstance(exc, ResponseError) and text.startswith(("WRONGPASS", "NOAUTH"))
 
 
+def transient(exc: RedisError) -> bool:
+    """Whether the same call may succeed later: a connection lost or refused, a timeout, or
+    an error reply of a Redis that is loading, failing over or full. Any other error reply
+    (``NOGROUP``, ``WRONGTYPE``, ``UNBLOCKED`` for a stream deleted under a blocking read,
+    ``NOPERM``, ``ERR ...``) answers the command itself: it is permanent."""
+    if isinstance(exc, AuthenticationError | AuthorizationError):
+        return False
+    if isinstance(exc, RedisConnectionError | RedisTimeoutError | InvalidResponse):
+        return True
+    if isinstance(exc, ReadOnlyError | TryAgainError | ClusterDownError | OutOfMemoryError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(_TRANSIENT_REPLIES)
+
+
 def unavailable(what: str, exc: RedisError) -> QueueUnavailable:
     """The QueueUnavailable of a failed Redis call: permanent when retrying cannot help."""
     message = f"Redis {what} failed: {type(exc).__name__}: {exc}"
-    if refused_credentials(exc):
+    if refused_credentials(exc) or isinstance(exc, AuthorizationError):
         return QueueUnavailable(message, auth=True)
-    return QueueUnavailable(message, permanent=isinstance(exc, NoPermissionError))
+    return QueueUnavailable(message, permanent=not transient(exc))
+
+
+async def ask(what: str, call: Awaitable[T]) -> T:
+    """A Redis call; its failure is a QueueUnavailable naming ``what``."""
+    try:
+        result = await call
+    except RedisError as exc:
+        raise_if_cancelled()
+        raise unavailable(what, exc) from None
+    return result
+
+
+def as_bytes(value: str | bytes) -> bytes:
+    return value if isinstance(value, bytes) else value.encode()
+
+
+def as_pair(name: str | bytes, value: str | bytes) -> tuple[bytes, bytes]:
+    return as_bytes(name), as_bytes(value)
+
+
+def _text_id(value: str | bytes) -> str:
+    """An entry id (Redis makes them, always ASCII digits and a dash)."""
+    return value.decode("ascii") if isinstance(value, bytes) else str(value)
 
 
 def entry_pairs(raw: Iterable[Any] | None) -> list[tuple[str, Pairs]]:
@@ -93,8 +169,8 @@ def entry_pairs(raw: Iterable[Any] | None) -> list[tuple[str, Pairs]]:
     deleted from the stream since has no fields."""
     out = []
     for entry_id, flat in raw or ():
-        items = list(flat or ())
-        out.append((str(entry_id), tuple(zip(items[::2], items[1::2], strict=False))))
+        items = [as_bytes(item) for item in flat or ()]
+        out.append((_text_id(entry_id), tuple(zip(items[::2], items[1::2], strict=False))))
     return out
 
 
@@ -113,7 +189,7 @@ def _range_reply(response: Any, **options: Any) -> list[tuple[str, Pairs]]:
 
 def _claim_reply(response: Any, **options: Any) -> tuple[str, list[tuple[str, Pairs]]]:
     """XAUTOCLAIM's next cursor and claimed entries."""
-    return str(response[0]), entry_pairs(response[1])
+    return _text_id(response[0]), entry_pairs(response[1])
 
 
 def raise_if_cancelled() -> None:
@@ -172,20 +248,28 @@ class StreamQueue:
     async def ping(self) -> None:
         await self._call("PING", self.redis.ping())
 
-    async def ensure_group(self) -> None:
+    async def ensure_group(self) -> bool:
         """Create the group (reading from the stream's start) if it does not exist, and
         keep acknowledged entries if another group reads the stream too (deleting them
-        would take them from that group)."""
+        would take them from that group). True if the group was created.
+
+        Only here, at a consumer's start: a group lost mid-run is not created again (see
+        :func:`worker.queue.intake.lost`)."""
         try:
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
-        except ResponseError as exc:
-            if refused_credentials(exc):
-                raise unavailable("XGROUP CREATE", exc) from None
-            if "BUSYGROUP" not in str(exc):
-                raise QueueUnavailable(f"XGROUP CREATE failed: {exc}", permanent=True) from None
+            created = True
         except RedisError as exc:
             raise_if_cancelled()
-            raise unavailable("XGROUP CREATE", exc) from None
+            if "BUSYGROUP" not in str(exc):
+                raise unavailable("XGROUP CREATE", exc) from None
+            created = False
+        if created:
+            log.info(
+                "consumer group created: it reads the stream from its start",
+                stream=self.stream,
+                group=self.group,
+                entries=await self._call("XLEN", self.redis.xlen(self.stream)),
+            )
         groups = await self._call("XINFO GROUPS", self.redis.xinfo_groups(self.stream))
         others = sorted(str(g["name"]) for g in groups if g.get("name") != self.group)
         self.delete_acked = not others
@@ -195,6 +279,7 @@ class StreamQueue:
                 stream=self.stream,
                 groups=others,
             )
+        return created
 
     async def add(self, entries: Sequence[Mapping[str, str]]) -> list[str]:
         """XADD many entries in one round trip; returns their ids."""
@@ -221,28 +306,30 @@ class StreamQueue:
     async def _read_group(
         self, start: str, count: int, block_ms: int | None
     ) -> list[tuple[str, Pairs]]:
-        entries: list[tuple[str, Pairs]] = await self._call(
+        block = () if block_ms is None else ("BLOCK", block_ms)
+        entries: list[tuple[str, Pairs]] = await self._raw(
             "XREADGROUP",
-            self.redis.xreadgroup(
-                self.group, self.consumer, {self.stream: start}, count=count, block=block_ms
-            ),
+            *("GROUP", self.group, self.consumer, "COUNT", count, *block),
+            *("STREAMS", self.stream, start),
         )
         return entries
 
     async def _claim(self, count: int) -> list[tuple[str, Pairs]]:
-        reply: tuple[str, list[tuple[str, Pairs]]] = await self._call(
+        reply: tuple[str, list[tuple[str, Pairs]]] = await self._raw(
             "XAUTOCLAIM",
-            self.redis.xautoclaim(
-                self.stream,
-                self.group,
-                self.consumer,
-                min_idle_time=self.claim_idle_ms,
-                start_id=self._claim_cursor,
-                count=count,
-            ),
+            *(self.stream, self.group, self.consumer, self.claim_idle_ms, self._claim_cursor),
+            *("COUNT", count),
         )
         self._claim_cursor, claimed = reply
         return claimed
+
+    async def entries(
+        self, key: str, start: str, end: str, count: int, *, newest_first: bool = False
+    ) -> list[tuple[str, Pairs]]:
+        """XRANGE (or XREVRANGE, ``start`` then being the newer end) of any stream, as bytes."""
+        command = "XREVRANGE" if newest_first else "XRANGE"
+        got: list[tuple[str, Pairs]] = await self._raw(command, key, start, end, "COUNT", count)
+        return got
 
     async def _with_deliveries(self, got: list[tuple[str, Pairs]]) -> list[tuple[str, Pairs, int]]:
         """Each entry's delivery count, looked up exactly in this consumer's pending list;
@@ -286,8 +373,9 @@ class StreamQueue:
         entries, the oldest dead letter is trimmed (exactly: dead-lettering is rare).
         """
         pairs = fields.items() if isinstance(fields, Mapping) else fields
-        record = [(name, value) for name, value in pairs if name not in DEAD_FIELDS]
-        record += zip(DEAD_FIELDS, (reason, entry_id, self.consumer), strict=True)
+        record = [as_pair(n, v) for n, v in pairs if as_bytes(n) not in DEAD_NAMES]
+        ours = (reason, entry_id, self.consumer)
+        record += (as_pair(name, value) for name, value in zip(DEAD_FIELDS, ours, strict=True))
         flat = chain.from_iterable(record)
         bound = ("MAXLEN", str(self.dead_letter_max)) if self.dead_letter_max else ()
         pipe = self.redis.pipeline(transaction=True)
@@ -317,8 +405,7 @@ class StreamQueue:
                 if lag is not None:
                     return int(lag) == 0
                 after = f"({info['last-delivered-id']}"
-                newer = await self._call("XRANGE", self.redis.xrange(self.stream, after, "+", 1))
-                return not newer
+                return not await self.entries(self.stream, after, "+", 1)
         return True
 
     async def _call(self, what: str, awaitable: Any) -> Any:
@@ -329,6 +416,11 @@ class StreamQueue:
             raise unavailable(what, exc) from None
         raise_if_cancelled()
         return result
+
+    async def _raw(self, command: str, *args: str | int) -> Any:
+        """A command whose reply holds entries: read undecoded (see the module docstring)."""
+        call = self.redis.execute_command(command, *args, **{NEVER_DECODE: True})
+        return await self._call(command, call)
 
     async def close(self) -> None:
         await self.redis.aclose()

@@ -14,6 +14,8 @@ without ``--sign-key``.
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,8 +74,15 @@ def _read(path: Path, setting: str) -> bytes:
 
 
 def load_signer(path: Path) -> Signer:
-    """The Ed25519 private key of ``path`` (PEM, PKCS8); errors name the file, never its bytes."""
-    data = _read(path, "sign_key")
+    """The Ed25519 private key of ``path`` (PEM, PKCS8); errors name the file, never its bytes.
+
+    Like ssh, a key file of this user that group or others may read or write is refused:
+    whoever else can read it can sign a forged log."""
+    try:
+        with path.open("rb") as handle:
+            data, mode, owner = handle.read(), *_mode_and_owner(handle.fileno())
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}", key="sign_key") from None
     try:
         private = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError, UnsupportedAlgorithm):
@@ -84,7 +93,18 @@ def load_signer(path: Path) -> Signer:
             "`audience-purge audit keygen --out PREFIX`",
             key="sign_key",
         )
+    if owner == os.getuid() and mode & 0o077:
+        raise ConfigError(
+            f"{path} is a private key that group or others may access (mode {mode:04o}): "
+            f"make it private to you (chmod 600 {path})",
+            key="sign_key",
+        )
     return Signer(private)
+
+
+def _mode_and_owner(fd: int) -> tuple[int, int]:
+    info = os.fstat(fd)
+    return stat.S_IMODE(info.st_mode), info.st_uid
 
 
 class Checker:

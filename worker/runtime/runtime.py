@@ -108,6 +108,7 @@ class Runtime:
         # What a run that ends in an exception can still say in its run_finished.
         self.failure_fields: Callable[[], dict[str, Any]] = dict
         self.metrics: Metrics | None = None
+        self.metrics_port: int | None = None  # where the endpoints are served (None: not)
         # What else /readyz needs (a reachable Redis, say): None when fine, else why not.
         self.readiness_checks: list[Callable[[], str | None]] = []
         self.input_lines: int | None = None  # the input's size in lines, when known
@@ -216,6 +217,7 @@ class Runtime:
         if not self._offers("metrics_port"):
             return
         port = settings.metrics_port
+        asked = port is not None  # a default port that is busy is only a warning
         if port is None and self.command == CONSUME:
             port = DEFAULT_METRICS_PORT
         if not port and settings.pushgateway is None:
@@ -227,7 +229,10 @@ class Runtime:
         metrics = self.metrics = Metrics(rate_per_second=settings.rate.per_second)
         self.recorder.subscribe(metrics)
         if port:
-            await self._stack.enter_async_context(serving(metrics, self.readiness, port=port))
+            served = serving(
+                metrics, self.readiness, port=port, host=settings.metrics_address, asked=asked
+            )
+            self.metrics_port = await self._stack.enter_async_context(served)
         if settings.pushgateway is not None:
             shard = "all" if settings.shard_count is None else str(settings.shard_index)
             self._stack.push_async_callback(

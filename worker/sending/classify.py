@@ -84,6 +84,8 @@ def parse_retry_after(value: str | None, *, now: float | None = None) -> float |
         return None
     text = value.strip()
     try:
+        if not text.isascii():  # float() reads other scripts' digits too
+            return None
         seconds = float(text)
     except ValueError:
         try:

@@ -6,12 +6,15 @@ retryable verdicts here, so nothing above this module sees an aiohttp exception.
 
 An answer's body is read up to :data:`MAX_BODY` bytes: a longer one (a proxy's error page
 gone wrong, a misrouted download) is a retryable transport error, and its connection is
-dropped rather than drained.
+dropped rather than drained. A compressed body is inflated here, a piece at a time, and
+the cap counts what it inflates to: aiohttp would inflate each received chunk whole, and a
+few KiB of a gzip bomb are hundreds of MiB before any cap is checked.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
@@ -32,6 +35,10 @@ USER_AGENT = f"audience-purge/{__version__}"
 MAX_BODY = 1 << 20
 # A page of audience-list holds up to 10,000 records of a few hundred bytes each.
 MAX_READ_BODY = 64 << 20
+PIECE = 1 << 16  # bytes read from the connection at a time
+# The content codings asked for, and zlib's window bits for each (gzip, or a zlib stream).
+_WBITS = {"gzip": zlib.MAX_WBITS | 16, "x-gzip": zlib.MAX_WBITS | 16, "deflate": zlib.MAX_WBITS}
+ACCEPT_ENCODING = "gzip, deflate"
 
 
 class _Answer(Protocol):
@@ -44,6 +51,10 @@ R = TypeVar("R", bound=_Answer)
 
 class BodyTooLarge(aiohttp.ClientPayloadError):
     """An answer longer than :data:`MAX_BODY`: not the API's, and not read to its end."""
+
+
+class BadEncoding(aiohttp.ClientPayloadError):
+    """An answer in a content coding not asked for, or that does not inflate."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,22 +158,42 @@ class UnleashXClient:
 
 
 async def _read_capped(response: aiohttp.ClientResponse, cap: int = MAX_BODY) -> bytes:
-    """The body, read in pieces up to MAX_BODY + 1 bytes: Content-Length is checked first but
-    not trusted (a chunked answer has none).
+    """The body, inflated if compressed, read in pieces up to ``cap`` + 1 bytes: what is held
+    stays within ``cap`` plus a piece. Content-Length is checked first but not trusted (a
+    chunked answer has none).
 
     Raises:
-        BodyTooLarge: the body is longer than MAX_BODY; the connection is closed.
+        BodyTooLarge: the body is, or inflates to, more than ``cap``; the connection is closed.
+        BadEncoding: a content coding not asked for, or a body that does not inflate.
     """
+    coding = response.headers.get("Content-Encoding", "identity").strip().lower()
+    if coding not in ("", "identity") and coding not in _WBITS:
+        response.close()
+        raise BadEncoding(f"response in a content coding not asked for: {coding!r}")
+    inflate = zlib.decompressobj(_WBITS[coding]) if coding in _WBITS else None
     body = bytearray()
     if (response.content_length or 0) <= cap:
-        while piece := await response.content.read(cap + 1 - len(body)):
-            body += piece
-            if len(body) > cap:
-                break
-        else:
+        try:
+            while len(body) <= cap and (piece := await response.content.read(PIECE)):
+                _add(body, piece, inflate, cap)
+        except zlib.error as exc:
+            response.close()
+            raise BadEncoding(f"{coding} response body does not inflate: {exc}") from None
+        if len(body) <= cap:
             return bytes(body)
     response.close()
     raise BodyTooLarge(f"response body over {cap} bytes")
+
+
+def _add(body: bytearray, piece: bytes, inflate: Any, cap: int) -> None:
+    """``piece`` (inflated a ``PIECE`` at a time, no more than ``cap`` + 1 bytes in all)
+    appended to ``body``."""
+    if inflate is None:
+        body += piece
+        return
+    while piece and len(body) <= cap:
+        body += inflate.decompress(piece, min(PIECE, cap + 1 - len(body)))
+        piece = inflate.unconsumed_tail
 
 
 @asynccontextmanager
@@ -175,7 +206,8 @@ async def http_session(
     async with aiohttp.ClientSession(
         connector=connector,
         timeout=aiohttp.ClientTimeout(total=timeout),
-        headers={"User-Agent": USER_AGENT},
+        headers={"User-Agent": USER_AGENT, "Accept-Encoding": ACCEPT_ENCODING},
+        auto_decompress=False,  # inflated by _read_capped, within the cap
         json_serialize=lambda obj: orjson.dumps(obj).decode(),
     ) as session:
         yield session

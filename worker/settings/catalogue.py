@@ -261,6 +261,15 @@ class Settings:
         flag="--redis-backoff-max S",
         commands=_REDIS,
     )
+    redis_outage_max: float = setting(
+        0.0,
+        number(0.0, 31_536_000),
+        "seconds consume keeps retrying its reads while Redis is away (connection refused, "
+        "timeouts, loading, failing over) before it ends with exit 69; 0: for as long as it "
+        "takes",
+        flag="--redis-outage-max S",
+        commands=(CONSUME,),
+    )
     stream: str | None = setting(
         None, text, "stream name", flag="--stream NAME", commands=_QUEUE, required=_QUEUE
     )
@@ -270,10 +279,10 @@ class Settings:
     consumer: str | None = setting(
         None,
         text,
-        "consumer name",
+        "consumer name; one process at a time may use a name (a second is refused)",
         flag="--consumer NAME",
         commands=(CONSUME,),
-        shown="the hostname, i.e. the pod name",
+        shown="unique per process: the hostname (the pod name), PID and random",
     )
     dead_stream: str | None = setting(
         None,
@@ -419,11 +428,21 @@ class Settings:
         None,
         integer(0, 65535),
         "serve /metrics, /healthz and /readyz on this port; consume serves them on "
-        f"{DEFAULT_METRICS_PORT} unless told otherwise, run only when asked; 0 turns them off",
+        f"{DEFAULT_METRICS_PORT} unless told otherwise (a free port if that one is busy), "
+        "run only when asked; 0 turns them off",
         flag="--metrics-port N",
         commands=_SENDING,
         env="AUDIENCE_PURGE_METRICS_PORT",
         shown=f"off (consume: {DEFAULT_METRICS_PORT})",
+    )
+    metrics_address: str = setting(
+        "127.0.0.1",
+        text,
+        "the address the metrics and health endpoints listen on: loopback by default; in a "
+        "container, 0.0.0.0 (Prometheus and the kubelet's probes reach the pod's IP)",
+        flag="--metrics-address HOST",
+        commands=_SENDING,
+        env="AUDIENCE_PURGE_METRICS_ADDRESS",
     )
     pushgateway: str | None = setting(
         None,

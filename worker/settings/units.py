@@ -45,8 +45,13 @@ def deadline(value: Any, *, now: datetime | None = None) -> datetime:
         seconds = sum(int(n) * unit for n, unit in zip(found.groups(), _UNITS, strict=True) if n)
         if seconds <= 0:
             raise ValueError(f"a deadline must be in the future, got {value!r}")
-        return (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+        try:
+            return (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+        except OverflowError:  # timedelta and datetime end at days 999999999 and year 9999
+            raise ValueError(f"a deadline must be before the year 9999, got {value!r}") from None
     try:
+        if not text.isascii():
+            raise ValueError(text)
         when = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     except ValueError:
         raise ValueError(
@@ -57,4 +62,7 @@ def deadline(value: Any, *, now: datetime | None = None) -> datetime:
         raise ValueError(f"give the time's offset (Z or +01:00, say): {value!r}")
     if when <= (now or datetime.now(UTC)):
         raise ValueError(f"a deadline must be in the future, got {value!r}")
-    return when.astimezone(UTC)
+    try:
+        return when.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is in the year 10000 in UTC
+        raise ValueError(f"a deadline must be before the year 9999, got {value!r}") from None
