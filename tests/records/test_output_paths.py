@@ -98,7 +98,8 @@ async def test_a_dash_is_refused_since_only_report_takes_stdout(
         await run_purge(settings, str(path), out=io.StringIO())
 
     assert str(refused.value) == (
-        f"{flag} - would write a file named -: only --report takes - (stdout); "
+        f"{flag} - would write a file named -: only --report, select --out and audit report "
+        "--html take - (stdout); "
         f"name a file for {what}"
     )
     assert exit_code_for(refused.value) == ExitCode.USAGE

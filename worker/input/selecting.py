@@ -41,7 +41,7 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
-from worker.files import file_to_write, make_dirs
+from worker.files import SELECTION, file_to_write, make_dirs, sync_directory
 from worker.sending.listing import Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
@@ -412,7 +412,7 @@ class SelectionFile:
             with self.writing():
                 self.file = tempfile.TemporaryFile()
             return self
-        self.path = file_to_write(self._target, "the selection", "--out")
+        self.path = file_to_write(self._target, SELECTION)
         with self.writing():
             make_dirs(self.path.parent)
             handle, name = tempfile.mkstemp(
@@ -436,6 +436,7 @@ class SelectionFile:
             self.file.close()
             os.replace(self._tmp, self.path)
             self._tmp = None
+            sync_directory(self.path.parent)
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(OSError):
