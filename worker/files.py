@@ -145,7 +145,9 @@ def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
 @contextlib.contextmanager
 def replacing(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
     """The private temporary file that becomes ``path`` when the block ends without an
-    error (see :func:`write_atomic`); on an error it is removed and ``path`` untouched."""
+    error (see :func:`write_atomic`); on an error it is removed and ``path`` untouched.
+    A symlink is followed: the file it names is replaced, and the link stays."""
+    path = Path(os.path.realpath(path))
     fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     tmp = Path(name)
     try:
