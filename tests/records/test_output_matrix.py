@@ -216,7 +216,8 @@ async def test_an_output_is_refused_unless_it_is_safe_to_write(
         assert target.stat().st_mode & 0o777 == 0o640  # as it was
     elif expected == "made":
         made = where / "made-by-the-run"
-        assert target.is_symlink() and made.is_file()
+        assert target.is_symlink()
+        assert made.is_file()
         assert made.stat().st_mode & 0o777 == 0o600
     assert not [p for p in where.iterdir() if p.name.endswith((".tmp", ".partial", ".new"))]
 
