@@ -41,7 +41,7 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
-from worker.files import SELECTION, file_to_write, make_dirs, sync_directory
+from worker.files import SELECTION, csv_safe, file_to_write, make_dirs, sync_directory
 from worker.sending.listing import Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
@@ -363,7 +363,7 @@ def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selecti
 def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
     def cell(name: str) -> object:
         value = record.get(name)
-        return "" if value is None else value
+        return "" if value is None else csv_safe(value)  # the API's text: never a formula
 
     return (
         rule.campaign_id,

@@ -34,6 +34,7 @@ from pyroaring import BitMap64
 from worker.errors import OutputError
 from worker.files import (
     FAILED_OUT,
+    csv_safe,
     file_to_write,
     keep_mode,
     make_dirs,
@@ -80,7 +81,8 @@ class FailedOut:
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "failed" and fields.get("audience_ids"):
-            self._add(fields["campaign_id"], fields["audience_ids"], fields["reason"])
+            reason = str(csv_safe(fields["reason"]))  # a server's words: never a formula
+            self._add(fields["campaign_id"], fields["audience_ids"], reason)
         elif event == "verified" and fields["still_present"]:
             self._add(fields["campaign_id"], fields["still_present"], STILL_PRESENT)
 

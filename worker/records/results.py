@@ -60,6 +60,7 @@ from pyroaring import BitMap64
 from worker.errors import OutputError
 from worker.files import (
     RESULTS,
+    csv_safe_row,
     file_to_write,
     make_dirs,
     open_private,
@@ -159,7 +160,7 @@ class ResultsFile:
         audit records still to come (``run_finished``) must not fail with it."""
         if not self._broken:
             with self._writing():
-                self._csv.writerows(rows)
+                self._csv.writerows(csv_safe_row(row) for row in rows)
 
     def _write_text(self, text: str) -> None:
         """:meth:`_write` for rows already in CSV."""
@@ -234,7 +235,7 @@ class ResultsFile:
 def _csv_line(*cells: Cell) -> str:
     """Cells as csv writes them in a row (quoted where needed), with its line end."""
     text = io.StringIO()
-    csv.writer(text).writerow(cells)
+    csv.writer(text).writerow(csv_safe_row(cells))
     return text.getvalue()
 
 
