@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pyroaring import BitMap64
 from conftest import write_csv
+from pyroaring import BitMap64
 
 from worker.commands.run import run_purge
 from worker.files import csv_safe
