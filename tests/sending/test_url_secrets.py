@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import structlog
 from aiohttp import web
+from aiohttp.test_utils import TestServer
 from conftest import write_csv
 from processes import Completed, closed_port, finish, start
 
@@ -43,15 +44,9 @@ async def gateway() -> AsyncIterator[tuple[Gateway, int]]:
     kept = Gateway()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", kept.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    try:
-        yield kept, port
-    finally:
-        await runner.cleanup()
+    async with TestServer(app, host="127.0.0.1") as server:
+        assert server.port is not None
+        yield kept, server.port
 
 
 def with_userinfo(url: str) -> str:
