@@ -23,6 +23,7 @@ from processes import finish, start
 
 from worker.commands.run import run_purge
 from worker.exit_codes import ExitCode
+from worker.files import replacing, write_atomic
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
@@ -228,3 +229,38 @@ def _snapshot_of(target: Path) -> tuple[object, ...] | None:
         return None
     info = target.stat()
     return (info.st_ino, info.st_mode, target.read_bytes())
+
+
+def test_a_write_that_fails_leaves_no_temporary_file_and_the_file_as_it_was(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "evidence.html"
+    target.write_bytes(b"the page before")
+    target.chmod(0o640)
+    before = _snapshot(tmp_path)
+
+    def write_half() -> None:
+        with replacing(target) as handle:
+            handle.write(b"half a page")
+            raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        write_half()
+
+    assert _snapshot(tmp_path) == before
+
+
+def test_a_file_replaced_keeps_its_mode_and_a_symlink_stays_a_link(tmp_path: Path) -> None:
+    real = tmp_path / "kept" / "report.json"
+    real.parent.mkdir()
+    real.write_bytes(b'{"run_id": "old"}')
+    real.chmod(0o640)
+    link = tmp_path / "report.json"
+    link.symlink_to(real)
+
+    write_atomic(link, b'{"run_id": "new"}')
+
+    assert link.is_symlink()
+    assert real.read_bytes() == b'{"run_id": "new"}'
+    assert real.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in real.parent.iterdir()] == ["report.json"]
