@@ -133,17 +133,18 @@ def _private_opener(path: str, flags: int) -> int:
     return fd
 
 
-def write_atomic(path: Path, data: bytes, *, durable: bool = True) -> None:
+def write_atomic(path: Path, data: bytes, *, durable: bool = True, sync_dir: bool = True) -> None:
     """Replace ``path`` with ``data`` at once, so a reader never sees half of it: a private
     temporary file beside it, fsynced (with ``durable``), renamed over it, the directory
     fsynced; the temporary file is removed on any failure. A file replaced keeps its
-    permission bits."""
-    with replacing(path, durable=durable) as handle:
+    permission bits. ``sync_dir=False``: the caller fsyncs the directory once, after
+    several files."""
+    with replacing(path, durable=durable, sync_dir=sync_dir) as handle:
         handle.write(data)
 
 
 @contextlib.contextmanager
-def replacing(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
+def replacing(path: Path, *, durable: bool = True, sync_dir: bool = True) -> Iterator[IO[bytes]]:
     """The private temporary file that becomes ``path`` when the block ends without an
     error (see :func:`write_atomic`); on an error it is removed and ``path`` untouched.
     A symlink is followed: the file it names is replaced, and the link stays."""
@@ -161,7 +162,7 @@ def replacing(path: Path, *, durable: bool = True) -> Iterator[IO[bytes]]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    if durable:
+    if durable and sync_dir:
         sync_directory(path.parent)
 
 
@@ -194,13 +195,12 @@ def keep_mode(fd: int, path: Path) -> None:
 
 
 def sync_directory(directory: Path) -> None:
-    """fsync a directory, so a rename in it survives a crash (where the system allows)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+    """fsync a directory, so that a rename in it survives a crash."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def file_to_write(path: Path, kind: Kind, inputs: Iterable[Path] = ()) -> Path:
