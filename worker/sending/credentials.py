@@ -148,14 +148,14 @@ def redact_url(url: str) -> str:
 
 # A URL's userinfo anywhere in a text: up to the last ``@`` before the URL ends (a password
 # may hold ``@`` or ``/``), so that nothing of it shows.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)[^\s\"'<>]*@")
+_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*@")
 
 
 def redact_urls(text: str) -> str:
     """``text`` with the user and password of every URL in it masked: the one redaction
     for a URL-valued setting (base URL, Redis, Pushgateway, any later one) and for any log
     line, message or record that may quote one."""
-    return _USERINFO.sub(lambda m: f"{m['scheme']}***@", text) if "://" in text else text
+    return _USERINFO.sub(lambda m: redact_url(m[0]), text) if "://" in text else text
 
 
 def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
