@@ -107,6 +107,9 @@ EVIDENCE = Kind(
     _matches(rb'<!DOCTYPE html>\n<html[^>]*><head><meta charset="utf-8"><title>Audit evidence'),
     stdout=True,
 )
+DEMO_INPUT = Kind(
+    "the demo's input", "--dir", "a demo input", _first_line_is(b"campaign_id,audience_id")
+)
 KEY = Kind("the key file", "--out", "a key file to replace", _never)
 
 
@@ -302,9 +305,15 @@ def check_outputs(
     """
     named = {kind.flag: path for kind, path in outputs.items() if path != STDOUT}
     check_distinct(inputs, {**named, "state": state_dir})
+    if state_dir is not None and (state_dir == STDOUT or _not_a_directory(state_dir)):
+        raise UsageError(f"--state-dir {state_dir} is not a directory: name one")
     for kind, path in outputs.items():
         if path is not None:
             output_path(path, kind)
+
+
+def _not_a_directory(path: Path) -> bool:
+    return path.exists() and not path.is_dir()
 
 
 def check_distinct(

@@ -264,3 +264,79 @@ def test_a_file_replaced_keeps_its_mode_and_a_symlink_stays_a_link(tmp_path: Pat
     assert real.read_bytes() == b'{"run_id": "new"}'
     assert real.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in real.parent.iterdir()] == ["report.json"]
+
+
+REFUSED = ["fifo", "device", "foreign", "symlink-to-foreign", "dash"]
+
+
+@pytest.mark.parametrize(
+    ("command", "kind"),
+    [*(("enqueue", k) for k in [*REFUSED, "input"]), *(("consume", k) for k in REFUSED)],
+)
+async def test_a_queue_commands_audit_log_is_refused_before_the_queue_is_touched(
+    sandbox: SandboxHandle, token: str, redis_url: str, tmp_path: Path, command: str, kind: str
+) -> None:
+    import redis
+
+    ids = write_csv(tmp_path / "ids.csv", ["4", "5", "6"])
+    where = tmp_path / "t"
+    where.mkdir()
+    target = ids if kind == "input" else Path("-")
+    if kind not in ("input", "dash"):
+        target = _make_target(kind, where / "audit.jsonl", {})
+    before = (_snapshot(where), _snapshot_of(target))
+    own = ["--input", str(ids), "--campaign-id", "42"] if command == "enqueue" else []
+    if command == "consume":
+        own = ["--until-empty", "--base-url", sandbox.url]
+
+    done = await finish(
+        await start(
+            *(command, *own, "--redis", redis_url, "--stream", "matrix"),
+            *("--audit-log", str(target)),
+            cwd=where,
+            token=token,
+        ),
+        timeout=TIMEOUT,
+    )
+
+    assert done.code == ExitCode.USAGE, done.err
+    assert len(done.err.strip().splitlines()) == 1, done.err
+    client = redis.Redis.from_url(redis_url)
+    try:
+        assert client.keys("*") == []  # no stream, no group, no claim
+    finally:
+        client.close()
+    assert sandbox.state.requests_total == 0
+    assert (_snapshot(where), _snapshot_of(target)) == before
+
+
+@pytest.mark.parametrize("kind", [*REFUSED, "audit-log"])
+async def test_a_state_directory_that_is_not_a_directory_is_refused_before_sending(
+    sandbox: SandboxHandle, token: str, tmp_path: Path, kind: str
+) -> None:
+    ids = write_csv(tmp_path / "ids.csv", ["4", "5", "6"])
+    where = tmp_path / "t"
+    where.mkdir()
+    (tmp_path / "prior.jsonl").write_bytes(b'{"event":"run_started","run_id":"r"}\n')
+    target = Path("-") if kind == "dash" else where / "state"
+    if kind != "dash":
+        _make_target(kind, target, {"prior": tmp_path / "prior.jsonl"})
+    before = _snapshot(where)
+
+    done = await finish(
+        await start(
+            *("run", "--input", str(ids), "--campaign-id", "42", "--base-url", sandbox.url),
+            *("--state-dir", str(target), "--audit-log", str(tmp_path / "audit.jsonl")),
+            cwd=where,
+            token=token,
+        ),
+        timeout=TIMEOUT,
+    )
+
+    assert done.code == ExitCode.USAGE, done.err
+    assert (
+        done.err.strip()
+        == f"audience-purge: error: --state-dir {target} is not a directory: name one"
+    )
+    assert sandbox.state.requests_total == 0
+    assert _snapshot(where) == before

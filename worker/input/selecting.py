@@ -41,7 +41,14 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
-from worker.files import SELECTION, csv_safe, file_to_write, make_dirs, sync_directory
+from worker.files import (
+    SELECTION,
+    csv_safe,
+    file_to_write,
+    keep_mode,
+    make_dirs,
+    sync_directory,
+)
 from worker.sending.listing import Filters, Page, Reader, read_whole, refused
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
@@ -432,6 +439,7 @@ class SelectionFile:
                 sys.stdout.flush()
                 return
             assert self._tmp is not None
+            keep_mode(self.file.fileno(), self.path)
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self._tmp, self.path)
