@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 from conftest import write_csv
-from processes import finish, start
+from processes import Completed, finish, start
 
 from worker.commands.run import run_purge
 from worker.exit_codes import ExitCode
@@ -118,6 +118,11 @@ def _snapshot(directory: Path) -> dict[str, tuple[object, ...]]:
     return seen
 
 
+async def cli(where: Path, token: str, *args: str) -> Completed:
+    """``python -m worker ARGS`` from ``where``, killed (failing the test) after TIMEOUT."""
+    return await finish(await start(*args, cwd=where, token=token), timeout=TIMEOUT)
+
+
 def _args(output: Output, target: str, files: dict[str, Path], url: str) -> list[str]:
     api = ["--base-url", url, "--rate", "1000/s"]
     own = {"--audit-log": str(files["tmp"] / "own-audit.jsonl")}
@@ -194,8 +199,7 @@ async def test_an_output_is_refused_unless_it_is_safe_to_write(
     before = (_snapshot(where), _snapshot_of(target))
     requests, deletes = sandbox.state.requests_total, sandbox.state.acked_ids
 
-    proc = await start(*_args(output, str(target), files, sandbox.url), cwd=where, token=token)
-    done_ = await finish(proc, timeout=TIMEOUT)
+    done_ = await cli(where, token, *_args(output, str(target), files, sandbox.url))
 
     expected = _expected(output, kind)
     if expected == "refused":
@@ -289,14 +293,11 @@ async def test_a_queue_commands_audit_log_is_refused_before_the_queue_is_touched
     if command == "consume":
         own = ["--until-empty", "--base-url", sandbox.url]
 
-    done = await finish(
-        await start(
-            *(command, *own, "--redis", redis_url, "--stream", "matrix"),
-            *("--audit-log", str(target)),
-            cwd=where,
-            token=token,
-        ),
-        timeout=TIMEOUT,
+    done = await cli(
+        where,
+        token,
+        *(command, *own, "--redis", redis_url, "--stream", "matrix"),
+        *("--audit-log", str(target)),
     )
 
     assert done.code == ExitCode.USAGE, done.err
@@ -323,14 +324,11 @@ async def test_a_state_directory_that_is_not_a_directory_is_refused_before_sendi
         _make_target(kind, target, {"prior": tmp_path / "prior.jsonl"})
     before = _snapshot(where)
 
-    done = await finish(
-        await start(
-            *("run", "--input", str(ids), "--campaign-id", "42", "--base-url", sandbox.url),
-            *("--state-dir", str(target), "--audit-log", str(tmp_path / "audit.jsonl")),
-            cwd=where,
-            token=token,
-        ),
-        timeout=TIMEOUT,
+    done = await cli(
+        where,
+        token,
+        *("run", "--input", str(ids), "--campaign-id", "42", "--base-url", sandbox.url),
+        *("--state-dir", str(target), "--audit-log", str(tmp_path / "audit.jsonl")),
     )
 
     assert done.code == ExitCode.USAGE, done.err
