@@ -37,7 +37,7 @@ from worker.errors import UsageError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
-STDOUT = Path("-")
+STDOUT = Path("-")  # Path("./-") is Path("-") too: a file named - is reached by its full path
 _HEAD = 1 << 16  # what is read of a file to recognise it
 
 
