@@ -67,10 +67,6 @@ def _is_audit_log(head: bytes) -> bool:
     return first.startswith(b"{") and b'"event":"' in first and b'"run_id":"' in first
 
 
-def _never(head: bytes) -> bool:
-    return False
-
-
 def _matches(pattern: bytes) -> Callable[[bytes], bool]:
     compiled = re.compile(pattern)
     return lambda head: compiled.match(head) is not None
@@ -107,10 +103,6 @@ EVIDENCE = Kind(
     _matches(rb'<!DOCTYPE html>\n<html[^>]*><head><meta charset="utf-8"><title>Audit evidence'),
     stdout=True,
 )
-DEMO_INPUT = Kind(
-    "the demo's input", "--dir", "a demo input", _first_line_is(b"campaign_id,audience_id")
-)
-KEY = Kind("the key file", "--out", "a key file to replace", _never)
 
 
 def make_dirs(path: Path) -> None:

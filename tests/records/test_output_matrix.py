@@ -21,7 +21,9 @@ import pytest
 from conftest import write_csv
 from processes import Completed, finish, start
 
+from worker.commands.demo import write_sample_csv
 from worker.commands.run import run_purge
+from worker.errors import UsageError
 from worker.exit_codes import ExitCode
 from worker.files import replacing, write_atomic
 from worker.sandbox.runner import SandboxHandle
@@ -350,3 +352,18 @@ async def test_a_state_directory_that_is_not_a_directory_is_refused_before_sendi
     )
     assert sandbox.state.requests_total == 0
     assert _snapshot(where) == before
+
+
+def test_the_demo_replaces_its_own_sample_and_never_an_id_list(tmp_path: Path) -> None:
+    sample = tmp_path / "audience.csv"
+    wanted = write_sample_csv(sample)
+    first = sample.read_bytes()
+    assert write_sample_csv(sample) == wanted  # an earlier demo's sample: replaced
+    assert sample.read_bytes() == first
+    ids = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "42,7"])
+    before = ids.read_bytes()
+
+    with pytest.raises(UsageError, match="is not the demo's sample the tool wrote"):
+        write_sample_csv(ids)
+
+    assert ids.read_bytes() == before
