@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from worker.commands.parsers import PROG, add_arguments, build_parser, walk
 from worker.errors import ConfigError, PurgeError, UsageError
 from worker.exit_codes import exit_code_for
+from worker.sending.credentials import redact_urls
 from worker.settings import DECLARATIONS, RUN, Declaration, Settings
 from worker.settings.resolve import as_given, refused, resolve_settings
 
@@ -322,5 +323,5 @@ def _describe(exc: BaseException, given_as: Mapping[str, str]) -> str:
 
 
 def _fail(message: str, code: int) -> int:
-    print(f"{PROG}: error: {message}", file=sys.stderr)
+    print(f"{PROG}: error: {redact_urls(message)}", file=sys.stderr)
     return code

@@ -57,7 +57,7 @@ async def test_a_runs_files_are_0600_and_its_new_directories_0700(
     assert {str(d): mode(d) for d in directories} == {str(d): 0o700 for d in directories}
 
 
-def test_write_atomic_replaces_a_leftover_temporary_file_made_with_a_wider_mode(
+def test_write_atomic_never_writes_through_a_leftover_temporary_file_with_a_wider_mode(
     tmp_path: Path,
 ) -> None:
     target = tmp_path / "report.json"
@@ -68,7 +68,8 @@ def test_write_atomic_replaces_a_leftover_temporary_file_made_with_a_wider_mode(
     write_atomic(target, b"{}\n")
 
     assert (target.read_bytes(), mode(target)) == (b"{}\n", 0o600)
-    assert not leftover.exists()
+    assert (leftover.read_bytes(), mode(leftover)) == (b"half", 0o666)  # a fresh name is used
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".report.json.tmp", "report.json"]
 
 
 def test_a_stricter_umask_wins_over_the_private_modes(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from tests.listing_model import OffsetCampaign
 from worker.commands.parsers import build_parser
 from worker.errors import OutputError, UsageError
 from worker.input.selecting import (
+    HEADER,
     Rule,
     Selecting,
     SelectionError,
@@ -289,7 +290,7 @@ def test_a_selection_is_a_regular_file_written_through_a_symlink(tmp_path: Path)
     with pytest.raises(UsageError, match="not a regular file"), SelectionFile(fifo):
         pass
     real = tmp_path / "real.csv"
-    real.write_text("old\n")
+    real.write_text(",".join(HEADER) + "\n42,7,,,,\n")  # an earlier selection
     link = tmp_path / "link.csv"
     link.symlink_to(real)
     with SelectionFile(link) as target:

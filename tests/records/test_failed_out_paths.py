@@ -22,7 +22,8 @@ async def test_a_failed_out_symlink_is_written_through_and_stays_a_symlink(
     path = write_csv(tmp_path / "ids.csv", ["campaign_id,audience_id", "42,1", f"{UNKNOWN},2"])
     (tmp_path / "kept").mkdir()
     target = tmp_path / "kept" / "failed.csv"
-    target.write_text("an earlier run's list\n")
+    target.write_text(",".join(HEADER) + "\n42,7,unknown campaign\n")  # an earlier run's
+    target.chmod(0o640)
     link = tmp_path / "failed.csv"
     link.symlink_to(target)
     settings = make_settings(failed_out=link)
@@ -36,5 +37,5 @@ async def test_a_failed_out_symlink_is_written_through_and_stays_a_symlink(
         ",".join(HEADER),
         f"{UNKNOWN},2,unknown campaign",
     ]
-    assert target.stat().st_mode & 0o777 == 0o600
+    assert target.stat().st_mode & 0o777 == 0o640  # replaced, not chmodded
     assert [p.name for p in target.parent.iterdir()] == ["failed.csv"]

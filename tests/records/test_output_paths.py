@@ -1,8 +1,9 @@
-"""What ``--results`` and ``--failed-out`` may name, checked when each file is opened, before
-``run_started`` and before anything is sent: ``-`` is not stdout there (only ``--report``
-takes it), and something that is not a regular file is neither unlinked nor written to (it
-could never be replaced by the finished file). Real runs against the sandbox on loopback;
-that a symlink is written through is in test_results_paths.py and test_failed_out_paths.py."""
+"""What ``--results`` and ``--failed-out`` may name, checked before ``run_started`` and
+before anything is sent: ``-`` is not stdout there (only ``--report``, ``select --out`` and
+``audit report --html`` take it), and something that is not a regular file is neither
+unlinked nor written to (it could never be replaced by the finished file). Real runs against
+the sandbox on loopback; that a symlink is written through is in test_results_paths.py and
+test_failed_out_paths.py; every output of every command is in test_output_matrix.py."""
 
 from __future__ import annotations
 
@@ -98,7 +99,8 @@ async def test_a_dash_is_refused_since_only_report_takes_stdout(
         await run_purge(settings, str(path), out=io.StringIO())
 
     assert str(refused.value) == (
-        f"{flag} - would write a file named -: only --report takes - (stdout); "
+        f"{flag} - would write a file named -: only --report, select --out and audit report "
+        "--html take - (stdout); "
         f"name a file for {what}"
     )
     assert exit_code_for(refused.value) == ExitCode.USAGE

@@ -6,10 +6,11 @@ loopback; the still-present patch through the recorder."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import errno
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -148,13 +149,14 @@ async def test_rows_that_cannot_be_added_leave_the_earlier_file_as_it_was_and_ke
         )
     ).exit_code == 0
     earlier = results.read_bytes()
-    opened = results_module.open_private
+    replacing = results_module.replacing
 
-    def opening(target: Path, mode: str, **kwargs: Any) -> Any:
-        handle = opened(target, mode, **kwargs)
-        return Full(handle) if mode == "xb" else handle  # the file that replaces it
+    @contextlib.contextmanager
+    def full(target: Path, **kwargs: Any) -> Iterator[Any]:
+        with replacing(target, **kwargs) as handle:
+            yield Full(handle)  # the file that replaces it
 
-    monkeypatch.setattr(results_module, "open_private", opening)
+    monkeypatch.setattr(results_module, "replacing", full)
     more = write_csv(tmp_path / "more.csv", ["4", "5"])
     settings = make_settings(campaign_id=42, results=results, state_dir=tmp_path / "more")
 

@@ -130,12 +130,12 @@ async def test_a_failing_checkpoint_stops_the_run_gracefully_with_exit_74(
     write = checkpoint.write_atomic
     calls = 0
 
-    def full_disk(target: Path, data: bytes) -> None:
+    def full_disk(target: Path, data: bytes, **options: bool) -> None:
         nonlocal calls
         calls += 1
         if calls > 20:  # some checkpoints went through: the disk fills up mid-run
             raise OSError(errno.ENOSPC, "No space left on device", str(target))
-        write(target, data)
+        write(target, data, **options)
 
     monkeypatch.setattr(checkpoint, "write_atomic", full_disk)
     loop = asyncio.get_running_loop()

@@ -10,7 +10,7 @@ from conftest import write_csv
 
 from worker.commands.run import run_purge
 from worker.errors import UsageError
-from worker.runtime.paths import check_distinct
+from worker.files import check_distinct
 from worker.sandbox.runner import SandboxHandle
 from worker.settings import Settings
 
@@ -74,7 +74,7 @@ async def test_an_output_inside_the_state_directory_is_refused(
 def test_distinct_files_pass(tmp_path: Path) -> None:
     source = write_csv(tmp_path / "ids.csv", IDS)
     check_distinct(
-        str(source),
+        {"the input": str(source)},
         {
             "--audit-log": tmp_path / "a.jsonl",
             "--report": tmp_path / "r.json",
@@ -89,4 +89,4 @@ def test_a_hard_link_to_the_input_is_the_input(tmp_path: Path) -> None:
     (tmp_path / "other.csv").hardlink_to(source)
 
     with pytest.raises(UsageError, match="same file as the input"):
-        check_distinct(str(source), {"--failed-out": tmp_path / "other.csv"})
+        check_distinct({"the input": str(source)}, {"--failed-out": tmp_path / "other.csv"})

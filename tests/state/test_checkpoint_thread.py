@@ -38,6 +38,12 @@ def slow_disk(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, int, str]]:
     return calls
 
 
+def is_state_tmp(target: str) -> bool:
+    """The private temporary file that becomes state.json (``.state.json.XXXX.tmp``)."""
+    name = Path(target).name
+    return name.startswith(".state.json.") and name.endswith(".tmp")
+
+
 def checkpointer(tmp_path: Path) -> Checkpointer:
     audit = AuditLog(tmp_path / "audit.jsonl", "run-1")
     recorder = Recorder(audit)
@@ -78,7 +84,7 @@ async def test_the_audit_log_is_durable_before_the_state_that_names_it(
 ) -> None:
     points = checkpointer(tmp_path)
     saving = asyncio.create_task(points.every(0.01))
-    while not any(target.endswith("state.json.tmp") for _, _, target in slow_disk):
+    while not any(is_state_tmp(target) for _, _, target in slow_disk):
         await asyncio.sleep(0.01)
     saving.cancel()
     with pytest.raises(asyncio.CancelledError):
@@ -86,7 +92,8 @@ async def test_the_audit_log_is_durable_before_the_state_that_names_it(
 
     targets = [Path(target).name for _, _, target in slow_disk]
     assert targets[0] == "audit.jsonl"
-    assert targets.index("audit.jsonl") < targets.index(".state.json.tmp")
+    first_state = next(i for i, name in enumerate(targets) if is_state_tmp(name))
+    assert targets.index("audit.jsonl") < first_state
 
 
 async def test_a_stop_waits_for_the_write_under_way(
@@ -104,7 +111,7 @@ async def test_a_stop_waits_for_the_write_under_way(
     # The whole checkpoint was written (audit, bitmaps, state, directory) before the task
     # ended, so the final save that follows cannot race it.
     assert time.monotonic() - began >= 3 * SLOW
-    assert any(Path(target).name == ".state.json.tmp" for _, _, target in slow_disk)
+    assert any(is_state_tmp(target) for _, _, target in slow_disk)
     assert not list((tmp_path / "state").glob(".*.tmp"))
     points.save()  # the next save (a run's final one) finds the files as they should be
     assert StateStore(tmp_path / "state").load().run_ids == ["run-1"]

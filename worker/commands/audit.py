@@ -16,6 +16,7 @@ signatures (see :mod:`worker.records.signing`).
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from worker.errors import UsageError
-from worker.files import make_dirs, open_private, write_atomic
+from worker.files import EVIDENCE, STDOUT, make_dirs, output_path, write_atomic, write_new
 from worker.records.audit import read_key_file
 from worker.records.audit_query import (
     Hit,
@@ -347,18 +348,22 @@ def keygen_command(args: argparse.Namespace) -> int:
     from worker.records.signing import new_key_pair
 
     prefix: Path = args.out
+    if prefix == STDOUT:
+        raise UsageError("audit keygen --out - : a key pair is two files; name a PREFIX")
     private_path = prefix.with_name(prefix.name + ".key")
     public_path = prefix.with_name(prefix.name + ".pub")
     for path in (private_path, public_path):
-        if path.exists():
+        if os.path.lexists(path):  # a file, a link (even dangling), a pipe, a device
             raise UsageError(f"{path} already exists: nothing was written (choose another --out)")
     private, public = new_key_pair()
     try:
         make_dirs(private_path.parent)
-        with open_private(private_path, "xb") as handle:
-            handle.write(private)
-        with public_path.open("xb") as handle:
-            handle.write(public)
+        write_new(private_path, private)
+        try:
+            write_new(public_path, public, mode=0o644)
+        except BaseException:
+            private_path.unlink()  # half a pair is no pair
+            raise
     except OSError as exc:
         raise UsageError(f"cannot write the key pair: {exc}") from None
     print(f"private key: {private_path} (0600; give it to the runs only: --sign-key)")
@@ -384,6 +389,8 @@ def report_command(args: argparse.Namespace) -> int:
 
         checker = load_checker(args.public_key)
     paths = _readable(args.paths)
+    read = [*paths, *(p for p in (args.audit_key_file, args.public_key) if p is not None)]
+    out = output_path(args.html, EVIDENCE, read)
     signatures: list[SignatureCheck | None] = []
     try:
         verdicts = check_chains(paths, key)
@@ -408,13 +415,17 @@ def report_command(args: argparse.Namespace) -> int:
         public_key=args.public_key,
         signatures=signatures,
     )
-    out: Path = args.html
     try:
-        make_dirs(out.parent)
-        write_atomic(out, page.encode("utf-8"))
+        if out is None:
+            sys.stdout.write(page)
+            sys.stdout.flush()
+        else:
+            make_dirs(out.parent)
+            write_atomic(out, page.encode("utf-8"))
     except OSError as exc:
-        raise UsageError(f"cannot write {out}: {exc}") from None
-    print(f"{out}: {verdict_label(verdicts)}")
+        raise UsageError(f"cannot write {args.html}: {exc}") from None
+    # With the page on stdout, the verdict line goes to stderr.
+    print(f"{args.html}: {verdict_label(verdicts)}", file=sys.stderr if out is None else sys.stdout)
     return 0
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import io
 import secrets
 import shlex
 import shutil
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import TextIO
 
 from worker.commands.run import run_purge
+from worker.files import Kind, file_to_write, make_dirs, write_atomic
 from worker.records.report import print_summary
 from worker.runtime.logs import configure_logging
 from worker.sandbox import CampaignSpec, FaultConfig, SandboxConfig, running_sandbox
@@ -38,17 +40,24 @@ def demo_command(directory: Path) -> int:
 def write_sample_csv(path: Path) -> dict[int, set[int]]:
     """A few thousand ids over two campaigns, some bad rows and duplicates; returns the ids."""
     wanted: dict[int, set[int]] = {42: set(range(1, 2001)), 77: set(range(501, 1501))}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        out = csv.writer(handle)
-        out.writerow(("campaign_id", "audience_id"))
-        for campaign, ids in wanted.items():
-            for audience in sorted(ids):
-                out.writerow((campaign, audience))
-                if audience % 97 == 0:
-                    out.writerow((campaign, audience))  # a duplicate
-                if audience % 401 == 0:
-                    out.writerow((campaign, BAD_ROWS[audience % len(BAD_ROWS)]))
+    text = io.StringIO(newline="")
+    out = csv.writer(text)
+    out.writerow(("campaign_id", "audience_id"))
+    for campaign, ids in wanted.items():
+        for audience in sorted(ids):
+            out.writerow((campaign, audience))
+            if audience % 97 == 0:
+                out.writerow((campaign, audience))  # a duplicate
+            if audience % 401 == 0:
+                out.writerow((campaign, BAD_ROWS[audience % len(BAD_ROWS)]))
+    data = text.getvalue().encode()
+    # Only an earlier demo's sample (the same bytes) is replaced: never a real id list.
+    sample = Kind(
+        "the demo's input", "--dir", "the demo's sample", lambda h: bool(h) and data.startswith(h)
+    )
+    target = file_to_write(path, sample)
+    make_dirs(target.parent)
+    write_atomic(target, data)
     return wanted
 
 

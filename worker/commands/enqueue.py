@@ -26,7 +26,6 @@ from worker.queue.intake import open_queue
 from worker.queue.message import encode
 from worker.queue.streams import StreamQueue
 from worker.records.recorder import Recorder
-from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import until_stopped
 from worker.settings import Settings
@@ -51,8 +50,9 @@ async def run_enqueue(settings: Settings, input_path: str, *, out: TextIO = sys.
         StateError: an interrupted enqueue of the input used another batch size, or
             another run took this one's input over.
     """
-    runtime = Runtime(settings, "enqueue", needs_token=False, plans=False)
-    check_distinct(input_path, {"--audit-log": runtime.audit_path})
+    runtime = Runtime(
+        settings, "enqueue", needs_token=False, plans=False, inputs={"the input": input_path}
+    )
     source = await open_input(input_path)
     try:
         digest, _ = await source.survey()

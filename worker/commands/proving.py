@@ -116,8 +116,11 @@ def bound(selecting: Selecting, directory: Path) -> dict[str, Any]:
 
 
 def _scratch() -> Path:
+    """A private name for a dry run's selection: a file made by mkstemp and removed, so that
+    the selection is written as a new file (an empty one is no selection to replace)."""
     handle, name = tempfile.mkstemp(prefix="audience-purge-dry-run-", suffix=".csv")
     os.close(handle)
+    os.unlink(name)
     return Path(name)
 
 

@@ -22,6 +22,7 @@ from worker.commands.findings import Findings, print_findings
 from worker.commands.proving import Proof, prepare_selection
 from worker.errors import InputError, UsageError
 from worker.exit_codes import ExitCode
+from worker.files import RUN_SELECTION
 from worker.input.batching import Batch
 from worker.input.planning import Count, Plan, count_input, plan_batches
 from worker.input.selecting import Selecting
@@ -29,7 +30,6 @@ from worker.input.sources import ByteSource, InputDigest, open_input
 from worker.records.progress import show_progress
 from worker.records.report import RunResult, plural, print_plan, print_summary
 from worker.runtime.guards import count_refusal
-from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, count
@@ -71,19 +71,18 @@ async def run_purge(
         UsageError: the input, the settings or the saved state are unusable; nothing was
             sent.
     """
-    runtime = Runtime(settings, "run", needs_token=not settings.dry_run or selecting is not None)
     directory = state_directory(settings, input_path)
-    outputs: dict[str, Path | None] = {
-        "--audit-log": runtime.audit_path,
-        "--report": settings.report,
-    }
-    if not settings.dry_run:
-        outputs |= {
-            "state": directory,
-            "--failed-out": settings.failed_out,
-            "--results": settings.results,
-        }
-    check_distinct(input_path, outputs)
+    collects = selecting is not None and not settings.dry_run
+    runtime = Runtime(
+        settings,
+        "run",
+        needs_token=not settings.dry_run or selecting is not None,
+        # A selection a run collects into is read back as its input: it is checked as
+        # the output it is (a dry run collects aside, and reads it only).
+        inputs={} if collects else {"the input": input_path},
+        files={RUN_SELECTION: selecting.path} if collects and selecting else {},
+        state_dir=None if settings.dry_run else directory,
+    )
     counted = None if selecting is not None else await _count_for_guards(settings, input_path)
     store: StateStore | None = None
     if settings.dry_run:

@@ -43,7 +43,6 @@ from worker.records.purge_logs import (
     not_given,
 )
 from worker.records.report import STDOUT, plural
-from worker.runtime.paths import check_distinct
 from worker.runtime.runtime import Runtime
 from worker.runtime.stopping import Abandoned
 from worker.sending.audience_stats import compare_stats, take_stats
@@ -182,16 +181,11 @@ async def verify(
     Raises:
         UsageError: an output (audit log, report, failed-out) is one of the audit files.
     """
-    runtime = Runtime(settings, COMMAND, outputs=("report", "failed_out"))
-    inputs: dict[str, Path | None] = {f"--audit {path}": path for path in files}
-    check_distinct(
-        None,
-        {
-            **inputs,
-            "--audit-log": runtime.audit_path,
-            "--report": settings.report,
-            "--failed-out": settings.failed_out,
-        },
+    runtime = Runtime(
+        settings,
+        COMMAND,
+        outputs=("report", "failed_out"),
+        inputs={f"--audit {path}": path for path in files},
     )
     async with runtime.recording() as recorder:
         runtime.start(

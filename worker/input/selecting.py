@@ -41,7 +41,14 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import ApiError, OutputError, UsageError
-from worker.files import file_to_write, make_dirs
+from worker.files import (
+    SELECTION,
+    csv_safe,
+    file_to_write,
+    keep_mode,
+    make_dirs,
+    sync_directory,
+)
 from worker.input.validate import parse_id
 from worker.sending.listing import AudienceReader, Filters, Page, Reader, read_whole, refused
 
@@ -380,7 +387,7 @@ def _take(rule: Rule, record: Mapping[str, Any], seen: BitMap64, result: Selecti
 def _row(rule: Rule, record: Mapping[str, Any]) -> Sequence[object]:
     def cell(name: str) -> object:
         value = record.get(name)
-        return "" if value is None else value
+        return "" if value is None else csv_safe(value)  # the API's text: never a formula
 
     return (
         rule.campaign_id,
@@ -429,7 +436,7 @@ class SelectionFile:
             with self.writing():
                 self.file = tempfile.TemporaryFile()
             return self
-        self.path = file_to_write(self._target, "the selection", "--out")
+        self.path = file_to_write(self._target, SELECTION)
         with self.writing():
             make_dirs(self.path.parent)
             handle, name = tempfile.mkstemp(
@@ -449,10 +456,12 @@ class SelectionFile:
                 sys.stdout.flush()
                 return
             assert self._tmp is not None
+            keep_mode(self.file.fileno(), self.path)
             os.fsync(self.file.fileno())
             self.file.close()
             os.replace(self._tmp, self.path)
             self._tmp = None
+            sync_directory(self.path.parent)
 
     def __exit__(self, *exc: object) -> None:
         with contextlib.suppress(OSError):

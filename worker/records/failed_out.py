@@ -23,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import io
+import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
@@ -31,7 +32,15 @@ import structlog
 from pyroaring import BitMap64
 
 from worker.errors import OutputError
-from worker.files import file_to_write, make_dirs, open_private, write_atomic
+from worker.files import (
+    FAILED_OUT,
+    csv_safe,
+    file_to_write,
+    keep_mode,
+    make_dirs,
+    open_private,
+    write_atomic,
+)
 
 HEADER = ("campaign_id", "audience_id", "reason")
 CARRIED = "failed in an earlier run (see its audit log)"
@@ -53,15 +62,18 @@ class FailedOut:
                 pipe); a symlink is written through.
             OutputError: the file could not be created or written.
         """
-        self.path = file_to_write(path, "the failed-out file", "--failed-out")
+        self.path = file_to_write(path, FAILED_OUT)
         self._failed: Pairs = failed if failed is not None else {}
         # This run's reason for each pair that failed in it (disjoint: the last one wins).
         self._reasons: dict[str, dict[int, BitMap64]] = {}
         with self._writing():
             make_dirs(self.path.parent)
-            self.path.unlink(missing_ok=True)  # created anew, private
             self._settled = False
-            self._file: IO[str] = open_private(self.path, "w", newline="", encoding="utf-8")
+            fresh = self.path.with_name(f".{self.path.name}.new")
+            fresh.unlink(missing_ok=True)
+            self._file: IO[str] = open_private(fresh, "x", newline="", encoding="utf-8")
+            keep_mode(self._file.fileno(), self.path)
+            os.replace(fresh, self.path)  # created anew, private or as private as it was
             self._csv = csv.writer(self._file)
             self._csv.writerow(HEADER)
             self._csv.writerows(_rows(self._failed, CARRIED))
@@ -69,7 +81,8 @@ class FailedOut:
 
     def on_event(self, event: str, fields: Mapping[str, Any]) -> None:
         if event == "failed" and fields.get("audience_ids"):
-            self._add(fields["campaign_id"], fields["audience_ids"], fields["reason"])
+            reason = str(csv_safe(fields["reason"]))  # a server's words: never a formula
+            self._add(fields["campaign_id"], fields["audience_ids"], reason)
         elif event == "verified" and fields["still_present"]:
             self._add(fields["campaign_id"], fields["still_present"], STILL_PRESENT)
 

@@ -13,13 +13,10 @@ import orjson
 
 from worker.errors import OutputError
 from worker.exit_codes import ExitCode
+from worker.files import STDOUT as STDOUT  # --report - (see worker.files)
 from worker.files import make_dirs, write_atomic
 from worker.records.tally import Tally
 from worker.settings.rate import RateSpec
-
-# ``--report -`` writes the report to stdout (Path("./-") is Path("-") too: a file named -
-# is reached through its absolute path).
-STDOUT = Path("-")
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,8 +57,16 @@ from typing import IO, Any
 
 from pyroaring import BitMap64
 
-from worker.errors import OutputError, UsageError
-from worker.files import file_to_write, make_dirs, open_private
+from worker.errors import OutputError
+from worker.files import (
+    RESULTS,
+    csv_safe_row,
+    file_to_write,
+    make_dirs,
+    open_private,
+    replacing,
+    sync_directory,
+)
 
 HEADER = (
     "line",
@@ -93,7 +101,7 @@ class ResultsFile:
             OutputError: the spool could not be created (or a file at ``path`` read);
                 later, on an event, written.
         """
-        self.path = file_to_write(path, "the results file", "--results")
+        self.path = file_to_write(path, RESULTS)
         self._run_id = run_id
         self._spool_path = self.path.with_name(f"{self.path.name}.{run_id}.partial")
         self._still: dict[int, BitMap64] = {}  # ids a read-back found after their deletion
@@ -101,12 +109,6 @@ class ResultsFile:
         self._broken = False
         self._closed = False  # put in place (or given up): closing again does nothing
         with self._writing():
-            if not _is_results_file(self.path):
-                raise UsageError(
-                    f"the results file {path} is not a results file (its first line is not "
-                    f"the header {_HEADER_LINE.decode()}): it is left as it is; name a new "
-                    "file, or a results file to add this run's rows to"
-                )
             make_dirs(self.path.parent)
             self._spool: IO[str] = open_private(
                 self._spool_path, "x", newline="", encoding="utf-8", buffering=_BUFFER
@@ -158,7 +160,7 @@ class ResultsFile:
         audit records still to come (``run_finished``) must not fail with it."""
         if not self._broken:
             with self._writing():
-                self._csv.writerows(rows)
+                self._csv.writerows(csv_safe_row(row) for row in rows)
 
     def _write_text(self, text: str) -> None:
         """:meth:`_write` for rows already in CSV."""
@@ -193,37 +195,32 @@ class ResultsFile:
                 self._rewrite()
             else:
                 os.replace(self._spool_path, self.path)
+                sync_directory(self.path.parent)
 
     def _rewrite(self) -> None:
         """The rows of the file already there, byte for byte, then the spool's, row by row,
         into a private temporary file that then replaces the file: each still-present
         id's ``deleted`` row of this run says ``still_present``, and one that has no row
         in this run gets one of its own."""
-        tmp = self.path.with_name(f".{self.path.name}.{self._run_id}.tmp")
-        try:
-            with (
-                self._spool_path.open(newline="", encoding="utf-8") as spool,
-                open_private(tmp, "xb", buffering=_BUFFER) as raw,
-                io.TextIOWrapper(raw, encoding="utf-8", newline="") as out,
-            ):
-                rows = csv.reader(spool)
-                header = next(rows)
-                if not _copy_earlier(self.path, raw):
-                    csv.writer(out).writerow(header)
-                unmatched = {c: ids.copy() for c, ids in self._still.items()}
-                writer = csv.writer(out)
-                writer.writerows(_patched(rows, unmatched))
-                writer.writerows(
-                    ("", c, i, STILL_PRESENT, STILL_PRESENT, "", "", "", self._run_id)
-                    for c, ids in sorted(unmatched.items())
-                    for i in ids
-                )
-                out.flush()
-                os.fsync(raw.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)  # the spool stays, with every row
-            raise
+        with (
+            self._spool_path.open(newline="", encoding="utf-8") as spool,
+            replacing(self.path) as raw,
+        ):
+            out = io.TextIOWrapper(raw, encoding="utf-8", newline="", write_through=True)
+            rows = csv.reader(spool)
+            header = next(rows)
+            if not _copy_earlier(self.path, raw):
+                csv.writer(out).writerow(header)
+            unmatched = {c: ids.copy() for c, ids in self._still.items()}
+            writer = csv.writer(out)
+            writer.writerows(_patched(rows, unmatched))
+            writer.writerows(
+                ("", c, i, STILL_PRESENT, STILL_PRESENT, "", "", "", self._run_id)
+                for c, ids in sorted(unmatched.items())
+                for i in ids
+            )
+            out.flush()
+            out.detach()  # the file is replacing()'s to close
         self._spool_path.unlink()
 
     @contextlib.contextmanager
@@ -238,7 +235,7 @@ class ResultsFile:
 def _csv_line(*cells: Cell) -> str:
     """Cells as csv writes them in a row (quoted where needed), with its line end."""
     text = io.StringIO()
-    csv.writer(text).writerow(cells)
+    csv.writer(text).writerow(csv_safe_row(cells))
     return text.getvalue()
 
 
@@ -251,20 +248,6 @@ def _patched(rows: Iterator[list[str]], still: dict[int, BitMap64]) -> Iterator[
             ids.discard(int(row[2]))
             row[_OUTCOME] = row[_REASON] = STILL_PRESENT
         yield row
-
-
-def _is_results_file(path: Path) -> bool:
-    """Whether ``path`` is missing, or a file whose first line is the results header.
-
-    Raises:
-        OSError: it could not be read.
-    """
-    try:
-        with path.open("rb") as handle:
-            first = handle.readline(len(_HEADER_LINE) + 2)
-    except FileNotFoundError:
-        return True
-    return first in (_HEADER_LINE, _HEADER_LINE + b"\n", _HEADER_LINE + b"\r\n")
 
 
 def _copy_earlier(path: Path, out: IO[bytes]) -> int:

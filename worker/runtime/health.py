@@ -24,14 +24,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import cast
+from typing import Any, cast
 
 import structlog
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest, push_to_gateway
+from prometheus_client.exposition import basic_auth_handler, default_handler
 
 from worker.errors import ConfigError
 from worker.records.metrics import Metrics
+from worker.sending.credentials import split_userinfo
 
 log = structlog.get_logger("audience_purge.health")
 
@@ -186,17 +188,31 @@ async def _listen(
 
 
 async def push(metrics: Metrics, url: str, *, job: str, grouping: dict[str, str]) -> None:
-    """Push the final figures to a Pushgateway; a failure is a warning, never an error."""
+    """Push the final figures to a Pushgateway; a failure is a warning, never an error.
+    A user and password in the URL are sent as HTTP basic auth (never in the URL, never
+    logged)."""
+    bare, credentials = split_userinfo(url)
+    handler = default_handler if credentials is None else _basic_auth(*credentials)
     try:
         await asyncio.to_thread(
             push_to_gateway,
-            url,
+            bare,
             job=job,
             registry=metrics.registry,
             grouping_key=grouping,
             timeout=PUSH_TIMEOUT_S,
+            handler=handler,
         )
     except Exception as exc:  # urllib raises many kinds; all of them mean "not pushed"
-        log.warning("metrics could not be pushed", pushgateway=url, error=str(exc))
+        log.warning("metrics could not be pushed", pushgateway=bare, error=str(exc))
     else:
-        log.info("metrics pushed", pushgateway=url, job=job, **grouping)
+        log.info("metrics pushed", pushgateway=bare, job=job, **grouping)
+
+
+def _basic_auth(user: str, password: str) -> Callable[..., Callable[[], None]]:
+    def handler(
+        url: str, method: str, timeout: float | None, headers: Any, data: bytes
+    ) -> Callable[[], None]:
+        return basic_auth_handler(url, method, timeout, headers, data, user, password)
+
+    return handler

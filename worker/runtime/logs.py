@@ -14,10 +14,14 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Mapping, MutableMapping
+from typing import Any
 
 import orjson
 import structlog
 from structlog.typing import Processor
+
+from worker.sending.credentials import redact_urls
 
 
 class _CurrentStderr:
@@ -39,6 +43,14 @@ def _renderer(log_format: str) -> Processor:
     return structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
 
 
+def _redact(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> Mapping[str, Any]:
+    """Every text of a log line without a URL's user and password (see redact_urls)."""
+    for key, value in event.items():
+        if isinstance(value, str):
+            event[key] = redact_urls(value)
+    return event
+
+
 def configure_logging(
     level: str = "info", *, json: bool | None = None, log_format: str = "auto"
 ) -> None:
@@ -53,7 +65,7 @@ def configure_logging(
         structlog.processors.TimeStamper(fmt="iso", utc=True),
     ]
     structlog.configure(
-        processors=[*shared, renderer],
+        processors=[*shared, _redact, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(threshold),
         logger_factory=structlog.PrintLoggerFactory(_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=False,
@@ -70,6 +82,7 @@ def _bridge_stdlib(shared: list[Processor], renderer: Processor, threshold: int)
             *shared,
             structlog.stdlib.add_logger_name,
             structlog.processors.format_exc_info,  # a traceback is a field, not extra lines
+            _redact,
         ],
         processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
     )

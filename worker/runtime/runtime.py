@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -31,6 +31,7 @@ from pyroaring import BitMap64
 from worker import __version__
 from worker.errors import FatalError, OutputError, UsageError
 from worker.exit_codes import ExitCode, exit_code_for, finished_code
+from worker.files import AUDIT_LOG, FAILED_OUT, REPORT, RESULTS, Kind, check_outputs
 from worker.input.batching import Batch
 from worker.records.audit import AuditLog, default_audit_path, new_run_id, read_key_file
 from worker.records.failed_out import FailedOut
@@ -69,12 +70,19 @@ class Runtime:
         needs_token: bool = True,
         plans: bool = True,
         outputs: tuple[str, ...] = (),
+        inputs: Mapping[str, str | Path | None] | None = None,
+        files: Mapping[Kind, Path | None] | None = None,
+        state_dir: Path | None = None,
     ) -> None:
-        """Read the token now: without one, nothing (state, outputs) is touched.
+        """Read the token now: without one, nothing (state, outputs) is touched. Then
+        check every file the command writes against the policy of :mod:`worker.files`:
+        the audit log, the outputs its settings name, ``files`` (its own, such as the
+        selection), and ``state_dir``, against ``inputs`` and the key files it reads.
 
         Raises:
             UsageError: ``dry_run`` for a command that cannot plan (``plans=False``): it
-                would act for real, so it is refused before anything is read.
+                would act for real, so it is refused before anything is read; or a file
+                it would write may not be written.
         """
         if settings.dry_run and not plans:
             raise UsageError(
@@ -95,6 +103,7 @@ class Runtime:
         self.audit_path = settings.audit_log or default_audit_path(
             _standalone_dir(settings, command), self.run_id
         )
+        self._check_files(inputs or {}, files or {}, state_dir)
         self._started = time.monotonic()
         self._stack = AsyncExitStack()
         self._background: list[Work] = []
@@ -125,6 +134,28 @@ class Runtime:
         structlog.contextvars.bind_contextvars(
             **{key: value for key, value in context.items() if value is not None}
         )
+
+    def _check_files(
+        self,
+        inputs: Mapping[str, str | Path | None],
+        files: Mapping[Kind, Path | None],
+        state_dir: Path | None,
+    ) -> None:
+        settings = self.settings
+        read = {
+            **inputs,
+            "--token-file": settings.token_file if self.tokens is not None else None,
+            "--audit-key-file": settings.audit_key_file,
+            "--sign-key": settings.sign_key,
+        }
+        outputs: dict[Kind, Path | None] = {
+            AUDIT_LOG: self.audit_path,
+            REPORT: settings.report if self._offers("report") else None,
+            RESULTS: self._written("results"),
+            FAILED_OUT: self._written("failed_out"),
+            **files,
+        }
+        check_outputs(read, outputs, state_dir=state_dir)
 
     @property
     def recorder(self) -> Recorder:

@@ -7,8 +7,9 @@ calls :meth:`Secret.reveal`, to put it in the ``token`` header.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from worker.errors import ConfigError
 
@@ -143,3 +144,27 @@ def redact_url(url: str) -> str:
     userinfo, _, host = rest.rpartition("@")
     user, colon, _ = userinfo.partition(":")
     return f"{scheme}://{user}:***@{host}" if colon else f"{scheme}://***@{host}"
+
+
+# A URL's userinfo anywhere in a text: up to the last ``@`` before the URL ends (a password
+# may hold ``@`` or ``/``), so that nothing of it shows.
+_USERINFO = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://[^\s\"'<>]*@")
+
+
+def redact_urls(text: str) -> str:
+    """``text`` with the user and password of every URL in it masked: the one redaction
+    for a URL-valued setting (base URL, Redis, Pushgateway, any later one) and for any log
+    line, message or record that may quote one."""
+    return _USERINFO.sub(lambda m: redact_url(m[0]), text) if "://" in text else text
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """``url`` without its userinfo, and the (user, password) it held, percent-decoded:
+    for a client that sends them as HTTP basic auth rather than in the URL."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url, None
+    userinfo, _, host = authority.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    return f"{scheme}://{host}{slash}{path}", (unquote(user), unquote(password))

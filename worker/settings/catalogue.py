@@ -10,7 +10,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from worker.sending.credentials import Secret, redact_url, without_userinfo
+from worker.sending.credentials import Secret, redact_urls, without_userinfo
 from worker.settings.declare import (
     DECLARATION,
     RATE_HELP,
@@ -451,6 +451,7 @@ class Settings:
         "one-shot Jobs, which end before a scrape)",
         flag="--pushgateway URL",
         commands=_SENDING,
+        secret=True,
     )
     metrics_job: str = setting(
         "audience-purge",
@@ -467,10 +468,10 @@ class Settings:
             if f.name == "token":
                 continue
             value = getattr(self, f.name)
-            if f.name == "redis_url" and value is not None:
-                value = redact_url(value)
             if f.name == "base_url":
-                value = without_userinfo(value)
+                value = without_userinfo(value)  # checked: its host shown as it is
+            elif isinstance(value, str):
+                value = redact_urls(value)  # every other URL-valued setting, now or later
             out[f.name] = (
                 value if value is None or isinstance(value, int | float | bool) else str(value)
             )

@@ -44,7 +44,7 @@ import orjson
 from pyroaring import BitMap64
 
 from worker.errors import OutputError, StateError
-from worker.files import make_dirs, open_private, write_atomic
+from worker.files import make_dirs, open_private, sync_directory, write_atomic
 
 FORMAT = 1
 LOCK_FILE = "lock"
@@ -172,14 +172,6 @@ def default_state_dir(
     return Path("purge-state") / f"{stem}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 class StateStore:
     """Reads and writes checkpoints in one directory; one generation of files at a time.
 
@@ -259,9 +251,9 @@ class StateStore:
             try:
                 make_dirs(self.directory)
                 for name, data in files.items():
-                    write_atomic(self.directory / name, data)
-                write_atomic(self.path, doc)
-                _fsync_dir(self.directory)
+                    write_atomic(self.directory / name, data, sync_dir=False)
+                write_atomic(self.path, doc, sync_dir=False)
+                sync_directory(self.directory)
                 self._remove_other_generations(set(files))
             except OSError as exc:
                 raise OutputError("the progress in", self.directory, exc) from None
