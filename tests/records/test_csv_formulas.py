@@ -15,12 +15,12 @@ import pytest
 from conftest import write_csv
 from pyroaring import BitMap64
 
+from tests.listing_model import OffsetCampaign
 from worker.commands.run import run_purge
 from worker.files import csv_safe
 from worker.input.selecting import Rule, collect
 from worker.records.failed_out import HEADER, FailedOut
 from worker.sandbox.runner import SandboxHandle
-from worker.sending.listing import Page
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -79,18 +79,18 @@ async def test_a_failed_out_reason_is_quoted_and_the_file_is_still_an_input(
 async def test_a_selection_quotes_the_apis_fields_and_is_still_an_input(
     sandbox: SandboxHandle, make_settings: MakeSettings, tmp_path: Path
 ) -> None:
-    async def page(number: int, limit: int, _filters: object) -> Page:
-        record = {
-            "id": 9,
+    def record(audience_id: int) -> dict[str, Any]:
+        return {
+            "id": audience_id,
             "status": "Completed",
             "attempt": 2,
             "last_attempt": "@2026",
             "call_status": '=HYPERLINK("http://x")',
         }
-        return Page([record], 1, 1)
 
+    campaign = OffsetCampaign([9], make=record)
     out = io.BytesIO()
-    await collect(Rule(campaign_id=42, statuses=("completed",)), page, out, page_size=10)
+    await collect(Rule(campaign_id=42, statuses=("completed",)), campaign, out, page_size=10)
     selection = tmp_path / "selection.csv"
     selection.write_bytes(out.getvalue())
 
