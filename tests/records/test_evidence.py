@@ -516,3 +516,24 @@ def test_ids_deleted_only_after_the_last_signed_head_are_said_unsigned(tmp_path:
     assert verdict.startswith('<span class="bad">unsigned</span>: ')
     assert "gone" not in verdict
     assert "2 of the ids deleted are recorded only after the last signed head" in verdict
+
+
+def test_a_password_in_an_older_logs_settings_or_error_never_reaches_the_page(
+    tmp_path: Path,
+) -> None:
+    """Logs written before URL settings were redacted hold the password as given: the page,
+    made for auditors, masks it wherever the log quotes a URL."""
+    log = AuditLog(tmp_path / "audit.jsonl", "run-old")
+    log.write(
+        "run_started",
+        command="run",
+        input="ids.csv",
+        settings={"pushgateway": "http://ops:OLD-SECRET@gw:9091", "rate": "50/s"},
+    )
+    log.write("run_finished", exit_code=74, error="cannot push to http://ops:OLD-SECRET@gw:9091")
+    log.close()
+
+    page = page_of(log.path)
+
+    assert "OLD-SECRET" not in page
+    assert page.count("http://ops:***@gw:9091") == 2

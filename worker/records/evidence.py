@@ -25,6 +25,7 @@ from pyroaring import BitMap64
 
 from worker.input.validate import MAX_ID
 from worker.records.audit_query import Verdict, declares_key, duplicate_rows
+from worker.sending.credentials import redact_urls
 
 if TYPE_CHECKING:
     from worker.records.signing import SignatureCheck
@@ -288,12 +289,12 @@ rect.deleted{fill:#2a7}rect.failed{fill:#c33}rect.retries{fill:#c80}rect.http_42
 
 
 def _t(value: Any) -> str:
-    """Any value from the log, as escaped text."""
+    """Any value from the log, as escaped text, every URL's password masked (a log written
+    before settings were redacted may hold one; the page is for auditors)."""
     if value is None:
         return "-"
-    if isinstance(value, str):
-        return escape(value)
-    return escape(orjson.dumps(value).decode())
+    text = value if isinstance(value, str) else orjson.dumps(value).decode()
+    return escape(redact_urls(text))
 
 
 def _row(*cells: str, numeric: Sequence[int] = (), row_id: str | None = None) -> str:
