@@ -102,8 +102,12 @@ async def test_idle_clients_of_the_metrics_endpoints_leave_the_run_unaffected(
     opened: list[asyncio.StreamWriter] = []
     try:
         await eventually(audit_has(audit, "acknowledged"), what="the consumer at work")
-        for _ in range(300):  # idle clients: they connect and never send a byte
-            opened.append((await asyncio.open_connection("127.0.0.1", port))[1])
+        # Idle clients: they connect and never send a byte. A server that kept them all would
+        # run out of descriptors and stop accepting (a connect then hangs): bounded, so that
+        # is a failure in seconds, not the suite's timeout.
+        async with asyncio.timeout(20):
+            for _ in range(300):
+                opened.append((await asyncio.open_connection("127.0.0.1", port))[1])
         done = await finish(proc, timeout=60)
     finally:
         for writer in opened:
