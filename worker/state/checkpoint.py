@@ -33,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import socket
 import struct
 from collections.abc import Callable, Iterable, Mapping
@@ -51,6 +52,8 @@ LOCK_FILE = "lock"
 STATE_FILE = "state.json"
 _HEADER = struct.Struct("<QQ")
 PARTS = ("seen", "pending", "done_above", "failed")
+# The bitmap files a generation writes: only these are ever removed from the directory.
+_OURS = re.compile(rf"({'|'.join(PARTS)})\.[0-9]+\.bin")
 
 
 Pairs = dict[int, BitMap64]
@@ -261,9 +264,13 @@ class StateStore:
         return write
 
     def _remove_other_generations(self, keep: set[str]) -> None:
-        for stale in self.directory.glob("*.bin"):
+        for stale in self._bitmap_files():
             if stale.name not in keep:
                 stale.unlink(missing_ok=True)
+
+    def _bitmap_files(self) -> list[Path]:
+        """The generations' bitmap files in the directory (``seen.7.bin``...), nothing else."""
+        return [p for p in self.directory.glob("*.bin") if _OURS.fullmatch(p.name)]
 
     def load(self) -> Checkpoint:
         """Read the current checkpoint; anything unreadable is a StateError naming the file."""
@@ -326,7 +333,7 @@ class StateStore:
 
     def clear(self) -> None:
         """Forget the state (``--fresh``)."""
-        for stale in [*self.directory.glob("*.bin"), self.path]:
+        for stale in [*self._bitmap_files(), self.path]:
             stale.unlink(missing_ok=True)
         self._generation = 0
 
