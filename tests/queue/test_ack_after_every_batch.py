@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from aiohttp import web
 from conftest import read_audit
 from processes import eventually, finish, start
+from proxies import api_in_front_of
 from queue_helpers import audit_has, consume_args, of, pending_count, pending_of, produce
 
 from worker.sandbox.runner import SandboxHandle
@@ -28,47 +28,32 @@ IDS = list(range(1, 31))  # one entry: three batches of 10
 
 @dataclass
 class Gate:
-    """A proxy to the sandbox that lets ``allowed`` delete requests through, holds the
-    others until ``opened``, and counts them in ``held``."""
+    """Lets ``allowed`` delete requests through, holds the others until ``opened``, and
+    counts them in ``held``."""
 
     url: str = ""
     allowed: int = 1
     held: int = 0
     opened: asyncio.Event = field(default_factory=asyncio.Event)
 
+    async def __call__(self, endpoint: str, request: web.Request) -> web.Response | None:
+        if endpoint == "delete-audience":
+            if self.allowed > 0:
+                self.allowed -= 1
+            else:
+                self.held += 1
+                await self.opened.wait()
+        return None
+
 
 @pytest.fixture
 async def gate(sandbox: SandboxHandle) -> AsyncIterator[Gate]:
     held = Gate()
-    session = aiohttp.ClientSession()
-
-    async def forward(request: web.Request) -> web.Response:
-        if held.allowed > 0:
-            held.allowed -= 1
-        else:
-            held.held += 1
-            await held.opened.wait()
-        async with session.post(
-            f"{sandbox.url}/{request.match_info['endpoint']}",
-            data=await request.read(),
-            headers={"token": request.headers["token"], "Content-Type": "application/json"},
-        ) as answer:
-            body = await answer.read()
-            return web.Response(body=body, status=answer.status, content_type="application/json")
-
-    app = web.Application()
-    app.router.add_post("/api/{endpoint}", forward)
-    runner = web.AppRunner(app, shutdown_timeout=0.5)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    held.url = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/api"  # type: ignore[union-attr]
-    try:
-        yield held
-    finally:
-        held.opened.set()
-        await runner.cleanup()
-        await session.close()
+    async with api_in_front_of(sandbox, held) as held.url:
+        try:
+            yield held
+        finally:
+            held.opened.set()
 
 
 def through(args: list[str], url: str) -> list[str]:

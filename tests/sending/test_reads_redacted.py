@@ -10,11 +10,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import aiohttp
 import pytest
 from aiohttp import web
 from conftest import write_csv
 from processes import Completed, finish, start
+from proxies import api_in_front_of
 
 from worker.sandbox.runner import SandboxHandle
 
@@ -23,50 +23,26 @@ READS = ("audience-list", "campaign-audience-stats")
 
 @dataclass
 class Echoing:
-    """A loopback API: deletes go on to the sandbox, reads are refused with the token in
-    the message (``status``), each counted in ``echoed``."""
+    """Refuses every read with the token in the message (HTTP ``status``), counted in
+    ``echoed``; the deletes go on to the sandbox."""
 
-    url: str
     status: int
+    url: str = ""
     echoed: Counter[str] = field(default_factory=Counter)
+
+    async def __call__(self, endpoint: str, request: web.Request) -> web.Response | None:
+        if endpoint not in READS:
+            return None
+        self.echoed[endpoint] += 1
+        said = f"Invalid token {request.headers['token']} for {endpoint}"
+        return web.json_response({"status": False, "message": said}, status=self.status)
 
 
 @pytest.fixture(params=[400, 401, 503])
 async def echoing(sandbox: SandboxHandle, request: pytest.FixtureRequest) -> AsyncIterator[Echoing]:
-    status: int = request.param
-    session = aiohttp.ClientSession()
-    server = Echoing("", status)
-
-    async def answer(request: web.Request) -> web.StreamResponse:
-        endpoint = request.match_info["endpoint"]
-        if endpoint in READS:
-            server.echoed[endpoint] += 1
-            said = f"Invalid token {request.headers['token']} for {endpoint}"
-            return web.json_response({"status": False, "message": said}, status=status)
-        async with session.post(
-            f"{sandbox.url}/{endpoint}",
-            data=await request.read(),
-            headers={"token": request.headers["token"], "Content-Type": "application/json"},
-        ) as forwarded:
-            return web.Response(
-                body=await forwarded.read(),
-                status=forwarded.status,
-                content_type="application/json",
-            )
-
-    app = web.Application()
-    app.router.add_route("*", "/api/{endpoint}", answer)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    server.url = f"http://127.0.0.1:{port}/api"
-    try:
+    server = Echoing(request.param)
+    async with api_in_front_of(sandbox, server) as server.url:
         yield server
-    finally:
-        await runner.cleanup()
-        await session.close()
 
 
 def files_holding(root: Path, needle: bytes) -> list[str]:
