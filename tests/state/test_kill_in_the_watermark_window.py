@@ -76,9 +76,8 @@ async def test_a_kill_while_a_batch_is_in_flight_loses_none_of_its_ids(
     rows = [*PADDING, *(f"{i}\n".encode() for i in IDS)]
     (tmp_path / "ids.csv").write_bytes(b"".join(rows))
     (tmp_path / "fast.toml").write_text("checkpoint_interval = 0.05\n")
-    first_held = len(
-        b"".join(rows[: len(PADDING) + HELD[0] - 1])
-    )  # the offset of the held batch's first row
+    # the byte offset of the held batch's first row
+    first_held = len(b"".join(rows[: len(PADDING) + HELD[0] - 1]))
     state = tmp_path / "state" / STATE_FILE
 
     def checkpointed_in_flight() -> bool:
