@@ -90,3 +90,11 @@ def test_an_error_field_that_is_false_declares_no_failure() -> None:
 
     assert classify(200, raw, NO_HEADERS).kind is Kind.DELETED
     assert classify_read(200, raw, NO_HEADERS) == orjson.loads(raw)
+
+
+def test_a_verdict_is_a_value_that_nothing_can_change_in_place() -> None:
+    verdict = classify(500, orjson.dumps({"message": "down"}), NO_HEADERS)
+
+    with pytest.raises(AttributeError):
+        verdict.message = "changed"  # type: ignore[misc]
+    assert {verdict: 1}[Verdict(Kind.RETRYABLE, 500, "server error (HTTP 500)", "down")] == 1
