@@ -1,6 +1,8 @@
-"""The two steps of scripts/mutation around cosmic-ray's own: ``skip`` and ``score``.
+"""The steps of scripts/mutation around cosmic-ray's own: ``skip``, ``reopen``, ``score``.
 
-``skip SESSION MODULE`` marks as skipped, before any test runs, the mutants that change a
+``reopen SESSION`` makes the survivors of a session pending again, so that
+``cosmic-ray exec`` runs only them, with the tests as they are now (killed ones stay killed:
+tests are added, not taken away). ``skip SESSION MODULE`` marks as skipped, before any test runs, the mutants that change a
 type annotation: every module has ``from __future__ import annotations``, so annotations
 are never evaluated and such a mutant (``str | None`` made ``str + None``) is equivalent
 by construction. ``score NAME SESSION SECONDS MODULE`` prints
@@ -13,6 +15,7 @@ no longer imports) counts as killed, as cosmic-ray counts it; a skipped one not 
 from __future__ import annotations
 
 import ast
+import sqlite3
 import sys
 from pathlib import Path
 
@@ -58,6 +61,12 @@ def skip(session: str, module: str) -> None:
     print(f"{skipped} mutants of annotations skipped", file=sys.stderr)
 
 
+def reopen(session: str) -> None:
+    with sqlite3.connect(session) as db:
+        gone = db.execute("DELETE FROM work_results WHERE test_outcome = 'SURVIVED'").rowcount
+    print(f"{gone} survivors to run again", file=sys.stderr)
+
+
 def score(name: str, session: str, seconds: str, module: str) -> None:
     source = Path(module).read_text().splitlines()
     with use_db(session, WorkDB.Mode.open) as db:
@@ -80,4 +89,4 @@ def score(name: str, session: str, seconds: str, module: str) -> None:
 
 if __name__ == "__main__":
     command, *args = sys.argv[1:]
-    {"skip": skip, "score": score}[command](*args)
+    {"skip": skip, "reopen": reopen, "score": score}[command](*args)
