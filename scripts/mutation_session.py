@@ -1,15 +1,15 @@
 """The steps of scripts/mutation around cosmic-ray's own: ``skip``, ``reopen``, ``score``.
 
-``reopen SESSION`` makes the survivors of a session pending again, so that
-``cosmic-ray exec`` runs only them, with the tests as they are now (killed ones stay killed:
-tests are added, not taken away). ``skip SESSION MODULE`` marks as skipped, before any
-test runs, the mutants that change a type annotation: every module has ``from __future__ import annotations``, so annotations
-are never evaluated and such a mutant (``str | None`` made ``str + None``) is equivalent
-by construction. ``score NAME SESSION SECONDS MODULE`` prints
-``<name> <killed>/<total> <score>% <seconds>s`` and each surviving mutant as
-``  survived line N: <operator> | <the line>``, so that each is killed by a test or shown
-equivalent in docs/mutation.md. A mutant the tests could not run (incompetent: the module
-no longer imports) counts as killed, as cosmic-ray counts it; a skipped one not at all.
+``reopen SESSION`` makes the survivors of a session pending again, so that ``cosmic-ray
+exec`` runs only them, with the tests as they are now (killed ones stay killed: tests are
+added, not taken away). ``skip SESSION MODULE`` marks as skipped, before any test runs, the
+mutants that change a type annotation: every module has ``from __future__ import
+annotations``, so annotations are never evaluated and such a mutant (``str | None`` made
+``str + None``) is equivalent by construction. ``score NAME SESSION SECONDS MODULE`` prints
+``<name> <killed>/<total> <score>% <seconds>s`` and each surviving mutant as `` survived
+line N: <operator> | <the line>``, so that each is killed by a test or shown equivalent in
+docs/mutation.md. A mutant the tests could not run (incompetent: the module no longer
+imports) counts as killed, as cosmic-ray counts it; a skipped one not at all.
 """
 
 from __future__ import annotations
