@@ -6,6 +6,7 @@ killed after a few seconds and the test fails there, not at the suite's timeout.
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import sys
 from pathlib import Path
@@ -14,6 +15,9 @@ import pytest
 from conftest import write_csv
 from processes import Completed, child_env, finish
 
+from worker.errors import UsageError
+from worker.runtime import paths
+from worker.runtime.paths import check_distinct
 from worker.sandbox.runner import SandboxHandle
 
 IDS = ["campaign_id,audience_id", "42,1", "42,2", "42,3"]
@@ -82,3 +86,28 @@ async def test_an_output_that_is_a_fifo_is_refused_at_once_and_left_alone(
     assert fifo.is_fifo()  # neither replaced nor unlinked
     assert sandbox.state.requests_total == 0
     assert not (tmp_path / "audit.jsonl").exists()
+
+
+def test_an_input_whose_name_sorts_before_a_dash_is_a_file_not_stdin(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    write_csv(tmp_path / "+ids.csv", IDS)
+
+    with pytest.raises(UsageError, match=r"--failed-out \+ids.csv is the same file as the input"):
+        check_distinct("+ids.csv", {"--failed-out": Path("+ids.csv")})
+
+
+def test_a_closed_stdin_is_no_file_an_output_can_be(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = os.fstat
+
+    def closed(fd: int) -> os.stat_result:
+        if fd == 0:
+            raise OSError(errno.EBADF, "Bad file descriptor")
+        return real(fd)
+
+    monkeypatch.setattr(paths.os, "fstat", closed)
+
+    check_distinct("-", {"--failed-out": tmp_path / "failed.csv"})  # nothing to refuse
