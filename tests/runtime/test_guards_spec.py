@@ -14,7 +14,8 @@ from structlog.testing import capture_logs
 
 from worker.records.tally import Tally
 from worker.runtime import guards
-from worker.runtime.guards import FailureRateGuard, eta_seconds, watch_deadline
+from worker.runtime.guards import FailureRateGuard, count_refusal, eta_seconds, watch_deadline
+from worker.settings import Settings
 
 # -- the failure-rate window ------------------------------------------------------------------
 
@@ -55,6 +56,17 @@ def test_a_large_window_slides_past_old_successes() -> None:
     assert trips == ["160 of the last 300 ids failed (53% > --halt-on-failure-rate 50%)"]
 
 
+def test_the_window_drops_a_batch_that_the_newest_ones_push_past_it() -> None:
+    trips: list[str] = []
+    guard = FailureRateGuard(0.4, trips.append, window=100)
+    guard.on_event("deleted", {"audience_ids": list(range(60))})
+    guard.on_event("deleted", {"audience_ids": list(range(60))})
+
+    guard.on_event("failed", {"audience_ids": list(range(50))})  # 170 ids: the first 60 go
+
+    assert trips == ["50 of the last 110 ids failed (45% > --halt-on-failure-rate 40%)"]
+
+
 def test_events_without_ids_or_of_other_kinds_count_for_nothing() -> None:
     trips: list[str] = []
     guard = FailureRateGuard(0.0, trips.append, window=1)
@@ -78,6 +90,7 @@ def test_the_eta_counts_every_row_settled_whatever_became_of_it() -> None:
     ("deleted", "total", "elapsed", "eta"),
     [
         (1, 3, 0.5, 1.0),  # one row in half a second: two left take a second
+        (1, 3, 0.4, 0.8),  # 2.5 rows a second, not 2
         (1, 1, 2.0, 0.0),
         (5, 3, 1.0, 0.0),  # more settled than counted (a file that grew): nothing left
         (0, 100, 10.0, None),
@@ -89,7 +102,14 @@ def test_the_eta_counts_every_row_settled_whatever_became_of_it() -> None:
 def test_the_eta_at_its_edges(
     deleted: int, total: int | None, elapsed: float, eta: float | None
 ) -> None:
-    assert eta_seconds(Tally(deleted=deleted), total, elapsed) == eta
+    assert eta_seconds(Tally(deleted=deleted), total, elapsed) == pytest.approx(eta)
+
+
+@pytest.mark.parametrize(("limit", "refused"), [(299, True), (300, False), (301, False)])
+def test_max_deletes_refuses_more_ids_than_it_says_and_no_fewer(limit: int, refused: bool) -> None:
+    reason = count_refusal(Settings(max_deletes=limit), 300)
+
+    assert (reason is not None) is refused
 
 
 # -- the deadline watch on a fake clock -------------------------------------------------------
@@ -123,7 +143,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
             return cls.fromtimestamp(moment.timestamp(), tz)
 
     monkeypatch.setattr(guards, "datetime", FakeDatetime)
-    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: fake.now))
+    # a monotonic clock starts anywhere: here at 1000 s
+    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: 1000.0 + fake.now))
     monkeypatch.setattr(guards, "asyncio", SimpleNamespace(sleep=fake.sleep))
     return fake
 
@@ -177,3 +198,18 @@ async def test_an_eta_that_ends_exactly_at_the_deadline_is_no_risk(clock: FakeCl
         (10, 10),
         (5, 5),
     ]
+
+
+async def test_an_eta_well_before_the_deadline_is_no_risk(clock: FakeClock) -> None:
+    tally = Tally()
+    deadline = clock.start + timedelta(seconds=20)
+
+    def total() -> int:
+        tally.deleted = int(clock.now)
+        return 10  # one row a second: done at 10 s, long before the deadline
+
+    with capture_logs() as logs:
+        await watch_deadline(deadline, tally, total, lambda: None, interval=4.0)
+
+    assert [e["event"] for e in logs if e["event"].startswith("deadline at risk")] == []
+    assert [e["eta_s"] for e in logs if e["event"] == "eta"][:2] == [6, 2]
