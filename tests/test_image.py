@@ -323,7 +323,9 @@ def _unmet(wanted: list[str], lock: dict[str, Pin]) -> list[str]:
 REFRESH = "refresh the locks: see docs/lock.md"
 
 
-@pytest.mark.parametrize("name", ["runtime.lock", "build.lock", "test.lock", "bench.lock"])
+@pytest.mark.parametrize(
+    "name", ["runtime.lock", "build.lock", "test.lock", "bench.lock", "mutation.lock"]
+)
 def test_lock_pins_every_package_to_one_version_with_hashes(name: str) -> None:
     lock = read_lock(LOCKS / name)
 
@@ -361,6 +363,19 @@ def test_bench_lock_adds_the_bench_extra_and_changes_nothing_the_test_lock_pins(
     for name, pin in test.items():
         assert name in bench, f"{name}: {REFRESH}"
         assert bench[name].version == pin.version, f"{name}: {REFRESH}"
+
+
+def test_mutation_lock_adds_the_mutation_extra_and_changes_nothing_the_test_lock_pins() -> None:
+    """mutation.lock is all scripts/mutation installs (cosmic-ray and the test tools): the
+    mutants must be judged by the tests as CI runs them."""
+    test, mutation = read_lock(LOCKS / "test.lock"), read_lock(LOCKS / "mutation.lock")
+    extras = PYPROJECT["project"]["optional-dependencies"]
+
+    assert _unmet([*extras["test"], *extras["mutation"]], mutation) == [], REFRESH
+    for name, pin in test.items():
+        assert name in mutation, f"{name}: {REFRESH}"
+        assert mutation[name].version == pin.version, f"{name}: {REFRESH}"
+    assert "cosmic-ray" not in test  # not in CI's test environment
 
 
 def test_test_script_installs_pinned_tools_from_the_locks() -> None:

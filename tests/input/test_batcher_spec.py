@@ -1,0 +1,77 @@
+"""Specification of the batcher's two ways in (issue #25: mutants of batching.py showed what
+no test pinned): rows one at a time (``add``) and a block of one campaign's rows at once
+(``extend``, the fast path) hand out the same batches, to the last field a resume and the
+results file read: ids, lines, and the byte offsets of the first and last row."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.input.batching import Batch, Batcher
+from worker.input.validate import Row
+
+
+def described(batches: list[Batch]) -> list[tuple[object, ...]]:
+    """Every field of each batch, those left out of ``==`` included."""
+    return [
+        (b.campaign_id, b.audience_ids, b.lines, b.first_offset, b.last_offset) for b in batches
+    ]
+
+
+def one_by_one(batcher: Batcher, rows: list[Row]) -> list[Batch]:
+    return [batch for row in rows for batch in batcher.add(row)] + list(batcher.flush(999))
+
+
+def as_blocks(batcher: Batcher, rows: list[Row], block: int) -> list[Batch]:
+    """``rows`` (consecutive lines) handed over in runs of at most ``block`` rows of one
+    campaign, as the fast path hands a block's rows over."""
+    out: list[Batch] = []
+    i = 0
+    while i < len(rows):
+        j = i
+        while j < len(rows) and j - i < block and rows[j].campaign_id == rows[i].campaign_id:
+            j += 1
+        run = rows[i:j]
+        out += batcher.extend(
+            run[0].campaign_id, [r.audience_id for r in run], [r.offset for r in run], run[0].line
+        )
+        i = j
+    return out + list(batcher.flush(999))
+
+
+def input_rows(campaigns: list[int]) -> list[Row]:
+    """A row per entry of ``campaigns``, on lines 2, 3, ...; 7 bytes a row from offset 20."""
+    return [Row(2 + n, c, 1000 + n, 20 + 7 * n) for n, c in enumerate(campaigns)]
+
+
+@pytest.mark.parametrize("size", [1, 3, 10, 100])
+@pytest.mark.parametrize("block", [1, 4, 37, 5000])
+def test_a_block_at_once_gives_every_field_of_every_batch_as_rows_one_by_one_do(
+    size: int, block: int
+) -> None:
+    rows = input_rows([42] * 2500 + [77] * 7 + [42] * 40)
+
+    assert described(as_blocks(Batcher(size), rows, block)) == described(
+        one_by_one(Batcher(size), rows)
+    )
+
+
+def test_a_batch_of_a_block_starts_at_its_first_row_and_ends_at_its_last() -> None:
+    rows = input_rows([42] * 25)
+
+    batches = as_blocks(Batcher(10), rows, 25)
+
+    assert [(b.lines, b.first_offset, b.last_offset) for b in batches] == [
+        (tuple(range(2, 12)), 20, 83),
+        (tuple(range(12, 22)), 90, 153),
+        (tuple(range(22, 27)), 160, 999),  # the last, flushed at the end of the input
+    ]
+
+
+def test_a_partial_batch_is_handed_out_once_exactly_stale_rows_old() -> None:
+    batcher = Batcher(10, stale_rows=1023)
+    rows = input_rows([7] + [42] * 1023)  # checked every 1024 rows: 1023 after campaign 7's
+
+    handed = [batch for row in rows for batch in batcher.add(row)]
+
+    assert [b.audience_ids for b in handed if b.campaign_id == 7] == [(1000,)]
