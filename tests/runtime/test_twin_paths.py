@@ -15,9 +15,9 @@ import pytest
 from conftest import write_csv
 from processes import Completed, child_env, finish
 
+from worker import files
 from worker.errors import UsageError
-from worker.runtime import paths
-from worker.runtime.paths import check_distinct
+from worker.files import check_distinct
 from worker.sandbox.runner import SandboxHandle
 
 IDS = ["campaign_id,audience_id", "42,1", "42,2", "42,3"]
@@ -95,7 +95,7 @@ def test_an_input_whose_name_sorts_before_a_dash_is_a_file_not_stdin(
     write_csv(tmp_path / "+ids.csv", IDS)
 
     with pytest.raises(UsageError, match=r"--failed-out \+ids.csv is the same file as the input"):
-        check_distinct("+ids.csv", {"--failed-out": Path("+ids.csv")})
+        check_distinct({"the input": "+ids.csv"}, {"--failed-out": Path("+ids.csv")})
 
 
 def test_a_closed_stdin_is_no_file_an_output_can_be(
@@ -108,6 +108,7 @@ def test_a_closed_stdin_is_no_file_an_output_can_be(
             raise OSError(errno.EBADF, "Bad file descriptor")
         return real(fd)
 
-    monkeypatch.setattr(paths.os, "fstat", closed)
+    monkeypatch.setattr(files.os, "fstat", closed)
 
-    check_distinct("-", {"--failed-out": tmp_path / "failed.csv"})  # nothing to refuse
+    # nothing to refuse:
+    check_distinct({"the input": "-"}, {"--failed-out": tmp_path / "failed.csv"})
