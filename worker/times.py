@@ -17,7 +17,9 @@ floor: it imports nothing of the project.
 - A **UTC time is written** RFC 3339 with ``Z``: ``2026-06-01T00:00:00Z``, its microseconds
   kept when it has some, the year 1 as ``0001``.
 
-Every refusal is a :class:`ValueError` whose message is one line naming what was given.
+Every refusal is a :class:`ValueError` whose message is one line naming what was given;
+text that is not written in the grammar at all is an :class:`Unreadable` one, so that a
+caller taking something else too (a number of seconds) can name both.
 """
 
 from __future__ import annotations
@@ -39,6 +41,11 @@ _TIMESTAMP = re.compile(
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
+class Unreadable(ValueError):
+    """The text is not a duration (or timestamp) at all, as opposed to one refused for its
+    value (months, zero, too long, beyond the year 9999)."""
+
+
 def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
     """A duration (``1h30m``); zero only if ``allow_zero``.
 
@@ -48,7 +55,7 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
     """
     found = _read_duration(text, allow_zero=allow_zero)
     if found is None:
-        raise ValueError(
+        raise Unreadable(
             f"expected a duration such as {DURATIONS} (units w d h m s, lower case, largest "
             f"first, each once), got {text!r}"
         )
@@ -91,7 +98,7 @@ def parse_timestamp(text: str, *, assume_utc: bool = True) -> datetime:
     """
     when = _read_timestamp(text)
     if when is None:
-        raise ValueError(
+        raise Unreadable(
             "expected a date (2026-06-01) or an RFC 3339 time (2026-06-01T00:00:00Z, or with "
             f"an offset such as +02:00) between the years 1 and 9999 in UTC, got {text!r}"
         )
@@ -114,7 +121,7 @@ def parse_duration_or_time(text: str, *, allow_zero: bool = False) -> timedelta 
     when = _read_timestamp(text)
     if when is None or when.tzinfo is None:
         offset = "" if when is None else ": give the time's offset (Z or +01:00, say)"
-        raise ValueError(
+        raise Unreadable(
             "expected a duration (90s, 90m, 36h, 1h30m, 180d, 12w) or an RFC 3339 time with "
             f"its offset (2026-12-01T03:00:00Z), got {text!r}{offset}"
         )
