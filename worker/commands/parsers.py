@@ -525,14 +525,14 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     age.add_argument(
         "--older-than",
         metavar="AGE",
-        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m (m is minutes; days are "
-        "24 h; months in days: 183d)",
+        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m, 1h30m (m is minutes; days "
+        "are 24 h; months in days: 183d; see Durations and times)",
     )
     age.add_argument(
         "--last-attempt-before",
         metavar="TIME",
         help="last attempt before TIME: 2026-06-01, or RFC 3339 such as 2026-06-01T00:00:00Z "
-        "(the API's times are read as UTC)",
+        "(without an offset UTC, as the API's times are read; see Durations and times)",
     )
     parser.add_argument(
         "--include-never-attempted",
@@ -703,7 +703,8 @@ def _add_redrive_parser(commands: Any) -> None:
         "--since",
         metavar="DURATION|TIME",
         help="only dead letters dead-lettered in the last DURATION (90s, 30m, 2h, 1d, 1h30m) "
-        "or since TIME (RFC 3339, e.g. 2026-11-26T06:00:00Z)",
+        "or since TIME (RFC 3339 with its offset, e.g. 2026-11-26T06:00:00Z; see Durations "
+        "and times)",
     )
     _setting_flags(
         parser,

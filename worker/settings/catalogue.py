@@ -395,8 +395,8 @@ class Settings:
         None,
         deadline_parser,
         "stop gracefully at this time (exit 75, resumable): a duration from the start such "
-        "as 2h or 1h30m, or an RFC 3339 time such as 2026-12-01T03:00:00Z; the ETA is "
-        "logged, and a warning comes once if the deadline is at risk",
+        "as 2h or 1h30m, or an RFC 3339 time such as 2026-12-01T03:00:00Z (see Durations and "
+        "times); the ETA is logged, and a warning comes once if the deadline is at risk",
         flag="--deadline WHEN",
         commands=_SENDING,
     )
