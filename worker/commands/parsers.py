@@ -13,11 +13,29 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from worker import __version__
+import worker
 from worker.exit_codes import ExitCode
 from worker.settings import CONSUME, DECLARATIONS, DELETE_ALL, ENQUEUE, RUN, Declaration
 
 PROG = "audience-purge"
+
+
+class _Version(argparse.Action):
+    """``--version``, as argparse's own, but the version is read only when asked for (from
+    the package metadata: not worth its import to every ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{PROG} {worker.__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Delete UnleashX campaign audience records in bulk: rate-limited, retried, audited."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help=f"{PROG} COMMAND --help says more"
     )
