@@ -98,8 +98,25 @@ def test_a_deadline_beyond_a_century_or_the_year_9999_is_refused(text: str, refu
         ["--input", "ids.csv", "--deadline", FAR],
         ["--select", "--campaign-id", "42", "--last-attempt-before", FAR],
         ["--select", "--campaign-id", "42", "--attempt", "\u0662"],
+        ["--input", "ids.csv", "--deadline", "6M"],
+        ["--select", "--campaign-id", "42", "--older-than", "6M"],
+        ["--input", "ids.csv", "--grace", "6M"],
+        ["--input", "ids.csv", "--deadline", "1h1h"],
+        ["--select", "--campaign-id", "42", "--older-than", "0d"],
+        ["--input", "ids.csv", "--grace", "soon"],
     ],
-    ids=["deadline-duration", "deadline-time", "last-attempt-before", "attempt"],
+    ids=[
+        "deadline-duration",
+        "deadline-time",
+        "last-attempt-before",
+        "attempt",
+        "deadline-months",
+        "older-than-months",
+        "grace-months",
+        "deadline-repeated-unit",
+        "older-than-zero",
+        "grace-unreadable",
+    ],
 )
 def test_hostile_flags_exit_2_with_one_line(
     flags: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
