@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta, timezone
 
 MAX_DURATION = timedelta(days=36_500)  # 100 years: beyond is a typo, and near datetime's ends
 MONTHS = "months vary in length: give days, e.g. 180d"
-DURATIONS = "90s, 90m, 36h, 1h30m, 180d or 12w"
+_EXAMPLES = "90s, 90m, 36h, 1h30m, 180d or 12w"
 
 _UNITS = (("w", 604_800), ("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
 _DURATION = re.compile("".join(rf"(?:([0-9]+){unit})?" for unit, _ in _UNITS))
@@ -56,7 +56,7 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> timedelta:
     found = _read_duration(text, allow_zero=allow_zero)
     if found is None:
         raise Unreadable(
-            f"expected a duration such as {DURATIONS} (units w d h m s, lower case, largest "
+            f"expected a duration such as {_EXAMPLES} (units w d h m s, lower case, largest "
             f"first, each once), got {text!r}"
         )
     return found
