@@ -17,6 +17,8 @@ network: the replay installs from there, still checking every file against the l
 
 from __future__ import annotations
 
+import ast
+import importlib.metadata
 import json
 import os
 import re
@@ -351,6 +353,30 @@ def test_locks_satisfy_the_project_and_agree_with_each_other() -> None:
     # nothing in the image that the project does not need
     needed = {canonicalize_name(Requirement(d).name) for d in dependencies}
     assert needed <= set(runtime)
+
+
+def imported_distributions(package: Path) -> set[str]:
+    """The distributions whose modules ``package`` imports itself (the standard library and
+    the project left out)."""
+    names = set()
+    for path in package.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                names |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names.add(node.module.split(".")[0])
+    names -= {*sys.stdlib_module_names, "__future__", package.name}
+    provided = importlib.metadata.packages_distributions()
+    return {canonicalize_name(d) for name in names for d in provided.get(name, [name])}
+
+
+def test_the_runtime_dependencies_are_what_the_package_imports() -> None:
+    """Each package worker/ imports is declared (not borrowed from another's dependencies),
+    and nothing is declared that only a benchmark or a test uses."""
+    dependencies = PYPROJECT["project"]["dependencies"]
+    declared = {canonicalize_name(Requirement(d).name) for d in dependencies}
+
+    assert imported_distributions(ROOT / "worker") == declared
 
 
 def test_bench_lock_adds_the_bench_extra_and_changes_nothing_the_test_lock_pins() -> None:

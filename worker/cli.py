@@ -60,6 +60,7 @@ def options_tables() -> dict[str, str]:
     return {RUN: _command_table(RUN), "settings": _settings_table()}
 
 
+_TIMES = "#durations-and-times"  # the README section on worker.times's grammar
 _BLOCK = re.compile(r"(<!-- options:([a-z-]+) -->\n).*?(<!-- /options:\2 -->)", re.DOTALL)
 
 
@@ -117,9 +118,14 @@ def _shown(declared: Declaration) -> str:
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(cell.replace("|", "\\|") for cell in cells) + " |\n"
+        return "| " + " | ".join(_linked(cell.replace("|", "\\|")) for cell in cells) + " |\n"
 
     return line(header) + "|" + "---|" * len(header) + "\n" + "".join(map(line, rows))
+
+
+def _linked(cell: str) -> str:
+    """A cell whose help points at the README's grammar of durations and times, linked."""
+    return cell.replace("see Durations and times", f"see [Durations and times]({_TIMES})")
 
 
 def _settings(args: argparse.Namespace) -> Settings:

@@ -76,6 +76,16 @@ async def test_help_and_version_import_no_command(args: tuple[str, ...], tmp_pat
         assert not under(modules, package), f"{' '.join(args)} imports {package}"
 
 
+@pytest.mark.parametrize("args", [("--help",), ("run", "--help")], ids=" ".join)
+async def test_help_reads_no_package_metadata(args: tuple[str, ...], tmp_path: Path) -> None:
+    """The version (importlib.metadata, ~15 ms) is read by --version only."""
+    code, modules = await loaded(*args, cwd=tmp_path)
+
+    assert code == 0
+    assert "worker.commands.parsers" in modules
+    assert not under(modules, "importlib.metadata")
+
+
 async def test_a_plain_run_imports_no_fleet_metrics_or_server(
     sandbox: SandboxHandle, token: str, tmp_path: Path
 ) -> None:

@@ -78,9 +78,16 @@ def test_the_cutoff_is_recorded_with_full_precision(given: str, recorded: str) -
     assert rule.describe()["last_attempt_before"] == recorded
 
 
-@pytest.mark.parametrize("text", ["99999999h", "999999999999999999999d", FAR])
-def test_a_deadline_beyond_the_year_9999_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="a deadline must be before the year 9999"):
+@pytest.mark.parametrize(
+    ("text", "refusal"),
+    [
+        ("99999999h", "is more than 100 years"),
+        ("999999999999999999999d", "is more than 100 years"),
+        (FAR, "between the years 1 and 9999 once in UTC"),
+    ],
+)
+def test_a_deadline_beyond_a_century_or_the_year_9999_is_refused(text: str, refusal: str) -> None:
+    with pytest.raises(ValueError, match=refusal):
         deadline(text, now=NOW)
 
 
@@ -91,8 +98,25 @@ def test_a_deadline_beyond_the_year_9999_is_refused(text: str) -> None:
         ["--input", "ids.csv", "--deadline", FAR],
         ["--select", "--campaign-id", "42", "--last-attempt-before", FAR],
         ["--select", "--campaign-id", "42", "--attempt", "\u0662"],
+        ["--input", "ids.csv", "--deadline", "6M"],
+        ["--select", "--campaign-id", "42", "--older-than", "6M"],
+        ["--input", "ids.csv", "--grace", "6M"],
+        ["--input", "ids.csv", "--deadline", "1h1h"],
+        ["--select", "--campaign-id", "42", "--older-than", "0d"],
+        ["--input", "ids.csv", "--grace", "soon"],
     ],
-    ids=["deadline-duration", "deadline-time", "last-attempt-before", "attempt"],
+    ids=[
+        "deadline-duration",
+        "deadline-time",
+        "last-attempt-before",
+        "attempt",
+        "deadline-months",
+        "older-than-months",
+        "grace-months",
+        "deadline-repeated-unit",
+        "older-than-zero",
+        "grace-unreadable",
+    ],
 )
 def test_hostile_flags_exit_2_with_one_line(
     flags: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch

@@ -158,9 +158,18 @@ async def test_redrive_and_status_handle_a_dead_letter_not_in_utf8(
     assert redriven["reason"] == reason
 
 
+BEFORE_1970 = r"is before 1970-01-01: leave --since out"
+
+
 @pytest.mark.parametrize(
-    "text", ["99999999999999999999w", "0001-01-01T00:00:00+23:59", "1969-12-31T23:59:59Z"]
+    ("text", "refusal"),
+    [
+        ("36500d", BEFORE_1970),
+        ("1969-12-31T23:59:59Z", BEFORE_1970),
+        ("99999999999999999999w", r"--since: '99999999999999999999w' is more than 100 years"),
+        ("0001-01-01T00:00:00+23:59", r"--since: .* between the years 1 and 9999 once in UTC"),
+    ],
 )
-def test_a_since_before_1970_is_a_usage_error_not_an_internal_one(text: str) -> None:
-    with pytest.raises(UsageError, match=r"is before 1970-01-01: leave --since out"):
+def test_a_since_before_1970_is_a_usage_error_not_an_internal_one(text: str, refusal: str) -> None:
+    with pytest.raises(UsageError, match=refusal):
         parse_since(text, 1_790_000_000_000)

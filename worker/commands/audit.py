@@ -381,6 +381,7 @@ def report_command(args: argparse.Namespace) -> int:
 
     from worker.records.audit_query import read_records
     from worker.records.evidence import render, verdict_label
+    from worker.times import utc_text
 
     key = read_key_file(args.audit_key_file)
     checker = None
@@ -410,7 +411,7 @@ def report_command(args: argparse.Namespace) -> int:
         records,
         verdicts,
         paths=paths,
-        generated=datetime.now(UTC).isoformat(timespec="seconds"),
+        generated=utc_text(datetime.now(UTC), "seconds"),
         key_file=args.audit_key_file,
         public_key=args.public_key,
         signatures=signatures,

@@ -13,11 +13,29 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from worker import __version__
+import worker
 from worker.exit_codes import ExitCode
 from worker.settings import CONSUME, DECLARATIONS, DELETE_ALL, ENQUEUE, RUN, Declaration
 
 PROG = "audience-purge"
+
+
+class _Version(argparse.Action):
+    """``--version``, as argparse's own, but the version is read only when asked for (from
+    the package metadata: not worth its import to every ``--help``)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str, **_: Any) -> None:
+        super().__init__(
+            option_strings,
+            dest=argparse.SUPPRESS,
+            default=argparse.SUPPRESS,
+            nargs=0,
+            help="show program's version number and exit",
+        )
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(f"{PROG} {worker.__version__}")
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,7 +45,7 @@ def build_parser() -> argparse.ArgumentParser:
             "Delete UnleashX campaign audience records in bulk: rate-limited, retried, audited."
         ),
     )
-    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    parser.add_argument("--version", action=_Version)
     commands = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", help=f"{PROG} COMMAND --help says more"
     )
@@ -525,14 +543,14 @@ def add_rule_arguments(parser: argparse.ArgumentParser) -> None:
     age.add_argument(
         "--older-than",
         metavar="AGE",
-        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m (m is minutes; days are "
-        "24 h; months in days: 183d)",
+        help="last attempt more than AGE ago: 180d, 12w, 36h, 90m, 1h30m (m is minutes; days "
+        "are 24 h; months in days: 183d; see Durations and times)",
     )
     age.add_argument(
         "--last-attempt-before",
         metavar="TIME",
         help="last attempt before TIME: 2026-06-01, or RFC 3339 such as 2026-06-01T00:00:00Z "
-        "(the API's times are read as UTC)",
+        "(without an offset UTC, as the API's times are read; see Durations and times)",
     )
     parser.add_argument(
         "--include-never-attempted",
@@ -703,7 +721,8 @@ def _add_redrive_parser(commands: Any) -> None:
         "--since",
         metavar="DURATION|TIME",
         help="only dead letters dead-lettered in the last DURATION (90s, 30m, 2h, 1d, 1h30m) "
-        "or since TIME (RFC 3339, e.g. 2026-11-26T06:00:00Z)",
+        "or since TIME (RFC 3339 with its offset, e.g. 2026-11-26T06:00:00Z; see Durations "
+        "and times)",
     )
     _setting_flags(
         parser,

@@ -18,7 +18,7 @@ import asyncio
 import re
 import sys
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import timedelta
 from typing import TextIO
 
 from worker.errors import UsageError
@@ -30,11 +30,10 @@ from worker.queue.streams import StreamQueue
 from worker.records.recorder import Recorder
 from worker.runtime.runtime import Runtime
 from worker.settings import Settings
+from worker.times import from_unix, parse_duration_or_time, unix_ms, utc_text
 
 PAGE = 100
-_DURATION = re.compile(r"(?:[0-9]+[smhdw])+")
-_UNIT = re.compile(r"([0-9]+)([smhdw])")
-_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MILLISECOND = timedelta(milliseconds=1)
 
 
 def redrive_command(args: argparse.Namespace, settings: Settings) -> int:
@@ -44,27 +43,18 @@ def redrive_command(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def parse_since(text: str, now: int) -> int:
-    """The Unix ms a ``--since`` names: ``now`` minus a duration, or an RFC 3339 time.
+    """The Unix ms a ``--since`` names: ``now`` minus a duration, or an RFC 3339 time with
+    its offset (the grammar of :mod:`worker.times`).
 
     Raises:
-        UsageError: neither (a time must say its offset, Z for UTC).
+        UsageError: neither, or a time before 1970.
     """
-    value = text.strip()
-    if _DURATION.fullmatch(value):
-        seconds = sum(int(n) * _SECONDS[unit] for n, unit in _UNIT.findall(value))
-        since = now - seconds * 1000
-    else:
-        try:
-            moment = datetime.fromisoformat(value) if value.isascii() else None
-        except ValueError:
-            moment = None
-        if moment is None or moment.tzinfo is None:
-            raise UsageError(
-                f"--since {text!r}: expected a duration (90s, 30m, 2h, 1d, 1h30m) or an RFC "
-                "3339 time with its offset (2026-11-26T06:00:00Z)"
-            )
-        since = int(moment.timestamp() * 1000)
-    if since < 0:  # stream entry ids count from 1970; datetime ends at the year 1
+    try:
+        given = parse_duration_or_time(text, allow_zero=True)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    since = now - given // MILLISECOND if isinstance(given, timedelta) else unix_ms(given)
+    if since < 0:  # stream entry ids count from 1970
         raise UsageError(
             f"--since {text!r} is before 1970-01-01: leave --since out for every dead letter"
         )
@@ -86,7 +76,7 @@ async def run_redrive(
             stream=queue.stream,
             dead_stream=queue.dead_stream,
             reason=reason,
-            since=None if since_ms is None else _rfc3339(since_ms),
+            since=None if since_ms is None else utc_text(from_unix(since_ms / 1000), "seconds"),
         )
         mover = _Mover(queue, recorder, _Choice(reason, since_ms), settings.dry_run, out)
         interrupted = await runtime.supervise(mover.run(), mover.stop)
@@ -183,12 +173,8 @@ def _described(dead: DeadLetter) -> str:
     fields = shown(dead.fields)
     ids = fields.get("audience_ids", "")
     count = len([i for i in re.split(r"[\s,\[\]]+", ids) if i])
+    at = utc_text(from_unix(dead.dead_at_ms / 1000), "seconds")
     return (
-        f"{dead.reason or 'no reason'} (dead-lettered {_rfc3339(dead.dead_at_ms)}; campaign "
+        f"{dead.reason or 'no reason'} (dead-lettered {at}; campaign "
         f"{fields.get('campaign_id', '?')}, {count} ids; was {dead.entry_id or '?'})"
     )
-
-
-def _rfc3339(unix_ms: int) -> str:
-    moment = datetime.fromtimestamp(unix_ms / 1000, UTC)
-    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")

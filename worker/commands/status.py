@@ -22,7 +22,6 @@ import sys
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -35,6 +34,7 @@ from worker.queue.intake import open_queue
 from worker.sending.credentials import redact_url
 from worker.settings import Settings
 from worker.state.checkpoint import LOCK_FILE, STATE_FILE, Checkpoint, StateStore, count
+from worker.times import from_unix, utc_text
 
 STATE_ROOT = Path("purge-state")
 
@@ -145,7 +145,7 @@ class Summary:
             "done_above_watermark": count(p.done_above),
             "complete": p.complete,
             "runs": p.run_ids,
-            "last_checkpoint": _rfc3339(self.checkpoint_at),
+            "last_checkpoint": utc_text(from_unix(self.checkpoint_at), "seconds"),
             "last_checkpoint_age_s": round(time.time() - self.checkpoint_at, 1),
             "locked": self.lock.held,
             "lock_holder": self.lock.holder,
@@ -269,10 +269,6 @@ def _target(target: Mapping[str, Any]) -> str:
     if target.get("shard"):
         parts.append(f"shard {target['shard']}")
     return ", ".join(parts)
-
-
-def _rfc3339(unix: float) -> str:
-    return datetime.fromtimestamp(unix, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def _age(seconds: float) -> str:

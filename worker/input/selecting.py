@@ -26,13 +26,12 @@ import csv
 import hashlib
 import io
 import os
-import re
 import shutil
 import sys
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import IO, Any
 
@@ -51,15 +50,11 @@ from worker.files import (
 )
 from worker.input.validate import parse_id
 from worker.sending.listing import AudienceReader, Filters, Page, Reader, read_whole, refused
+from worker.times import parse_duration, parse_timestamp, shifted, utc_text
 
 STATUS_CODES = {"fresh": 0, "completed": 1, "halted": 2, "inqueue": 3}
 HEADER = ("campaign_id", "audience_id", "status", "attempt", "last_attempt", "call_status")
-MAX_AGE = timedelta(days=100 * 365)  # an age beyond it is a typo, and beyond datetime's range
 SELECTIONS = Path("purge-selections")  # where run --select keeps its selections by default
-# Lower case only: 6M is six months to many a reader of a retention rule, and six minutes
-# here; an age in months or years is given in days (the vendor's calendar is unknown).
-_AGE = re.compile(r"\s*([0-9]{1,6})\s*([mhdw])\s*")
-_AGE_UNITS = {"m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400}
 _NEVER = ("", "0000-00-00 00:00:00", "0000-00-00")
 log = structlog.get_logger("audience_purge.select")
 
@@ -163,7 +158,7 @@ def rule_from(args: argparse.Namespace, campaign_id: int | None, now: datetime) 
         )
     before = None
     if args.older_than:
-        before = now - parse_age(args.older_than)
+        before = _cutoff(now, parse_age(args.older_than))
     elif args.last_attempt_before:
         before = parse_time(args.last_attempt_before, "--last-attempt-before")
     attempts = tuple(sorted(set(args.attempt or ())))
@@ -181,21 +176,22 @@ def rule_from(args: argparse.Namespace, campaign_id: int | None, now: datetime) 
 
 
 def parse_age(text: str) -> timedelta:
-    """``180d``, ``12w``, ``36h``, ``90m``.
+    """An age above zero in :mod:`worker.times`'s grammar (``180d``, ``12w``, ``1h30m``).
 
     Raises:
-        UsageError: anything else, or zero.
+        UsageError: anything else.
     """
-    found = _AGE.fullmatch(text)
-    if found is None or int(found[1]) == 0:
-        raise UsageError(
-            f"--older-than: expected an age such as 180d, 12w, 36h or 90m (minutes), got "
-            f"{text!r}; give months or years in days (6 months: 183d)"
-        )
-    seconds = int(found[1]) * _AGE_UNITS[found[2]]
-    if seconds > MAX_AGE.total_seconds():
-        raise UsageError(f"--older-than: {text!r} is more than {MAX_AGE.days // 365} years")
-    return timedelta(seconds=seconds)
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
+
+
+def _cutoff(now: datetime, age: timedelta) -> datetime:
+    try:
+        return shifted(now, -age)
+    except ValueError as exc:
+        raise UsageError(f"--older-than: {exc}") from None
 
 
 def parse_time(text: str, flag: str) -> datetime:
@@ -205,28 +201,9 @@ def parse_time(text: str, flag: str) -> datetime:
         UsageError: not a date or time, or one out of datetime's range in UTC.
     """
     try:
-        return _utc(text)
-    except ValueError:
-        raise UsageError(
-            f"{flag}: expected a date (2026-06-01) or a time (2026-06-01T00:00:00Z) between "
-            f"the years 1 and 9999 in UTC, got {text!r}"
-        ) from None
-
-
-def _utc(text: str) -> datetime:
-    """An ISO 8601 date or time, in UTC: one without a zone is taken as UTC.
-
-    Raises:
-        ValueError: it is neither (its digits ASCII), or it is beyond the years 1 to 9999
-            once in UTC (``9999-12-31T23:59:59-23:59``).
-    """
-    if not text.isascii():
-        raise ValueError("not ASCII")
-    when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    try:
-        return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    except OverflowError:
-        raise ValueError("beyond the years 1 to 9999 in UTC") from None
+        return parse_timestamp(text)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
 
 
 def last_attempt(record: Mapping[str, Any]) -> datetime | None:
@@ -241,7 +218,7 @@ def last_attempt(record: Mapping[str, Any]) -> datetime | None:
     if not isinstance(value, str):
         raise SelectionError(f"record {record['id']}: last_attempt {value!r} is not a time")
     try:
-        return _utc(value)
+        return parse_timestamp(value)
     except ValueError:
         raise SelectionError(
             f"record {record['id']}: last_attempt {value!r} is not a time"
@@ -275,7 +252,7 @@ def _attempts(record: Mapping[str, Any]) -> int | None:
 
 def _stamp(when: datetime | None) -> str | None:
     """RFC 3339 in UTC, to the microsecond the cutoff has (``0001-01-01T00:00:00Z``)."""
-    return None if when is None else when.isoformat().replace("+00:00", "Z")
+    return None if when is None else utc_text(when)
 
 
 @dataclass(slots=True)

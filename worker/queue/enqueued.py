@@ -29,6 +29,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from worker.errors import StateError
 from worker.queue.streams import StreamQueue, raise_if_cancelled, unavailable
+from worker.times import utc_text
 
 COMPLETE, WRITING = "complete", "writing"
 _TAKEN = "TAKEN"
@@ -84,7 +85,7 @@ class Claim:
 
 
 def now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return utc_text(datetime.now(UTC), "milliseconds")
 
 
 # KEYS: the marker. ARGV: run id, force (1/0), batch size, now, then name/value pairs to

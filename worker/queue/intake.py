@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
 from functools import partial
 
 import structlog
@@ -34,6 +34,7 @@ from worker.queue.streams import QueueUnavailable, StreamQueue, open_redis
 from worker.records.recorder import Recorder
 from worker.sending.credentials import redact_url
 from worker.settings import Settings
+from worker.times import from_unix, utc_text
 
 log = structlog.get_logger("audience_purge.intake")
 
@@ -278,5 +279,4 @@ def _shown(entry: PendingEntry, claim_ms: int) -> dict[str, object]:
 
 
 def _at(in_ms: int) -> str:
-    moment = datetime.now(UTC).timestamp() + in_ms / 1000
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    return utc_text(from_unix(time.time() + in_ms / 1000), "seconds")

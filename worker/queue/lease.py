@@ -26,6 +26,7 @@ import structlog
 
 from worker.errors import ServiceUnavailable, UsageError
 from worker.queue.streams import QueueUnavailable, StreamQueue, ask
+from worker.times import utc_text
 
 log = structlog.get_logger("audience_purge.queue")
 
@@ -65,7 +66,7 @@ class Lease:
         self._queue = queue
         self._ms = round((lease_s or LEASE_S) * 1000)
         self.key = lease_key(queue)
-        when = datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+        when = utc_text(datetime.now(UTC), "seconds")
         self.value = (
             f"PID {os.getpid()} on {socket.gethostname()} since {when} ({secrets.token_hex(4)})"
         )

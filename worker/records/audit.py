@@ -31,6 +31,7 @@ import structlog
 from worker.errors import ConfigError, OutputError
 from worker.files import make_dirs, open_private
 from worker.records.audit_query import ZERO_HASH, head_hmac
+from worker.times import utc_text
 
 if TYPE_CHECKING:
     from worker.records.signing import Signer
@@ -255,7 +256,7 @@ def _normalised(record: dict[str, Any]) -> dict[str, Any]:
 
 def _now() -> str:
     """RFC 3339, UTC, microseconds: ``2026-11-30T04:56:12.123456Z``."""
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+    return utc_text(datetime.now(UTC))
 
 
 class AuditLog:

@@ -26,6 +26,7 @@ from pyroaring import BitMap64
 from worker.input.validate import MAX_ID
 from worker.records.audit_query import Verdict, declares_key, duplicate_rows
 from worker.sending.credentials import redact_urls
+from worker.times import parse_timestamp, utc_text
 
 if TYPE_CHECKING:
     from worker.records.signing import SignatureCheck
@@ -108,11 +109,10 @@ def _ts(record: dict[str, Any]) -> datetime | None:
     value = record.get("ts")
     if not isinstance(value, str):
         return None
-    try:
-        when = datetime.fromisoformat(value)
+    try:  # RFC 3339 with its offset: naive ones would not compare
+        return parse_timestamp(value, assume_utc=False)
     except ValueError:
         return None
-    return when if when.tzinfo is not None else None  # RFC 3339 UTC; naive ones do not compare
 
 
 def _count(value: Any) -> int:
@@ -545,7 +545,7 @@ def _unsigned_note(found: Figures, campaign: int, verdict: str) -> str:
 
 
 def _iso(when: datetime | None) -> str | None:
-    return None if when is None else when.isoformat()
+    return None if when is None else utc_text(when)
 
 
 def _chart(found: Figures) -> list[str]:

@@ -24,6 +24,7 @@ import structlog
 
 from worker.records.tally import Tally
 from worker.settings import Settings
+from worker.times import utc_text
 
 log = structlog.get_logger("audience_purge.guards")
 
@@ -89,7 +90,7 @@ async def watch_deadline(
     while True:
         left = (deadline - datetime.now(UTC)).total_seconds()
         if left <= 0:
-            log.warning("deadline passed: stopping gracefully", deadline=deadline.isoformat())
+            log.warning("deadline passed: stopping gracefully", deadline=utc_text(deadline))
             on_passed()
             return
         eta = eta_seconds(tally, total_lines(), time.monotonic() - started)
@@ -101,7 +102,7 @@ async def watch_deadline(
                     "deadline at risk: at the measured rate the purge ends after it",
                     eta_s=round(eta),
                     deadline_in_s=round(left),
-                    deadline=deadline.isoformat(),
+                    deadline=utc_text(deadline),
                 )
         await asyncio.sleep(min(interval, left))
 

@@ -21,6 +21,7 @@ from worker.settings.declare import (
     one_of,
     path,
     rate_spec,
+    seconds,
     secret,
     setting,
     text,
@@ -107,7 +108,7 @@ class Settings:
         commands=(RUN, ENQUEUE, CONSUME),
     )
     timeout: float = setting(
-        30.0, number(0.1, 3600), "seconds per request", flag="--timeout S", commands=_API
+        30.0, seconds(0.1, 3600), "seconds per request", flag="--timeout S", commands=_API
     )
     max_attempts: int = setting(
         6,
@@ -117,12 +118,12 @@ class Settings:
         commands=_API,
     )
     max_retry_time: float = setting(
-        300.0, number(0.0, 86400), "seconds one batch may spend on attempts and backoff"
+        300.0, seconds(0.0, 86400), "seconds one batch may spend on attempts and backoff"
     )
     backoff_initial: float = setting(
-        0.5, number(0.0, 600), "seconds of the first backoff at most, doubling up to backoff_max"
+        0.5, seconds(0.0, 600), "seconds of the first backoff at most, doubling up to backoff_max"
     )
-    backoff_max: float = setting(30.0, number(0.0, 3600), "seconds of the longest backoff")
+    backoff_max: float = setting(30.0, seconds(0.0, 3600), "seconds of the longest backoff")
     campaign_id: int | None = setting(
         None,
         integer(1, 2**63 - 1),
@@ -213,13 +214,13 @@ class Settings:
     )
     grace: float = setting(
         20.0,
-        number(0.0, 3600),
+        seconds(0.0, 3600),
         "seconds in-flight requests get after SIGTERM/SIGINT",
         flag="--grace S",
         commands=_SENDING,
     )
     checkpoint_interval: float = setting(
-        1.0, number(0.05, 3600), "seconds between two checkpoints of the progress"
+        1.0, seconds(0.05, 3600), "seconds between two checkpoints of the progress"
     )
     # Kubernetes Indexed Jobs set JOB_COMPLETION_INDEX; the count must be given.
     shard_index: int | None = setting(
@@ -248,7 +249,7 @@ class Settings:
     )
     redis_backoff_initial: float = setting(
         0.5,
-        number(0.0, 600),
+        seconds(0.0, 600),
         "seconds of the first wait at most after a failed Redis call, doubling up to "
         "redis_backoff_max",
         flag="--redis-backoff-initial S",
@@ -256,14 +257,14 @@ class Settings:
     )
     redis_backoff_max: float = setting(
         5.0,
-        number(0.0, 3600),
+        seconds(0.0, 3600),
         "seconds of the longest wait between Redis retries",
         flag="--redis-backoff-max S",
         commands=_REDIS,
     )
     redis_outage_max: float = setting(
         0.0,
-        number(0.0, 31_536_000),
+        seconds(0.0, 31_536_000),
         "seconds consume keeps retrying its reads while Redis is away (connection refused, "
         "timeouts, loading, failing over) before it ends with exit 69; 0: for as long as it "
         "takes",
@@ -316,7 +317,7 @@ class Settings:
     )
     claim_idle: float = setting(
         600.0,
-        number(1.0, 86400 * 7),
+        seconds(1.0, 86400 * 7),
         "take over entries idle this many seconds; above max_retry_time + timeout",
         flag="--claim-idle S",
         commands=(CONSUME,),
@@ -394,8 +395,8 @@ class Settings:
         None,
         deadline_parser,
         "stop gracefully at this time (exit 75, resumable): a duration from the start such "
-        "as 2h or 1h30m, or an RFC 3339 time such as 2026-12-01T03:00:00Z; the ETA is "
-        "logged, and a warning comes once if the deadline is at risk",
+        "as 2h or 1h30m, or an RFC 3339 time such as 2026-12-01T03:00:00Z (see Durations and "
+        "times); the ETA is logged, and a warning comes once if the deadline is at risk",
         flag="--deadline WHEN",
         commands=_SENDING,
     )
@@ -407,7 +408,7 @@ class Settings:
         commands=(RUN,),
     )
     progress_interval: float = setting(
-        5.0, number(0.1, 3600), "seconds between two progress log events"
+        5.0, seconds(0.1, 3600), "seconds between two progress log events"
     )
     log_level: str = setting(
         "info",

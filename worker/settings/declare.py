@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from worker.sending.credentials import Secret
 from worker.settings.rate import UNITS, RateSpec, parse_rate
+from worker.times import Unreadable, parse_duration
 
 DECLARATION = "setting"
 _T = TypeVar("_T")
@@ -160,6 +161,25 @@ def number(low: float, high: float) -> Callable[[Any], float]:
         if not low <= number <= high:
             raise ValueError(f"must be between {low:g} and {high:g}, got {number:g}")
         return number
+
+    return parse
+
+
+def seconds(low: float, high: float) -> Callable[[Any], float]:
+    """A parser of a time in seconds from ``low`` to ``high``: a number (``2.5``) or a
+    duration in :mod:`worker.times`'s grammar (``90s``, ``10m``, ``1h30m``)."""
+    within = number(low, high)
+
+    def parse(value: Any) -> float:
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value.strip()):
+            try:
+                value = parse_duration(value, allow_zero=True).total_seconds()
+            except Unreadable:
+                raise ValueError(
+                    "expected a number of seconds (digits 0-9), e.g. 2.5, or a duration such as "
+                    f"90s, 10m or 1h30m, got {value!r}"
+                ) from None
+        return within(value)
 
     return parse
 

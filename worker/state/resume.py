@@ -35,6 +35,7 @@ from worker.state.checkpoint import (
     pairs_from,
 )
 from worker.state.watermark import Ledger
+from worker.times import utc_text
 
 log = structlog.get_logger("audience_purge.resume")
 
@@ -263,7 +264,7 @@ class Checkpointer:
         tally, prior = self.recorder.tally, self.prior
         if prior is not None and prior.completed_by and not (tally.rows or tally.requests):
             return prior.completed_by
-        return {"run_id": self.recorder.audit.run_id, "at": datetime.now(UTC).isoformat()}
+        return {"run_id": self.recorder.audit.run_id, "at": utc_text(datetime.now(UTC))}
 
     def save(self, *, complete: bool = False) -> None:
         """Audit first, then state: the state never claims more than the audit proves."""
