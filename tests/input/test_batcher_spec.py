@@ -75,3 +75,15 @@ def test_a_partial_batch_is_handed_out_once_exactly_stale_rows_old() -> None:
     handed = [batch for row in rows for batch in batcher.add(row)]
 
     assert [b.audience_ids for b in handed if b.campaign_id == 7] == [(1000,)]
+
+
+def test_a_batch_opened_by_a_block_ages_from_its_own_first_row() -> None:
+    batcher = Batcher(10, stale_rows=1023)
+    rows = input_rows([5, 7] + [42] * 1022)
+    batcher.add(rows[0])  # campaign 5 opens on row 1
+    batcher.extend(7, [rows[1].audience_id], [rows[1].offset], rows[1].line)  # 7 on row 2
+
+    handed = [batch for row in rows[2:] for batch in batcher.add(row)]
+
+    # at row 1024, campaign 5's batch is 1023 rows old, campaign 7's 1022: not stale yet
+    assert [b.campaign_id for b in handed if b.campaign_id != 42] == [5]
