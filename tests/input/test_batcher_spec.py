@@ -87,3 +87,13 @@ def test_a_batch_opened_by_a_block_ages_from_its_own_first_row() -> None:
 
     # at row 1024, campaign 5's batch is 1023 rows old, campaign 7's 1022: not stale yet
     assert [b.campaign_id for b in handed if b.campaign_id != 42] == [5]
+
+
+@pytest.mark.parametrize("size", [257, 1000])
+def test_a_batch_of_more_than_256_ids_is_handed_out_when_full(size: int) -> None:
+    batcher = Batcher(size)
+    rows = input_rows([42] * (size + 1))
+
+    handed = [batch for row in rows for batch in batcher.add(row)]
+
+    assert [len(b.audience_ids) for b in handed] == [size]
