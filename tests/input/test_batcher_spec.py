@@ -44,7 +44,7 @@ def input_rows(campaigns: list[int]) -> list[Row]:
     return [Row(2 + n, c, 1000 + n, 20 + 7 * n) for n, c in enumerate(campaigns)]
 
 
-@pytest.mark.parametrize("size", [1, 3, 10, 100])
+@pytest.mark.parametrize("size", [1, 3, 10, 100, 300])
 @pytest.mark.parametrize("block", [1, 4, 37, 5000])
 def test_a_block_at_once_gives_every_field_of_every_batch_as_rows_one_by_one_do(
     size: int, block: int
