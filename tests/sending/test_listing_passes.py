@@ -34,22 +34,35 @@ async def listed(campaign: Any, limit: int, passes: int = 5) -> tuple[Listing, P
     return listing, taken
 
 
-async def test_a_second_pass_listing_more_than_the_first_does_not_prove_it() -> None:
-    """Record 55 is added between passes 1 and 2, at the start of page 2; during pass 2,
-    record 10 (on page 1, read) goes and record 200 comes: pass 2 skips 55, yet lists every
-    id of pass 1 and as many ids as it reports. Only equal passes prove a listing."""
+Change = tuple[tuple[int, str, int], list[int], list[int]]
+
+
+def campaign_changing(ids: range, *changes: Change) -> OffsetCampaign:
+    """A campaign of ``ids`` to which ``((pass, kind, page), removed, added)`` happens just
+    before that answer of that pass (a pass begins with its stats read)."""
     passes = 0
 
     def meddle(kind: str, number: int) -> None:
         nonlocal passes
         passes += kind == "stats"
-        if passes == 2 and kind == "stats":
-            campaign.add(55)
-        if passes == 2 and kind == "page" and number == 2:
-            campaign.remove(10)
-            campaign.add(200)
+        for when, removed, added in changes:
+            if when == (passes, kind, number):
+                for gone in removed:
+                    campaign.remove(gone)
+                for new in added:
+                    campaign.add(new)
 
-    campaign = OffsetCampaign(range(10, 101, 10), before=meddle)
+    campaign = OffsetCampaign(ids, before=meddle)
+    return campaign
+
+
+async def test_a_second_pass_listing_more_than_the_first_does_not_prove_it() -> None:
+    """Record 55 is added between passes 1 and 2, at the start of page 2; during pass 2,
+    record 10 (on page 1, read) goes and record 200 comes: pass 2 skips 55, yet lists every
+    id of pass 1 and as many ids as it reports. Only equal passes prove a listing."""
+    campaign = campaign_changing(
+        range(10, 101, 10), ((2, "stats", 0), [], [55]), ((2, "page", 2), [10], [200])
+    )
     listing, taken = await listed(campaign, limit=5)
 
     assert sorted(taken.ids[2]) == [10, 20, 30, 40, 50, 60, 70, 80, 90, 100, 200]  # no 55
@@ -77,16 +90,7 @@ async def test_a_page_repeating_a_record_of_its_pass_ends_the_pass_there() -> No
     """Record 5 added before the pages read and record 200 removed after them (the total
     unchanged) shifts page 2 right: it repeats 50, and the pass ends at once, its last
     two pages unread."""
-    passes = 0
-
-    def meddle(kind: str, number: int) -> None:
-        nonlocal passes
-        passes += kind == "stats"
-        if passes == 1 and kind == "page" and number == 2:
-            campaign.add(5)
-            campaign.remove(200)
-
-    campaign = OffsetCampaign(range(10, 201, 10), before=meddle)
+    campaign = campaign_changing(range(10, 201, 10), ((1, "page", 2), [200], [5]))
     listing, taken = await listed(campaign, limit=5, passes=1)
 
     assert listing.why == "page 2 repeats a record of its pass (the pages shifted) (1 passes)"
@@ -137,15 +141,7 @@ async def test_pages_read_before_answers_that_are_no_listing_are_all_counted() -
 async def test_a_record_removed_between_two_passes_takes_a_third_to_prove_the_listing() -> None:
     """Pass 2 lists a subset of pass 1 (record 30 went between them): the two passes
     differ, so a third must agree with the second."""
-    stats = 0
-
-    def meddle(kind: str, number: int) -> None:
-        nonlocal stats
-        stats += kind == "stats"
-        if stats == 2 and kind == "stats":
-            campaign.remove(30)
-
-    campaign = OffsetCampaign(range(10, 101, 10), before=meddle)
+    campaign = campaign_changing(range(10, 101, 10), ((2, "stats", 0), [30], []))
     listing, taken = await listed(campaign, limit=5)
 
     assert (listing.passes, listing.pages, listing.listed, listing.why) == (3, 6, 9, None)
