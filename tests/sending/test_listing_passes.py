@@ -122,20 +122,22 @@ async def test_a_pass_of_many_pages_reads_exactly_the_pages_its_total_makes() ->
 
 
 async def test_pages_read_before_answers_that_are_no_listing_are_all_counted() -> None:
-    """Pass 1 reads its 2 pages; pass 2 reads page 1, then its page 2 is no listing."""
+    """Pass 1 reads its 3 pages; pass 2 reads page 1, then its page 2 is no listing."""
 
     class Breaking(OffsetCampaign):
         async def page(
             self, campaign_id: int, number: int, limit: int, filters: Filters = ()
         ) -> Page:
-            if self.requests >= 5:
+            if self.requests >= 6:  # stats and 3 pages, stats and 1 page
                 raise NotAListing("not_a_listing", message="an error with a 200")
             return await super().page(campaign_id, number, limit, filters)
 
-    listing, taken = await listed(Breaking(range(1, 11)), limit=5)
+    listing, taken = await listed(Breaking(range(1, 12)), limit=5)
 
-    assert listing == Listing(2, 3, 5, "not_a_listing: an error with a 200 (kept answering so)")
+    assert listing == Listing(2, 4, 5, "not_a_listing: an error with a 200 (kept answering so)")
     assert BitMap64(taken.ids[2]) == BitMap64(range(1, 6))
+    bare, _ = await listed(Breaking(range(1, 12)), limit=5, passes=1)
+    assert bare.why == "a consistent pass, not yet confirmed by a second (1 passes)"
 
 
 async def test_a_record_removed_between_two_passes_takes_a_third_to_prove_the_listing() -> None:
@@ -180,3 +182,35 @@ def test_a_refusal_whose_message_is_its_reason_says_it_once() -> None:
     assert (failed.status, failed.message) == (400, "Campaign not exist")
     again = refused(RetryableError("HTTP 503", message="busy"), "cannot list")
     assert str(again) == "cannot list: still failing after its retries: HTTP 503: busy"
+    silent = refused(RetryableError("timeout"), "cannot list")
+    assert str(silent) == "cannot list: still failing after its retries: timeout"
+
+
+async def test_a_page_listing_more_records_than_the_total_it_reports_is_no_proof() -> None:
+    """Totals of 3 on a page of 5 records (no more than the limit of 5, one page as 3
+    make): every pass alike, and still not a listing of 3 records."""
+
+    class Overfull(OffsetCampaign):
+        async def page(
+            self, campaign_id: int, number: int, limit: int, filters: Filters = ()
+        ) -> Page:
+            page = await super().page(campaign_id, number, limit, filters)
+            return Page(page.records, 3, 1)
+
+        async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
+            return {"total_audience": 3}
+
+    listing, _ = await listed(Overfull(range(1, 6)), limit=5, passes=2)
+
+    assert listing == Listing(2, 2, 5, "listed 5 records of the 3 it reports (2 passes)")
+
+
+async def test_passes_that_keep_differing_say_so() -> None:
+    """A record goes before every pass: no two passes agree."""
+    campaign = campaign_changing(range(1, 11), *(((n, "stats", 0), [n], []) for n in range(2, 4)))
+    listing, _ = await listed(campaign, limit=5, passes=3)
+
+    assert listing.why == (
+        "two passes in a row listed different records: the campaign changed while it was "
+        "listed (3 passes)"
+    )
