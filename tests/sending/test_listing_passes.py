@@ -56,6 +56,22 @@ def campaign_changing(ids: range, *changes: Change) -> OffsetCampaign:
     return campaign
 
 
+class OneFalseTotal(OffsetCampaign):
+    """A campaign whose stats and pages report ``total`` records in one page, whatever
+    they list."""
+
+    def __init__(self, ids: range, *, total: int) -> None:
+        super().__init__(ids)
+        self.total = total
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        page = await super().page(campaign_id, number, limit, filters)
+        return Page(page.records, self.total, 1)
+
+    async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
+        return {"total_audience": self.total}
+
+
 async def test_a_second_pass_listing_more_than_the_first_does_not_prove_it() -> None:
     """Record 55 is added between passes 1 and 2, at the start of page 2; during pass 2,
     record 10 (on page 1, read) goes and record 200 comes: pass 2 skips 55, yet lists every
@@ -154,17 +170,7 @@ async def test_a_listing_reporting_no_records_while_listing_some_reads_one_page_
     """totalRecords 0 (with totalPages 1, as classify_listing allows) and three records on
     page 1: the pass ends after the pages its total makes (one), not at an empty page."""
 
-    class Contradicting(OffsetCampaign):
-        async def page(
-            self, campaign_id: int, number: int, limit: int, filters: Filters = ()
-        ) -> Page:
-            page = await super().page(campaign_id, number, limit, filters)
-            return Page(page.records, 0, 1)
-
-        async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
-            return {"total_audience": 0}
-
-    campaign = Contradicting(range(1, 4))
+    campaign = OneFalseTotal(range(1, 4), total=0)
     listing, _ = await listed(campaign, limit=5, passes=2)
 
     assert listing == Listing(2, 2, 3, "listed 3 records of the 0 it reports (2 passes)")
@@ -190,17 +196,7 @@ async def test_a_page_listing_more_records_than_the_total_it_reports_is_no_proof
     """Totals of 3 on a page of 5 records (no more than the limit of 5, one page as 3
     make): every pass alike, and still not a listing of 3 records."""
 
-    class Overfull(OffsetCampaign):
-        async def page(
-            self, campaign_id: int, number: int, limit: int, filters: Filters = ()
-        ) -> Page:
-            page = await super().page(campaign_id, number, limit, filters)
-            return Page(page.records, 3, 1)
-
-        async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
-            return {"total_audience": 3}
-
-    listing, _ = await listed(Overfull(range(1, 6)), limit=5, passes=2)
+    listing, _ = await listed(OneFalseTotal(range(1, 6), total=3), limit=5, passes=2)
 
     assert listing == Listing(2, 2, 5, "listed 5 records of the 3 it reports (2 passes)")
 
