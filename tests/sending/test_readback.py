@@ -21,7 +21,7 @@ from worker.sandbox.runner import SandboxHandle
 from worker.sending.audience_stats import compare_stats, explain, take_stats
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
-from worker.sending.listing import MAX_PASSES, Filters, Page, Reader
+from worker.sending.listing import MAX_PASSES, Filters, NotAListing, Page, Reader
 from worker.sending.ratelimit import rate_gate
 from worker.sending.readback import read_back
 from worker.sending.retry import RetryPolicy
@@ -498,3 +498,44 @@ async def test_an_emptied_campaign_listed_empty_while_its_stats_count_records_is
     assert checked.campaigns[42].unproven == (
         "campaign-audience-stats counts 50 records and audience-list 0"
     )
+
+
+class NoListing(OffsetCampaign):
+    """Page 1 answers what is no listing, however often it is asked for."""
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.requests += 1
+        raise NotAListing("not_a_listing", message="an error with a 200")
+
+
+async def test_an_emptied_campaign_answering_no_listing_is_unproven_with_its_reason() -> None:
+    recorder = NoRecorder()
+    checked = await read_back(NoListing([]), cast(Recorder, recorder), deleted({}, [42]), 10)
+
+    check = checked.campaigns[42]
+    assert check.fields() == {
+        "checked": 0,
+        "still_present": 0,
+        "listed": 0,
+        "pages": 1,
+        "passes": 1,
+        "emptied": True,
+        "unproven": "not_a_listing: an error with a 200",
+    }
+    assert recorder.records == [
+        {
+            "campaign_id": 42,
+            "checked": 0,
+            "still_present": [],
+            "listed": 0,
+            "pages": 1,
+            "passes": 1,
+            "unproven": "not_a_listing: an error with a 200",
+        }
+    ]
+    assert not checked.proven
+    assert checked.fields() == {
+        "verified": 0,
+        "still_present": 0,
+        "unproven": {"42": "not_a_listing: an error with a 200"},
+    }
