@@ -539,3 +539,33 @@ async def test_an_emptied_campaign_answering_no_listing_is_unproven_with_its_rea
         "still_present": 0,
         "unproven": {"42": "not_a_listing: an error with a 200"},
     }
+
+
+class StatsSayEmpty(OffsetCampaign):
+    """Stats that count no record beside a listing of ``ids``; every page asked for is
+    noted as (page, limit)."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        super().__init__(ids)
+        self.asked: list[tuple[int, int]] = []
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.asked.append((number, limit))
+        return await super().page(campaign_id, number, limit, filters)
+
+    async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
+        return {"total_audience": 0}
+
+
+async def test_an_emptied_campaign_is_checked_by_page_1_of_one_record_against_its_stats() -> None:
+    """Page 1 (the page classify_listing checks for "an empty first page of records") of
+    one record: its total is the whole answer. A total above the stats' is a disagreement
+    of the two counts, not records added since."""
+    campaign = StatsSayEmpty(range(1, 6))
+    checked = await read_back(campaign, cast(Recorder, NoRecorder()), deleted({}, [42]), 10)
+
+    assert campaign.asked == [(1, 1)]
+    assert checked.campaigns[42].unproven == (
+        "campaign-audience-stats counts 0 records and audience-list 5"
+    )
+    assert checked.campaigns[42].listed == 5
