@@ -569,3 +569,25 @@ async def test_an_emptied_campaign_is_checked_by_page_1_of_one_record_against_it
         "campaign-audience-stats counts 0 records and audience-list 5"
     )
     assert checked.campaigns[42].listed == 5
+
+
+async def test_a_campaign_emptied_after_deletions_and_still_listing_records_is_unproven() -> None:
+    """Ids deleted, then delete-all: a proven listing that still holds records (none of
+    the deleted ids) does not prove the campaign emptied; a listing that is not proven
+    keeps its own reason."""
+    checked = await read_back(
+        OffsetCampaign([7, 8]), cast(Recorder, NoRecorder()), deleted({42: [1]}, [42]), 10
+    )
+
+    check = checked.campaigns[42]
+    assert (len(check.still_present), check.listed, check.passes, check.emptied) == (0, 2, 2, True)
+    assert check.unproven == (
+        "emptied by delete-all, yet it holds 2 records: added since, or the delete-all did "
+        "not apply (not listed as failed: they may be new records)"
+    )
+    assert not checked.proven
+    lagging = StatsSayEmpty([7, 8])
+    again = await read_back(lagging, cast(Recorder, NoRecorder()), deleted({42: [1]}, [42]), 10)
+    assert again.campaigns[42].unproven == (
+        f"campaign-audience-stats counts 0 records and audience-list 2 ({MAX_PASSES} passes)"
+    )
