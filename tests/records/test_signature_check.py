@@ -9,6 +9,7 @@ from typing import Any
 
 import orjson
 import pytest
+from audit_trails import signing_keys
 
 from worker.errors import ConfigError
 from worker.records.signing import (
@@ -26,12 +27,7 @@ Record = dict[str, Any]
 
 @pytest.fixture(scope="module")
 def pair(tmp_path_factory: pytest.TempPathFactory) -> tuple[Signer, Checker]:
-    folder = tmp_path_factory.mktemp("keys")
-    private, public = new_key_pair()
-    (folder / "a.key").write_bytes(private)
-    (folder / "a.key").chmod(0o600)
-    (folder / "a.pub").write_bytes(public)
-    return load_signer(folder / "a.key"), load_checker(folder / "a.pub")
+    return signing_keys(tmp_path_factory.mktemp("keys"))
 
 
 def chain(signer: Signer | None, *events: str, run_id: str = "r1") -> list[Record]:
