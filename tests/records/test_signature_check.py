@@ -147,7 +147,7 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     tmp_path: Path, pair: tuple[Signer, Checker]
 ) -> None:
     signer, checker = pair
-    records = chain(signer, "run_started", *["head_signed"] * 6, "run_finished")
+    records = chain(signer, "run_started", *["head_signed"] * 7, "run_finished")
     records[1]["event"] = "batch"  # a signature on a record the writer never signs
     records[2]["signing_key_id"] = "0123456789abcdef"
     records[3]["seq"] = 99  # changed after signing
@@ -156,7 +156,8 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     records[5]["head_signature"] = signer.sign(records[5])
     records[6]["signed_hash"] = "f" * 64
     records[6]["head_signature"] = signer.sign(records[6])
-    records[7]["head_signature"] = "not hex"
+    records[7]["signing_key_id"] = "f" * 16  # another key's id, sorting after ours
+    records[8]["head_signature"] = "not hex"
     path = write(tmp_path / "a.jsonl", records)
 
     found = check_signatures([path], checker)
@@ -168,7 +169,8 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
         (5, "head_signed has no head_signature: the signature was removed"),
         (6, "head_signed does not name the record before it"),
         (7, "head_signed does not name the record before it"),
-        (8, "head_signature does not verify: the record was changed or the chain rebuilt"),
+        (8, f"signed by key 'ffffffffffffffff', not by the public key given ({signer.key_id})"),
+        (9, "head_signature does not verify: the record was changed or the chain rebuilt"),
         NOT_SIGNED,
     ]
     assert (found.verified, found.last_signed) == (0, None)
