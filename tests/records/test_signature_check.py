@@ -147,7 +147,7 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     tmp_path: Path, pair: tuple[Signer, Checker]
 ) -> None:
     signer, checker = pair
-    records = chain(signer, "run_started", *["head_signed"] * 7, "run_finished")
+    records = chain(signer, "run_started", *["head_signed"] * 8, "run_finished")
     records[1]["event"] = "batch"  # a signature on a record the writer never signs
     records[2]["signing_key_id"] = "0123456789abcdef"
     records[3]["seq"] = 99  # changed after signing
@@ -157,7 +157,9 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     records[6]["signed_hash"] = "f" * 64
     records[6]["head_signature"] = signer.sign(records[6])
     records[7]["signing_key_id"] = "f" * 16  # another key's id, sorting after ours
-    records[8]["head_signature"] = "not hex"
+    records[8]["signed_hash"] = "0" * 64  # sorting before the hash it should be
+    records[8]["head_signature"] = signer.sign(records[8])
+    records[9]["head_signature"] = "not hex"
     path = write(tmp_path / "a.jsonl", records)
 
     found = check_signatures([path], checker)
@@ -170,7 +172,8 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
         (6, "head_signed does not name the record before it"),
         (7, "head_signed does not name the record before it"),
         (8, f"signed by key 'ffffffffffffffff', not by the public key given ({signer.key_id})"),
-        (9, "head_signature does not verify: the record was changed or the chain rebuilt"),
+        (9, "head_signed does not name the record before it"),
+        (10, "head_signature does not verify: the record was changed or the chain rebuilt"),
         NOT_SIGNED,
     ]
     assert (found.verified, found.last_signed) == (0, None)
@@ -218,3 +221,30 @@ def test_key_files_that_cannot_be_used_are_refused_naming_the_file(tmp_path: Pat
             load(path)
         assert str(refused.value).startswith(said.format(path))
         assert refused.value.key == said.split(":")[0]
+
+
+def test_a_head_signed_far_down_a_long_log_names_the_record_before_it(
+    tmp_path: Path, pair: tuple[Signer, Checker]
+) -> None:
+    """Seq 300: numbers read from JSON compared by value, not by identity."""
+    signer, checker = pair
+    path = write(
+        tmp_path / "a.jsonl", chain(signer, "run_started", *["batch"] * 299, "head_signed")
+    )
+
+    found = check_signatures([path], checker)
+
+    assert (found.errors, found.verified, found.last_signed) == ([], 1, (path, 301, 300))
+
+
+def test_a_signed_record_without_a_seq_is_reported_as_signed_at_seq_minus_1(
+    tmp_path: Path, pair: tuple[Signer, Checker]
+) -> None:
+    """No seq (the chain check fails such a log): the last signed seq printed is -1, never
+    a seq the log could hold."""
+    signer, checker = pair
+    record = {"event": "run_finished", "run_id": "r1", "signing_key_id": signer.key_id}
+    record["head_signature"] = signer.sign(record)
+    path = write(tmp_path / "a.jsonl", [record])
+
+    assert check_signatures([path], checker).last_signed == (path, 1, -1)
