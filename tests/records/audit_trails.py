@@ -12,6 +12,7 @@ import orjson
 
 from worker.records.audit import AuditLog
 from worker.records.audit_query import Problem, check
+from worker.records.signing import Checker, Signer, load_checker, load_signer, new_key_pair
 
 DELETED_MESSAGE = "Audience deleted successfully"
 BATCHES = ((101, 102, 103), (104, 105), (106,))
@@ -113,3 +114,13 @@ def tear_next_record(path: Path, run_id: str, keep: int) -> int:
     )
     assert path.stat().st_size == size + keep
     return size
+
+
+def signing_keys(folder: Path) -> tuple[Signer, Checker]:
+    """A fresh Ed25519 pair in ``folder`` (the private key 0600), loaded as the run and the
+    auditor load them."""
+    private, public = new_key_pair()
+    (folder / "audit.key").write_bytes(private)
+    (folder / "audit.key").chmod(0o600)
+    (folder / "audit.pub").write_bytes(public)
+    return load_signer(folder / "audit.key"), load_checker(folder / "audit.pub")

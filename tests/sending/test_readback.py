@@ -21,7 +21,7 @@ from worker.sandbox.runner import SandboxHandle
 from worker.sending.audience_stats import compare_stats, explain, take_stats
 from worker.sending.client import UnleashXClient, http_session
 from worker.sending.credentials import Secret, TokenSource
-from worker.sending.listing import MAX_PASSES, Filters, Page, Reader
+from worker.sending.listing import MAX_PASSES, Filters, NotAListing, Page, Reader
 from worker.sending.ratelimit import rate_gate
 from worker.sending.readback import read_back
 from worker.sending.retry import RetryPolicy
@@ -497,4 +497,97 @@ async def test_an_emptied_campaign_listed_empty_while_its_stats_count_records_is
 
     assert checked.campaigns[42].unproven == (
         "campaign-audience-stats counts 50 records and audience-list 0"
+    )
+
+
+class NoListing(OffsetCampaign):
+    """Page 1 answers what is no listing, however often it is asked for."""
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.requests += 1
+        raise NotAListing("not_a_listing", message="an error with a 200")
+
+
+async def test_an_emptied_campaign_answering_no_listing_is_unproven_with_its_reason() -> None:
+    recorder = NoRecorder()
+    checked = await read_back(NoListing([]), cast(Recorder, recorder), deleted({}, [42]), 10)
+
+    check = checked.campaigns[42]
+    assert check.fields() == {
+        "checked": 0,
+        "still_present": 0,
+        "listed": 0,
+        "pages": 1,
+        "passes": 1,
+        "emptied": True,
+        "unproven": "not_a_listing: an error with a 200",
+    }
+    assert recorder.records == [
+        {
+            "campaign_id": 42,
+            "checked": 0,
+            "still_present": [],
+            "listed": 0,
+            "pages": 1,
+            "passes": 1,
+            "unproven": "not_a_listing: an error with a 200",
+        }
+    ]
+    assert not checked.proven
+    assert checked.fields() == {
+        "verified": 0,
+        "still_present": 0,
+        "unproven": {"42": "not_a_listing: an error with a 200"},
+    }
+
+
+class StatsSayEmpty(OffsetCampaign):
+    """Stats that count no record beside a listing of ``ids``; every page asked for is
+    noted as (page, limit)."""
+
+    def __init__(self, ids: Iterable[int]) -> None:
+        super().__init__(ids)
+        self.asked: list[tuple[int, int]] = []
+
+    async def page(self, campaign_id: int, number: int, limit: int, filters: Filters = ()) -> Page:
+        self.asked.append((number, limit))
+        return await super().page(campaign_id, number, limit, filters)
+
+    async def stats(self, campaign_id: int, filters: Filters = ()) -> dict[str, Any]:
+        return {"total_audience": 0}
+
+
+async def test_an_emptied_campaign_is_checked_by_page_1_of_one_record_against_its_stats() -> None:
+    """Page 1 (the page classify_listing checks for "an empty first page of records") of
+    one record: its total is the whole answer. A total above the stats' is a disagreement
+    of the two counts, not records added since."""
+    campaign = StatsSayEmpty(range(1, 6))
+    checked = await read_back(campaign, cast(Recorder, NoRecorder()), deleted({}, [42]), 10)
+
+    assert campaign.asked == [(1, 1)]
+    assert checked.campaigns[42].unproven == (
+        "campaign-audience-stats counts 0 records and audience-list 5"
+    )
+    assert checked.campaigns[42].listed == 5
+
+
+async def test_a_campaign_emptied_after_deletions_and_still_listing_records_is_unproven() -> None:
+    """Ids deleted, then delete-all: a proven listing that still holds records (none of
+    the deleted ids) does not prove the campaign emptied; a listing that is not proven
+    keeps its own reason."""
+    checked = await read_back(
+        OffsetCampaign([7, 8]), cast(Recorder, NoRecorder()), deleted({42: [1]}, [42]), 10
+    )
+
+    check = checked.campaigns[42]
+    assert (len(check.still_present), check.listed, check.passes, check.emptied) == (0, 2, 2, True)
+    assert check.unproven == (
+        "emptied by delete-all, yet it holds 2 records: added since, or the delete-all did "
+        "not apply (not listed as failed: they may be new records)"
+    )
+    assert not checked.proven
+    lagging = StatsSayEmpty([7, 8])
+    again = await read_back(lagging, cast(Recorder, NoRecorder()), deleted({42: [1]}, [42]), 10)
+    assert again.campaigns[42].unproven == (
+        f"campaign-audience-stats counts 0 records and audience-list 2 ({MAX_PASSES} passes)"
     )
