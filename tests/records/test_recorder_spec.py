@@ -12,12 +12,12 @@ from typing import Any
 import orjson
 import pytest
 
-from worker.errors import ApiError, FatalError, PermanentError, RetryableError
+from worker.errors import ApiError, FatalError, Kind, PermanentError, RetryableError
 from worker.input.batching import Batch
 from worker.input.validate import Rejected, Row
 from worker.records.audit import AuditLog
 from worker.records.recorder import DUPLICATES_PER_RECORD, ID_CELL_CHARS, Recorder
-from worker.sending.classify import Kind, Verdict
+from worker.sending.classify import Verdict
 
 CHAIN = {"ts", "run_id", "seq", "hash", "prev_hash"}
 
