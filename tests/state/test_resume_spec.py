@@ -253,9 +253,14 @@ def test_a_first_snapshot_names_this_run_and_the_link_until_it_writes(tmp_path: 
         "ids",
         run_ids=["run-1"],
         totals={"deleted": 5},
-        audit_files=[{"run_id": "run-1", "path": "/a"}, {"run_id": "run-2", "path": "/old"}],
+        audit_files=[
+            {"run_id": "run-1", "path": "/a"},
+            {"run_id": "".join(("run-", "2")), "path": "/old"},
+        ],
         layout=(0, None, False),
     )
+    # this run's own entry (a state it saved earlier, read back: an equal string, not the same
+    # object) is replaced, not repeated
     cp = checkpointer(tmp_path, prior, link=link, target={"campaign_id": 7})
 
     point = cp.snapshot(complete=False)
