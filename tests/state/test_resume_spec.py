@@ -296,3 +296,29 @@ def test_a_complete_snapshot_is_completed_by_this_run_unless_it_had_nothing_to_d
     assert mine is not None
     assert mine["run_id"] == "run-2"
     assert checkpointer(tmp_path, None).snapshot(complete=True).completed_by["run_id"] == "run-2"  # type: ignore[index]
+
+
+def test_a_snapshot_counts_this_runs_deletions_on_top_of_the_earlier_ones(tmp_path: Path) -> None:
+    cp = checkpointer(tmp_path, Checkpoint("ids", totals={"deleted": 5}))
+    cp.recorder.tally.deleted = 2
+
+    assert cp.snapshot(complete=False).totals == {"deleted": 7, "failed_left": 0}
+
+
+def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
+    tmp_path: Path,
+) -> None:
+    """A resumed run retrying failures, or still skipping, has not re-read the input up to
+    the prior's prefix: its shorter one would throw a verified prefix away."""
+    prior = Checkpoint(
+        "ids", watermark=40, prefix_bytes=30, prefix_lines=3, prefix_sha256="ab" * 32
+    )
+    cp = checkpointer(tmp_path, prior)
+    cp.plan = Plan(Ledger(40), Batcher(10), Deduper())
+
+    point = cp.snapshot(complete=False)
+    assert (point.watermark, point.prefix_bytes, point.prefix_lines) == (40, 30, 3)
+    assert point.prefix_sha256 == "ab" * 32
+
+    prior.prefix_bytes = 41  # past the watermark: never claimed
+    assert cp.snapshot(complete=False).prefix_bytes == 0
