@@ -5,6 +5,8 @@ snapshot claims. In process, no server."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from pathlib import Path
 
 import orjson
@@ -16,13 +18,14 @@ from worker.errors import StateError
 from worker.input.batching import Batcher, Deduper
 from worker.input.planning import Plan
 from worker.input.sources import InputDigest, Prefix
-from worker.input.validate import Layout
+from worker.input.validate import Layout, Row
 from worker.records.audit import AuditLog
 from worker.records.recorder import Recorder
 from worker.settings import Settings
 from worker.state.checkpoint import Checkpoint, StateStore, default_state_dir
 from worker.state.resume import (
     Checkpointer,
+    _in_a_thread_to_the_end,
     _union,
     check_target,
     make_plan,
@@ -300,9 +303,11 @@ def test_a_complete_snapshot_is_completed_by_this_run_unless_it_had_nothing_to_d
 
 def test_a_snapshot_counts_this_runs_deletions_on_top_of_the_earlier_ones(tmp_path: Path) -> None:
     cp = checkpointer(tmp_path, Checkpoint("ids", totals={"deleted": 5}))
-    cp.recorder.tally.deleted = 2
+    cp.recorder.tally.deleted = 3
 
-    assert cp.snapshot(complete=False).totals == {"deleted": 7, "failed_left": 0}
+    assert cp.snapshot(complete=False).totals == {"deleted": 8, "failed_left": 0}
+    cp.prior = Checkpoint("ids")  # saved before any deletion
+    assert cp.snapshot(complete=False).totals["deleted"] == 3
 
 
 def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
@@ -322,3 +327,50 @@ def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
 
     prior.prefix_bytes = 41  # past the watermark: never claimed
     assert cp.snapshot(complete=False).prefix_bytes == 0
+
+
+def test_a_run_is_finished_once_its_input_is_read_and_nothing_is_open(tmp_path: Path) -> None:
+    cp = checkpointer(tmp_path, None)
+    assert not cp.finished()  # nothing open, but the input not read yet
+    cp.recorder.tally.input_read = True
+    assert cp.finished()
+    cp.plan.batcher.add(Row(1, 7, 5))
+    assert not cp.finished()
+
+
+def test_a_save_claims_completion_only_at_the_end_of_a_run_not_stopped(tmp_path: Path) -> None:
+    cp = checkpointer(tmp_path, None)
+    cp.recorder.tally.input_read = True
+    store = cp.store
+    store.lock()
+
+    cp.save()
+    assert not store.load().complete
+    cp.last_words()
+    assert not store.load().complete
+    cp.final(stopped=True)
+    assert not store.load().complete
+    cp.final(stopped=False)
+    assert store.load().complete
+    store.unlock()
+
+
+async def test_a_step_that_fails_after_a_cancellation_is_logged_not_lost() -> None:
+    started, release = threading.Event(), threading.Event()
+
+    def step() -> None:
+        started.set()
+        release.wait(5)
+        raise OSError("disk full")
+
+    task = asyncio.create_task(_in_a_thread_to_the_end(step))
+    await asyncio.to_thread(started.wait, 5)
+    with capture_logs() as logs:
+        task.cancel()
+        await asyncio.sleep(0)
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert [(e["event"], e["error"]) for e in logs] == [
+        ("a checkpoint failed as the run stopped", "disk full")
+    ]
