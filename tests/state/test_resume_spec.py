@@ -14,7 +14,7 @@ import pytest
 from pyroaring import BitMap64
 from structlog.testing import capture_logs
 
-from worker.errors import StateError
+from worker.errors import OutputError, StateError
 from worker.input.batching import Batcher, Deduper
 from worker.input.planning import Plan
 from worker.input.sources import InputDigest, Prefix
@@ -328,6 +328,10 @@ def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
     prior.prefix_bytes = 41  # past the watermark: never claimed
     assert cp.snapshot(complete=False).prefix_bytes == 0
 
+    prior.prefix_bytes = 30
+    cp.digest.bytes_read, cp.digest.lines = 40, 4  # read further than the prior: its own
+    assert cp.snapshot(complete=False).prefix_bytes == 40
+
 
 def test_a_run_is_finished_once_its_input_is_read_and_nothing_is_open(tmp_path: Path) -> None:
     cp = checkpointer(tmp_path, None)
@@ -373,4 +377,23 @@ async def test_a_step_that_fails_after_a_cancellation_is_logged_not_lost() -> No
             await task
     assert [(e["event"], e["error"]) for e in logs] == [
         ("a checkpoint failed as the run stopped", "disk full")
+    ]
+
+
+def test_last_words_that_cannot_be_saved_are_logged_and_the_error_ends_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = checkpointer(tmp_path, None)
+
+    def broken(point: Checkpoint) -> None:
+        raise OutputError("the state", "state.json", OSError(28, "No space left on device"))
+
+    monkeypatch.setattr(cp.store, "save", broken)
+    with capture_logs() as logs:
+        cp.last_words()
+    assert [(e["event"], e["error"]) for e in logs] == [
+        (
+            "the progress could not be saved at the end",
+            "cannot write the state state.json: No space left on device (ENOSPC)",
+        )
     ]
