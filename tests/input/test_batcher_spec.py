@@ -44,7 +44,7 @@ def input_rows(campaigns: list[int]) -> list[Row]:
     return [Row(2 + n, c, 1000 + n, 20 + 7 * n) for n, c in enumerate(campaigns)]
 
 
-@pytest.mark.parametrize("size", [1, 3, 10, 100])
+@pytest.mark.parametrize("size", [1, 3, 10, 100, 300])
 @pytest.mark.parametrize("block", [1, 4, 37, 5000])
 def test_a_block_at_once_gives_every_field_of_every_batch_as_rows_one_by_one_do(
     size: int, block: int
@@ -75,3 +75,25 @@ def test_a_partial_batch_is_handed_out_once_exactly_stale_rows_old() -> None:
     handed = [batch for row in rows for batch in batcher.add(row)]
 
     assert [b.audience_ids for b in handed if b.campaign_id == 7] == [(1000,)]
+
+
+def test_a_batch_opened_by_a_block_ages_from_its_own_first_row() -> None:
+    batcher = Batcher(10, stale_rows=1023)
+    rows = input_rows([5, 7] + [42] * 1022)
+    batcher.add(rows[0])  # campaign 5 opens on row 1
+    batcher.extend(7, [rows[1].audience_id], [rows[1].offset], rows[1].line)  # 7 on row 2
+
+    handed = [batch for row in rows[2:] for batch in batcher.add(row)]
+
+    # at row 1024, campaign 5's batch is 1023 rows old, campaign 7's 1022: not stale yet
+    assert [b.campaign_id for b in handed if b.campaign_id != 42] == [5]
+
+
+@pytest.mark.parametrize("size", [257, 1000])
+def test_a_batch_of_more_than_256_ids_is_handed_out_when_full(size: int) -> None:
+    batcher = Batcher(size)
+    rows = input_rows([42] * (size + 1))
+
+    handed = [batch for row in rows for batch in batcher.add(row)]
+
+    assert [len(b.audience_ids) for b in handed] == [size]
