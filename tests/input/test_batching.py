@@ -143,7 +143,8 @@ def test_a_chunk_with_an_id_its_campaign_saw_before_is_offered_one_by_one() -> N
 def test_a_fresh_chunk_is_a_repeat_only_once_remembered() -> None:
     deduper = Deduper()
     first = deduper.unseen(1, [5, 6])
-    assert first is not None and deduper.unseen(1, [6, 7]) is not None  # unseen changes nothing
+    assert first is not None
+    assert deduper.unseen(1, [6, 7]) is not None  # unseen changes nothing
 
     deduper.remember(1, first)
     second = deduper.unseen(1, [7])
