@@ -409,6 +409,8 @@ NOW = 1_445_412_420.0  # Wed, 21 Oct 2015 07:27:00 GMT
         ("inf", None),
         ("-inf", None),
         ("soon", None),
+        ("\u0663\u0660", None),  # Arabic-Indic "30": float() reads it, HTTP does not
+        ("\uff15", None),  # a fullwidth 5
         ("Wed, 32 Foo 2015 99:99:99 GMT", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),
         ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
