@@ -97,3 +97,17 @@ def test_a_batch_of_more_than_256_ids_is_handed_out_when_full(size: int) -> None
     handed = [batch for row in rows for batch in batcher.add(row)]
 
     assert [len(b.audience_ids) for b in handed] == [size]
+
+
+def test_only_the_partial_batches_stale_rows_old_are_handed_out_early() -> None:
+    batcher = Batcher(10, stale_rows=1022)
+    rows = input_rows([5, 7] + [42] * 1022)  # 42's last batch opens on row 1023
+
+    handed = [batch for row in rows for batch in batcher.add(row)]
+
+    # at row 1024: campaign 5's batch is 1023 rows old, 7's 1022 (stale), 42's 1 (not)
+    assert [(b.campaign_id, len(b.audience_ids)) for b in handed] == [(42, 10)] * 102 + [
+        (5, 1),
+        (7, 1),
+    ]
+    assert batcher.oldest_open() == rows[1022].offset

@@ -128,6 +128,32 @@ def test_deduper_over_a_stream() -> None:
     ]
 
 
+def test_a_chunk_with_an_id_repeated_inside_it_is_offered_one_by_one() -> None:
+    assert Deduper().unseen(1, [5, 6, 5]) is None
+
+
+def test_a_chunk_with_an_id_its_campaign_saw_before_is_offered_one_by_one() -> None:
+    deduper = Deduper()
+    deduper.first_time(1, 6)
+
+    assert deduper.unseen(1, [5, 6, 7]) is None
+    assert sorted(deduper.unseen(2, [7, 5, 6]) or ()) == [5, 6, 7]  # another campaign's
+
+
+def test_a_fresh_chunk_is_a_repeat_only_once_remembered() -> None:
+    deduper = Deduper()
+    first = deduper.unseen(1, [5, 6])
+    assert first is not None
+    assert deduper.unseen(1, [6, 7]) is not None  # unseen changes nothing
+
+    deduper.remember(1, first)
+    second = deduper.unseen(1, [7])
+    assert second is not None
+    deduper.remember(1, second)  # joins the campaign's earlier ids
+
+    assert [deduper.first_time(1, a) for a in (5, 6, 7, 8)] == [False, False, False, True]
+
+
 # -- Batch ----------------------------------------------------------------------------------------
 
 

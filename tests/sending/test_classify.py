@@ -409,6 +409,8 @@ NOW = 1_445_412_420.0  # Wed, 21 Oct 2015 07:27:00 GMT
         ("inf", None),
         ("-inf", None),
         ("soon", None),
+        ("\u0663\u0660", None),  # Arabic-Indic "30": float() reads it, HTTP does not
+        ("\uff15", None),  # a fullwidth 5
         ("Wed, 32 Foo 2015 99:99:99 GMT", None),
         ("Wed, 21 Oct 2015 07:28:00 GMT", 60.0),
         ("Wed, 21 Oct 2015 07:26:00 GMT", 0.0),
@@ -488,6 +490,10 @@ def test_a_listing_of_the_documented_shape_is_data() -> None:
     assert classify_listing({**listing(), "message": "Success."}, number=1, limit=10) is None
     empty = listing([], totalRecords=0, totalPages=0)
     assert classify_listing(empty, number=1, limit=10) is None
+    one_empty_page = listing([], totalRecords=0, totalPages=1)  # no records, in one page
+    assert classify_listing(one_empty_page, number=1, limit=10) is None
+    full = listing([{"id": i} for i in range(1, 11)], totalRecords=10)  # exactly the limit
+    assert classify_listing(full, number=1, limit=10) is None
 
 
 @pytest.mark.parametrize(
@@ -500,9 +506,13 @@ def test_a_listing_of_the_documented_shape_is_data() -> None:
         (listing([], totalRecords=False, totalPages=False), "not a whole number"),
         (listing(totalRecords=True, totalPages=True), "not a whole number"),
         (listing(totalRecords="3"), "not a whole number"),
+        (listing([], totalRecords=-1, totalPages=0), "not a whole number"),
+        ({**listing(), "message": 5}, "5"),  # a message that is not text, shown as it is
         ({"pagination": {"totalRecords": 3, "totalPages": 1}}, "no datalist"),
         ({"datalist": []}, "no datalist"),
         (listing(totalPages=10**9), "3 records of 10 a page in 1,000,000,000 pages"),
+        (listing(totalRecords=11), "11 records of 10 a page in 1 pages"),
+        (listing([], totalRecords=0, totalPages=2), "0 records of 10 a page in 2 pages"),
         (
             listing([{"id": i} for i in range(1, 12)], totalRecords=11, totalPages=2),
             "11 records, 10 asked",
@@ -510,6 +520,7 @@ def test_a_listing_of_the_documented_shape_is_data() -> None:
         (listing([], totalRecords=3), "an empty first page of 3 records"),
         (listing([{"id": True}], totalRecords=1), "without a positive integer id"),
         (listing([{"id": 0}], totalRecords=1), "without a positive integer id"),
+        (listing([{"id": -4}], totalRecords=1), "without a positive integer id"),
         (listing(["7"], totalRecords=1), "without a positive integer id"),
     ],
 )
@@ -535,6 +546,8 @@ def test_a_page_past_the_first_may_be_empty() -> None:
         ({"total_audience": 0, "message": "ok"}, True),
         ({"total_audience": False}, False),
         ({"total_audience": "50"}, False),
+        ({"total_audience": -1}, False),
+        ({"total_audience": True}, False),
         ({"coverage": 1.5}, False),
         ({"total_audience": 50, "message": "Something went wrong, try later"}, False),
     ],

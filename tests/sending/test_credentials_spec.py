@@ -1,7 +1,7 @@
 """Specification of worker.sending.credentials at its edges (issue #25: mutants showed what no
 test pinned): which characters a token may hold, why a token file cannot be read, the one
-re-read of a rotated token file (and that both tokens stay masked), and URLs with nothing to
-mask."""
+re-read of a rotated token file (and that both tokens stay masked), URLs with nothing to
+mask, and the userinfo of URLs inside a text or handed over as HTTP basic auth."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ from worker.sending.credentials import (
     check_token,
     read_token_file,
     redact_url,
+    redact_urls,
+    split_userinfo,
 )
 
 
@@ -108,3 +110,40 @@ def test_a_token_from_the_environment_cannot_rotate() -> None:
 @pytest.mark.parametrize("url", ["redis://localhost:6379/0", "user:pw@host", ""])
 def test_a_url_without_credentials_is_shown_as_it_is(url: str) -> None:
     assert redact_url(url) == url
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("redis://ops:pw@cache:6379/0", "redis://ops:***@cache:6379/0"),
+        ("redis://:p@w/d@cache/0", "redis://:***@cache/0"),  # the last @ ends the userinfo
+        ("at https://tok@api.x/v1 then", "at https://***@api.x/v1 then"),
+        (
+            "a=http://u:1@h1/ b='http://v:2@h2'",
+            "a=http://u:***@h1/ b='http://v:***@h2'",
+        ),
+        ("Redis://u:p@h", "Redis://u:***@h"),
+        ("mail ops@example.com, see http://h/a", "mail ops@example.com, see http://h/a"),
+        ("no url: u:p@h", "no url: u:p@h"),
+    ],
+)
+def test_the_userinfo_of_every_url_in_a_text_is_masked_and_nothing_else(
+    text: str, shown: str
+) -> None:
+    assert redact_urls(text) == shown
+
+
+@pytest.mark.parametrize(
+    ("url", "bare", "auth"),
+    [
+        ("http://ops:S3cr%40t@gw:9091/push", "http://gw:9091/push", ("ops", "S3cr@t")),
+        ("http://ops:p@w@gw", "http://gw", ("ops", "p@w")),
+        ("http://tok@gw/", "http://gw/", ("tok", "")),
+        ("http://gw:9091/a@b", "http://gw:9091/a@b", None),  # an @ in the path is no userinfo
+        ("ops:pw@gw", "ops:pw@gw", None),
+    ],
+)
+def test_split_userinfo_gives_the_url_without_it_and_the_decoded_user_and_password(
+    url: str, bare: str, auth: tuple[str, str] | None
+) -> None:
+    assert split_userinfo(url) == (bare, auth)
