@@ -111,11 +111,14 @@ NOT_SIGNED = (
 
 
 def test_an_unsigned_log_is_not_signed(tmp_path: Path, pair: tuple[Signer, Checker]) -> None:
-    path = write(tmp_path / "a.jsonl", chain(None, "run_started", "batch", "run_finished"))
+    records = chain(None, "run_started", "batch", "run_finished")
+    path = write(tmp_path / "a.jsonl", records[:2])
+    second = write(tmp_path / "b.jsonl", records[2:])
 
-    found = check_signatures([path], pair[1])
+    found = check_signatures([path, second], pair[1])
 
     assert reasons(found.errors) == [NOT_SIGNED]
+    assert found.errors[0].path == path  # the first file, line 1
     assert (found.verified, found.warnings, found.unsigned_after) == (0, [], 3)
 
 
@@ -248,3 +251,18 @@ def test_a_signed_record_without_a_seq_is_reported_as_signed_at_seq_minus_1(
     path = write(tmp_path / "a.jsonl", [record])
 
     assert check_signatures([path], checker).last_signed == (path, 1, -1)
+
+
+def test_a_line_that_is_no_json_does_not_end_the_check_of_its_file(
+    tmp_path: Path, pair: tuple[Signer, Checker]
+) -> None:
+    signer, checker = pair
+    records = chain(signer, "run_started", "head_signed", "run_finished")
+    records[2]["run_id"] = "changed after signing"
+    path = write(tmp_path / "a.jsonl", records[:2], tail=b"not json\n")
+    with path.open("ab") as handle:
+        handle.write(orjson.dumps(records[2]) + b"\n")
+
+    assert reasons(check_signatures([path], checker).errors) == [
+        (4, "head_signature does not verify: the record was changed or the chain rebuilt")
+    ]
