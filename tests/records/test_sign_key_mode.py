@@ -54,12 +54,13 @@ def test_the_owner_is_compared_by_value_for_a_uid_above_256(
         load_signer(key_file(tmp_path, 0o600))
 
 
+@pytest.mark.parametrize("owner", [0, 70_001])
 def test_a_key_of_another_user_is_not_judged_by_its_mode(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: int
 ) -> None:
-    """Root's key, readable by a group, used by uid 70,000: whose key it is is root's
-    business (only this user's own loose key is refused, as ssh refuses it)."""
+    """Another user's key (root's, or a uid above ours), readable by a group, used by uid
+    70,000: only this user's own loose key is refused."""
     monkeypatch.setattr(signing.os, "getuid", lambda: uid(70_000))
-    monkeypatch.setattr(signing, "_mode_and_owner", lambda fd: (0o640, 0))
+    monkeypatch.setattr(signing, "_mode_and_owner", lambda fd: (0o640, owner))
 
     assert len(load_signer(key_file(tmp_path, 0o600)).key_id) == 16
