@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 import pytest
+from structlog.testing import capture_logs
 
 from worker.errors import ConfigError, OutputError
 from worker.records.audit import (
@@ -116,25 +117,36 @@ def test_records_held_back_are_written_at_each_sync_before_it_returns(tmp_path: 
     ]
 
 
-@pytest.mark.parametrize("torn", [100, 70_000, 200_000], ids=["short", "over-64k", "over-128k"])
+PREFIX = b'{"event": "batch", "ids": "'
+
+
+@pytest.mark.parametrize(
+    "torn",
+    [100, 65_535, 70_000, 200_000],
+    ids=["short", "newline-opens-the-last-64k", "over-64k", "over-128k"],
+)
 def test_a_torn_tail_of_any_length_is_closed_and_the_chain_goes_on_after_it(
     tmp_path: Path, torn: int
 ) -> None:
-    """The torn line is looked for back from the end, 64 KiB at a time."""
+    """The torn line is looked for back from the end, 64 KiB at a time (65,535 bytes: the
+    newline before it is the first byte of the last 64 KiB); the warning names its byte."""
     path = tmp_path / "a.jsonl"
     first = AuditLog(path, "r1")
     first.write("run_started")
     first.close()
+    at = path.stat().st_size
     with path.open("ab") as handle:
-        handle.write(b'{"event": "batch", "ids": "' + b"9" * torn)
+        handle.write((PREFIX + b"9" * torn)[:torn])
 
-    again = AuditLog(path, "r2")  # a run that tore a record never writes again
-    again.write("run_started")
-    again.close()
+    with capture_logs() as logs:
+        again = AuditLog(path, "r2")  # a run that tore a record never writes again
+        again.write("run_started")
+        again.close()
 
+    [warned] = [log for log in logs if log["log_level"] == "warning"]
+    assert (warned["torn_at_byte"], warned["continues_after_seq"]) == (at, 0)
     raw = path.read_bytes().splitlines()
-    assert len(raw) == 3
-    assert len(raw[1]) == torn + len(b'{"event": "batch", "ids": "')
+    assert (len(raw), len(raw[1])) == (3, torn)
     assert [(r["event"], r["seq"]) for r in lines(path)] == [("run_started", 0), ("run_started", 1)]
     assert verify([path], None)[1] is None
 
@@ -143,9 +155,12 @@ def test_a_file_that_is_one_torn_line_is_continued_on_the_next(tmp_path: Path) -
     path = tmp_path / "a.jsonl"
     path.write_bytes(b'{"event": "run_sta')
 
-    log = AuditLog(path, "r1")
-    log.write("run_started")
-    log.close()
+    with capture_logs() as logs:
+        log = AuditLog(path, "r1")
+        log.write("run_started")
+        log.close()
+
+    assert [log["torn_at_byte"] for log in logs if log["log_level"] == "warning"] == [0]
 
     assert path.read_bytes().startswith(b'{"event": "run_sta\n{')
     assert [(r["event"], r["seq"]) for r in lines(path)] == [("run_started", 0)]
@@ -158,3 +173,16 @@ def test_the_last_record_is_found_behind_lines_that_are_not_records(tmp_path: Pa
     assert last_record(path) == {"seq": 2}
     path.write_bytes(b"[1]\nnot json\n")
     assert last_record(path) is None
+
+
+def test_a_file_whose_last_record_has_no_seq_is_continued_from_seq_0_after_its_hash(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "a.jsonl"
+    path.write_bytes(b'{"event": "run_started", "hash": "abc"}\n')
+
+    log = AuditLog(path, "r1")
+    log.write("batch")
+    log.close()
+
+    assert {k: lines(path)[1][k] for k in ("seq", "prev_hash")} == {"seq": 0, "prev_hash": "abc"}
