@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -186,3 +188,10 @@ def test_a_file_whose_last_record_has_no_seq_is_continued_from_seq_0_after_its_h
     log.close()
 
     assert {k: lines(path)[1][k] for k in ("seq", "prev_hash")} == {"seq": 0, "prev_hash": "abc"}
+
+
+def test_the_writer_imports_no_cryptography_until_a_key_is_given() -> None:
+    """signing (and cryptography) are imported only for --sign-key: not by the writer."""
+    code = "import sys, worker.records.audit; print('cryptography' in sys.modules)"
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, check=True)
+    assert shown.stdout == b"False\n"
