@@ -123,18 +123,20 @@ PREFIX = b'{"event": "batch", "ids": "'
 
 
 @pytest.mark.parametrize(
-    "torn",
-    [100, 65_535, 70_000, 200_000],
-    ids=["short", "newline-opens-the-last-64k", "over-64k", "over-128k"],
+    ("torn", "before"),
+    [(100, 0), (65_535, 0), (70_000, 0), (200_000, 0), (70_000, 2_000)],
+    ids=["short", "newline-opens-the-last-64k", "over-64k", "over-128k", "after-records"],
 )
 def test_a_torn_tail_of_any_length_is_closed_and_the_chain_goes_on_after_it(
-    tmp_path: Path, torn: int
+    tmp_path: Path, torn: int, before: int
 ) -> None:
     """The torn line is looked for back from the end, 64 KiB at a time (65,535 bytes: the
     newline before it is the first byte of the last 64 KiB); the warning names its byte."""
     path = tmp_path / "a.jsonl"
     first = AuditLog(path, "r1")
     first.write("run_started")
+    for number in range(before):  # 200 KiB of records before the tear
+        first.write("batch", ids=[number] * 10)
     first.close()
     at = path.stat().st_size
     with path.open("ab") as handle:
@@ -146,10 +148,10 @@ def test_a_torn_tail_of_any_length_is_closed_and_the_chain_goes_on_after_it(
         again.close()
 
     [warned] = [log for log in logs if log["log_level"] == "warning"]
-    assert (warned["torn_at_byte"], warned["continues_after_seq"]) == (at, 0)
+    assert (warned["torn_at_byte"], warned["continues_after_seq"]) == (at, before)
     raw = path.read_bytes().splitlines()
-    assert (len(raw), len(raw[1])) == (3, torn)
-    assert [(r["event"], r["seq"]) for r in lines(path)] == [("run_started", 0), ("run_started", 1)]
+    assert (len(raw), len(raw[1 + before])) == (3 + before, torn)
+    assert [(r["event"], r["seq"]) for r in lines(path)][-1] == ("run_started", before + 1)
     assert verify([path], None)[1] is None
 
 
