@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError
+from worker.records import signing
 from worker.records.signing import load_signer, new_key_pair
 
 
@@ -18,7 +19,7 @@ def key_file(tmp_path: Path, mode: int) -> Path:
     return path
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o660])
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o620, 0o602, 0o660, 0o601, 0o610])
 def test_a_key_group_or_others_may_access_is_refused(tmp_path: Path, mode: int) -> None:
     path = key_file(tmp_path, mode)
 
@@ -35,3 +36,31 @@ def test_a_key_group_or_others_may_access_is_refused(tmp_path: Path, mode: int) 
 @pytest.mark.parametrize("mode", [0o600, 0o400])
 def test_a_key_private_to_its_owner_is_loaded(tmp_path: Path, mode: int) -> None:
     assert len(load_signer(key_file(tmp_path, mode)).key_id) == 16
+
+
+def uid(number: int) -> int:
+    """``number`` as a new int object, as each read of a uid gives one (above 256, two equal
+    uids are not the same object)."""
+    return int(str(number))
+
+
+def test_the_owner_is_compared_by_value_for_a_uid_above_256(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(signing.os, "getuid", lambda: uid(70_000))
+    monkeypatch.setattr(signing, "_mode_and_owner", lambda fd: (0o640, uid(70_000)))
+
+    with pytest.raises(ConfigError, match="group or others may access"):
+        load_signer(key_file(tmp_path, 0o600))
+
+
+@pytest.mark.parametrize("owner", [0, 70_001])
+def test_a_key_of_another_user_is_not_judged_by_its_mode(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, owner: int
+) -> None:
+    """Another user's key (root's, or a uid above ours), readable by a group, used by uid
+    70,000: only this user's own loose key is refused."""
+    monkeypatch.setattr(signing.os, "getuid", lambda: uid(70_000))
+    monkeypatch.setattr(signing, "_mode_and_owner", lambda fd: (0o640, owner))
+
+    assert len(load_signer(key_file(tmp_path, 0o600)).key_id) == 16

@@ -111,11 +111,14 @@ NOT_SIGNED = (
 
 
 def test_an_unsigned_log_is_not_signed(tmp_path: Path, pair: tuple[Signer, Checker]) -> None:
-    path = write(tmp_path / "a.jsonl", chain(None, "run_started", "batch", "run_finished"))
+    records = chain(None, "run_started", "batch", "run_finished")
+    path = write(tmp_path / "a.jsonl", records[:2])
+    second = write(tmp_path / "b.jsonl", records[2:])
 
-    found = check_signatures([path], pair[1])
+    found = check_signatures([path, second], pair[1])
 
     assert reasons(found.errors) == [NOT_SIGNED]
+    assert found.errors[0].path == path  # the first file, line 1
     assert (found.verified, found.warnings, found.unsigned_after) == (0, [], 3)
 
 
@@ -147,7 +150,7 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     tmp_path: Path, pair: tuple[Signer, Checker]
 ) -> None:
     signer, checker = pair
-    records = chain(signer, "run_started", *["head_signed"] * 8, "run_finished")
+    records = chain(signer, "run_started", *["head_signed"] * 9, "run_finished")
     records[1]["event"] = "batch"  # a signature on a record the writer never signs
     records[2]["signing_key_id"] = "0123456789abcdef"
     records[3]["seq"] = 99  # changed after signing
@@ -159,7 +162,9 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
     records[7]["signing_key_id"] = "f" * 16  # another key's id, sorting after ours
     records[8]["signed_hash"] = "0" * 64  # sorting before the hash it should be
     records[8]["head_signature"] = signer.sign(records[8])
-    records[9]["head_signature"] = "not hex"
+    records[9]["signed_seq"] = 9  # itself
+    records[9]["head_signature"] = signer.sign(records[9])
+    records[10]["head_signature"] = "not hex"
     path = write(tmp_path / "a.jsonl", records)
 
     found = check_signatures([path], checker)
@@ -173,7 +178,8 @@ def test_each_way_a_signed_record_can_be_wrong_is_named(
         (7, "head_signed does not name the record before it"),
         (8, f"signed by key 'ffffffffffffffff', not by the public key given ({signer.key_id})"),
         (9, "head_signed does not name the record before it"),
-        (10, "head_signature does not verify: the record was changed or the chain rebuilt"),
+        (10, "head_signed does not name the record before it"),
+        (11, "head_signature does not verify: the record was changed or the chain rebuilt"),
         NOT_SIGNED,
     ]
     assert (found.verified, found.last_signed) == (0, None)
@@ -248,3 +254,18 @@ def test_a_signed_record_without_a_seq_is_reported_as_signed_at_seq_minus_1(
     path = write(tmp_path / "a.jsonl", [record])
 
     assert check_signatures([path], checker).last_signed == (path, 1, -1)
+
+
+def test_a_line_that_is_no_json_does_not_end_the_check_of_its_file(
+    tmp_path: Path, pair: tuple[Signer, Checker]
+) -> None:
+    signer, checker = pair
+    records = chain(signer, "run_started", "head_signed", "run_finished")
+    records[2]["run_id"] = "changed after signing"
+    path = write(tmp_path / "a.jsonl", records[:2], tail=b"not json\n[1, 2]\n")
+    with path.open("ab") as handle:
+        handle.write(orjson.dumps(records[2]) + b"\n")
+
+    assert reasons(check_signatures([path], checker).errors) == [
+        (5, "head_signature does not verify: the record was changed or the chain rebuilt")
+    ]
