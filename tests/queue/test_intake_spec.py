@@ -255,9 +255,9 @@ def test_lost_names_a_group_gone_or_says_retrying_cannot_help(message: str, expe
 def test_make_queue_needs_a_stream_and_derives_the_dead_letter_stream() -> None:
     with pytest.raises(ConfigError, match="queue mode needs --stream NAME"):
         make_queue(Settings(), FakeRedis())
-    queue = make_queue(Settings(stream="jobs", consumer="c1", claim_idle=1.2345), FakeRedis())
+    queue = make_queue(Settings(stream="jobs", consumer="c1", claim_idle=1.2346), FakeRedis())
     assert (queue.stream, queue.group, queue.consumer) == ("jobs", "audience-purge", "c1")
-    assert (queue.dead_stream, queue.claim_idle_ms) == ("jobs:dead", 1234)
+    assert (queue.dead_stream, queue.claim_idle_ms) == ("jobs:dead", 1235)
     named = make_queue(Settings(stream="jobs", dead_stream="graveyard"), FakeRedis())
     assert named.dead_stream == "graveyard"
     assert named.consumer
@@ -294,6 +294,24 @@ async def test_a_waiting_consumer_says_which_entries_once_until_they_change(
     with capture_logs() as logs:
         await intake._waiting.tell()
     assert [(e["pending"], e["first_takeover_in_s"]) for e in logs] == [(1, 10.0)]
+
+
+async def test_a_waiting_consumer_says_it_again_every_30_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = [PendingEntry("1-0", "other", 50_000, 1)]
+    monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(held))
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+    now = [1000.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+
+    said = []
+    for at in (1000.0, 1029.9, 1030.0, 1059.0):
+        now[0] = at
+        with capture_logs() as logs:
+            await intake._waiting.tell()
+        said += [at] * len(logs)
+    assert said == [1000.0, 1030.0]
 
 
 def _returning(held: list[PendingEntry]) -> Any:
