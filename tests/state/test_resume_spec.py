@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -397,3 +398,26 @@ def test_last_words_that_cannot_be_saved_are_logged_and_the_error_ends_there(
             "cannot write the state state.json: No space left on device (ENOSPC)",
         )
     ]
+
+
+async def test_a_periodic_checkpoint_never_claims_completion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = checkpointer(tmp_path, None)
+    cp.recorder.tally.input_read = True  # finished, as far as the plan knows
+    prepared: list[Checkpoint] = []
+    taken = asyncio.Event()
+
+    def prepare(point: Checkpoint) -> Callable[[], None]:
+        prepared.append(point)
+        taken.set()
+        return lambda: None
+
+    monkeypatch.setattr(cp.store, "prepare", prepare)
+    task = asyncio.create_task(cp.every(0.001))
+    await asyncio.wait_for(taken.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert [point.complete for point in prepared] == [False] * len(prepared)
