@@ -44,7 +44,7 @@ def write(path: Path, records: list[dict[str, Any]], tail: bytes = b"") -> Path:
 
 
 def point_for(path: Path, **fields: Any) -> Checkpoint:
-    return Checkpoint("ids.csv", run_ids=["run-1", RUN], audit_pending=str(path), **fields)
+    return Checkpoint("ids.csv", run_ids=["run-0", "run-1", RUN], audit_pending=str(path), **fields)
 
 
 def ids(replayed: Replayed) -> dict[int, list[int]]:
@@ -57,8 +57,12 @@ def ids(replayed: Replayed) -> dict[int, list[int]]:
 def test_nothing_is_replayed_without_a_pending_file_or_a_run(tmp_path: Path) -> None:
     path = write(tmp_path / "audit.jsonl", chained(deleted(1, 5)))
 
-    assert replay(Checkpoint("ids.csv", run_ids=[RUN])) == Replayed()
-    assert replay(Checkpoint("ids.csv", audit_pending=str(path))) == Replayed()
+    for point in (
+        Checkpoint("ids.csv", run_ids=[RUN]),
+        Checkpoint("ids.csv", audit_pending=str(path)),
+    ):
+        nothing = replay(point)
+        assert (nothing.deleted, nothing.records, nothing.path, nothing.ids) == ({}, 0, None, 0)
 
 
 def test_the_deleted_ids_of_the_last_run_are_replayed_and_every_record_counted(
@@ -83,6 +87,14 @@ def test_the_deleted_ids_of_the_last_run_are_replayed_and_every_record_counted(
 
 def test_records_of_another_run_are_not_replayed(tmp_path: Path) -> None:
     path = write(tmp_path / "audit.jsonl", chained(deleted(1, 5, run="run-1"), deleted(2, 6)))
+
+    assert ids(replay(point_for(path))) == {7: [6]}
+
+
+def test_a_record_without_a_seq_is_not_replayed(tmp_path: Path) -> None:
+    unnumbered = deleted(0, 5)
+    del unnumbered["seq"]
+    path = write(tmp_path / "audit.jsonl", chained(unnumbered, deleted(2, 6)))
 
     assert ids(replay(point_for(path))) == {7: [6]}
 
