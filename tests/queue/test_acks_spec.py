@@ -210,3 +210,24 @@ async def _settle_while_aborting(acks: Acks, error: Exception) -> None:
         except asyncio.CancelledError:
             acks.settled(batch(1))
             raise
+
+
+async def test_an_entry_being_acknowledged_is_held_and_more_than_the_limit_leaves_no_room(
+    tmp_path: Path,
+) -> None:
+    queue = FakeQueue()
+    queue.gate.clear()
+    acks = make(tmp_path, queue)
+    async with acks.running(grace=5):
+        acks.expect(ENTRY, 1)
+        acks.settled(batch(1))
+        assert (acks.parts, acks.held()) == ({}, 1)  # its acknowledgement is under way
+        acks.expect(Entry("2-0", 7, (5,), None), 1)
+        acks.expect(Entry("3-0", 7, (6,), None), 1)
+        waiting = asyncio.create_task(acks.room(2))  # 3 held, over the limit
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        queue.gate.set()
+        acks.settled(batch(5, entry="2-0"))
+        acks.settled(batch(6, entry="3-0"))
+        assert await asyncio.wait_for(waiting, 5) >= 1
