@@ -340,3 +340,34 @@ def test_the_prefetch_limit_at_each_of_its_bounds(
 
     settings = Settings(rate=RateSpec(*rate), concurrency=concurrency, claim_idle=claim_idle)
     assert prefetch_limit(settings) == limit
+
+
+@pytest.mark.parametrize(("held", "shown"), [(99, 99), (100, "100 or more")])
+async def test_a_waiting_consumer_counts_what_one_look_can_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int, shown: object
+) -> None:
+    entries = [PendingEntry(f"{i}-0", "other", 1_000, 1) for i in range(held)]
+    monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(entries))
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+
+    with capture_logs() as logs:
+        await intake._waiting.tell()
+    assert [(e["pending"], len(e["entries"])) for e in logs] == [(shown, 10)]
+
+
+async def test_a_waiting_consumer_that_cannot_look_says_nothing_unless_the_group_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors = [QueueUnavailable("timeout"), QueueUnavailable("NOGROUP gone", permanent=True)]
+
+    async def failing(queue: Any, *, count: int, exclude: str | None) -> Any:
+        raise errors.pop(0)
+
+    monkeypatch.setattr("worker.queue.intake.pending_entries", failing)
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+
+    with capture_logs() as logs:
+        await intake._waiting.tell()
+    assert logs == []
+    with pytest.raises(ServiceUnavailable, match=r"^stream s or its group g is gone"):
+        await intake._waiting.tell()
