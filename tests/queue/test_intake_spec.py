@@ -302,16 +302,16 @@ async def test_a_waiting_consumer_says_it_again_every_30_s(
     held = [PendingEntry("1-0", "other", 50_000, 1)]
     monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(held))
     intake, _, _, _ = consumer(tmp_path, FakeQueue())
-    now = [1000.0]
+    now = [10.0]
     monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
 
     said = []
-    for at in (1000.0, 1029.9, 1030.0, 1059.0):
+    for at in (10.0, 39.9, 40.0, 69.0):
         now[0] = at
         with capture_logs() as logs:
             await intake._waiting.tell()
         said += [at] * len(logs)
-    assert said == [1000.0, 1030.0]
+    assert said == [10.0, 40.0]
 
 
 def _returning(held: list[PendingEntry]) -> Any:
@@ -371,3 +371,13 @@ async def test_a_waiting_consumer_that_cannot_look_says_nothing_unless_the_group
     assert logs == []
     with pytest.raises(ServiceUnavailable, match=r"^stream s or its group g is gone"):
         await intake._waiting.tell()
+
+
+def test_the_takeover_moment_is_that_many_milliseconds_from_now() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.queue.intake import _at
+
+    expected = datetime.now(UTC) + timedelta(hours=1)
+    moment = datetime.fromisoformat(_at(3_600_000).replace("Z", "+00:00"))
+    assert abs((moment - expected).total_seconds()) <= 1.5
