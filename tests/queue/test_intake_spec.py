@@ -272,7 +272,7 @@ async def test_open_queue_needs_a_redis_url() -> None:
 async def test_a_waiting_consumer_says_which_entries_once_until_they_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = [PendingEntry("1-0", "other", 50_000, 1), PendingEntry("2-0", "other", 70_000, 1)]
+    held = [PendingEntry("1-0", "other", 50_500, 1), PendingEntry("2-0", "other", 70_000, 1)]
     monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(held))
     intake, _, _, _ = consumer(tmp_path, FakeQueue())
 
@@ -286,14 +286,14 @@ async def test_a_waiting_consumer_says_which_entries_once_until_they_change(
     assert line["entries"][0] == {
         "entry_id": "1-0",
         "consumer": "other",
-        "idle_ms": 50_000,
-        "takeover_in_s": 10.0,
+        "idle_ms": 50_500,
+        "takeover_in_s": 9.5,
     }
 
     held.pop()
     with capture_logs() as logs:
         await intake._waiting.tell()
-    assert [(e["pending"], e["first_takeover_in_s"]) for e in logs] == [(1, 10.0)]
+    assert [(e["pending"], e["first_takeover_in_s"]) for e in logs] == [(1, 9.5)]
 
 
 async def test_a_waiting_consumer_says_it_again_every_30_s(
