@@ -326,6 +326,7 @@ def _returning(held: list[PendingEntry]) -> Any:
     ("rate", "concurrency", "claim_idle", "limit"),
     [
         ((10, 1.0), 3, 600.0, 6),  # the senders bound it: 3 busy, 3 waiting
+        ((10, 1.0), 64, 600.0, 40),  # 2 s at 10/s is 20 busy: twice
         ((2.5, 1.0), 64, 600.0, 10),  # 2 s at 2.5/s is 5, rounded up from 5.0: twice
         ((2.4, 1.0), 64, 600.0, 10),  # 4.8 rounded up to 5
         ((1, 1.0), 64, 9.0, 4),  # half of claim_idle at 1/s is 4.5, rounded down
