@@ -306,12 +306,12 @@ async def test_a_waiting_consumer_says_it_again_every_30_s(
     monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
 
     said = []
-    for at in (10.0, 39.9, 40.0, 69.0):
+    for at in (10.0, 39.9, 40.0, 69.0, 75.0):
         now[0] = at
         with capture_logs() as logs:
             await intake._waiting.tell()
         said += [at] * len(logs)
-    assert said == [10.0, 40.0]
+    assert said == [10.0, 40.0, 75.0]
 
 
 def _returning(held: list[PendingEntry]) -> Any:
@@ -354,6 +354,7 @@ async def test_a_waiting_consumer_counts_what_one_look_can_see(
     with capture_logs() as logs:
         await intake._waiting.tell()
     assert [(e["pending"], len(e["entries"])) for e in logs] == [(shown, 10)]
+    assert logs[0]["entries"][0]["takeover_in_s"] == 59.0
 
 
 async def test_a_waiting_consumer_that_cannot_look_says_nothing_unless_the_group_is_gone(
