@@ -6,6 +6,8 @@ acknowledgement that fails or is still waiting when the run ends. A fake queue, 
 from __future__ import annotations
 
 import asyncio
+import gc
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -175,3 +177,57 @@ async def test_acknowledgements_still_waiting_after_the_grace_are_cancelled(tmp_
         ("acknowledgements still pending at exit", 1)
     ]
     assert acks.tasks == set()
+
+
+async def test_an_entry_settled_as_the_run_ends_on_an_error_stays_pending(tmp_path: Path) -> None:
+    """The task group is aborting: no acknowledgement can start, the entry is delivered
+    again, and its coroutine is closed (never left un-awaited)."""
+    queue = FakeQueue()
+    acks = make(tmp_path, queue)
+    boom = ValueError("boom")
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with pytest.raises(ExceptionGroup) as raised:
+            await _settle_while_aborting(acks, boom)
+        gc.collect()
+
+    assert raised.value.exceptions == (boom,)
+    assert (queue.calls, acks.tasks, acknowledged(tmp_path)) == ([], set(), [])
+    assert [str(w.message) for w in caught if "never awaited" in str(w.message)] == []
+
+
+async def _settle_while_aborting(acks: Acks, error: Exception) -> None:
+    async def fails() -> None:
+        raise error
+
+    async with acks.running(grace=5):
+        acks.expect(ENTRY, 1)
+        assert acks._group is not None
+        acks._group.create_task(fails())
+        try:
+            await asyncio.sleep(5)
+        except asyncio.CancelledError:
+            acks.settled(batch(1))
+            raise
+
+
+async def test_an_entry_being_acknowledged_is_held_and_more_than_the_limit_leaves_no_room(
+    tmp_path: Path,
+) -> None:
+    queue = FakeQueue()
+    queue.gate.clear()
+    acks = make(tmp_path, queue)
+    async with acks.running(grace=5):
+        acks.expect(ENTRY, 1)
+        acks.settled(batch(1))
+        assert (acks.parts, acks.held()) == ({}, 1)  # its acknowledgement is under way
+        acks.expect(Entry("2-0", 7, (5,), None), 1)
+        acks.expect(Entry("3-0", 7, (6,), None), 1)
+        waiting = asyncio.create_task(acks.room(2))  # 3 held, over the limit
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        queue.gate.set()
+        acks.settled(batch(5, entry="2-0"))
+        acks.settled(batch(6, entry="3-0"))
+        assert await asyncio.wait_for(waiting, 5) >= 1

@@ -255,9 +255,9 @@ def test_lost_names_a_group_gone_or_says_retrying_cannot_help(message: str, expe
 def test_make_queue_needs_a_stream_and_derives_the_dead_letter_stream() -> None:
     with pytest.raises(ConfigError, match="queue mode needs --stream NAME"):
         make_queue(Settings(), FakeRedis())
-    queue = make_queue(Settings(stream="jobs", consumer="c1", claim_idle=1.2345), FakeRedis())
+    queue = make_queue(Settings(stream="jobs", consumer="c1", claim_idle=1.2346), FakeRedis())
     assert (queue.stream, queue.group, queue.consumer) == ("jobs", "audience-purge", "c1")
-    assert (queue.dead_stream, queue.claim_idle_ms) == ("jobs:dead", 1234)
+    assert (queue.dead_stream, queue.claim_idle_ms) == ("jobs:dead", 1235)
     named = make_queue(Settings(stream="jobs", dead_stream="graveyard"), FakeRedis())
     assert named.dead_stream == "graveyard"
     assert named.consumer
@@ -272,7 +272,7 @@ async def test_open_queue_needs_a_redis_url() -> None:
 async def test_a_waiting_consumer_says_which_entries_once_until_they_change(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    held = [PendingEntry("1-0", "other", 50_000, 1), PendingEntry("2-0", "other", 70_000, 1)]
+    held = [PendingEntry("1-0", "other", 50_500, 1), PendingEntry("2-0", "other", 70_000, 1)]
     monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(held))
     intake, _, _, _ = consumer(tmp_path, FakeQueue())
 
@@ -286,14 +286,32 @@ async def test_a_waiting_consumer_says_which_entries_once_until_they_change(
     assert line["entries"][0] == {
         "entry_id": "1-0",
         "consumer": "other",
-        "idle_ms": 50_000,
-        "takeover_in_s": 10.0,
+        "idle_ms": 50_500,
+        "takeover_in_s": 9.5,
     }
 
     held.pop()
     with capture_logs() as logs:
         await intake._waiting.tell()
-    assert [(e["pending"], e["first_takeover_in_s"]) for e in logs] == [(1, 10.0)]
+    assert [(e["pending"], e["first_takeover_in_s"]) for e in logs] == [(1, 9.5)]
+
+
+async def test_a_waiting_consumer_says_it_again_every_30_s(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    held = [PendingEntry("1-0", "other", 50_000, 1)]
+    monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(held))
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+    now = [10.0]
+    monkeypatch.setattr(asyncio.get_running_loop(), "time", lambda: now[0])
+
+    said = []
+    for at in (10.0, 39.9, 40.0, 69.0, 75.0):
+        now[0] = at
+        with capture_logs() as logs:
+            await intake._waiting.tell()
+        said += [at] * len(logs)
+    assert said == [10.0, 40.0, 75.0]
 
 
 def _returning(held: list[PendingEntry]) -> Any:
@@ -308,6 +326,7 @@ def _returning(held: list[PendingEntry]) -> Any:
     ("rate", "concurrency", "claim_idle", "limit"),
     [
         ((10, 1.0), 3, 600.0, 6),  # the senders bound it: 3 busy, 3 waiting
+        ((10, 1.0), 64, 600.0, 40),  # 2 s at 10/s is 20 busy: twice
         ((2.5, 1.0), 64, 600.0, 10),  # 2 s at 2.5/s is 5, rounded up from 5.0: twice
         ((2.4, 1.0), 64, 600.0, 10),  # 4.8 rounded up to 5
         ((1, 1.0), 64, 9.0, 4),  # half of claim_idle at 1/s is 4.5, rounded down
@@ -322,3 +341,45 @@ def test_the_prefetch_limit_at_each_of_its_bounds(
 
     settings = Settings(rate=RateSpec(*rate), concurrency=concurrency, claim_idle=claim_idle)
     assert prefetch_limit(settings) == limit
+
+
+@pytest.mark.parametrize(("held", "shown"), [(99, 99), (100, "100 or more")])
+async def test_a_waiting_consumer_counts_what_one_look_can_see(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, held: int, shown: object
+) -> None:
+    entries = [PendingEntry(f"{i}-0", "other", 1_000, 1) for i in range(held)]
+    monkeypatch.setattr("worker.queue.intake.pending_entries", _returning(entries))
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+
+    with capture_logs() as logs:
+        await intake._waiting.tell()
+    assert [(e["pending"], len(e["entries"])) for e in logs] == [(shown, 10)]
+    assert logs[0]["entries"][0]["takeover_in_s"] == 59.0
+
+
+async def test_a_waiting_consumer_that_cannot_look_says_nothing_unless_the_group_is_gone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    errors = [QueueUnavailable("timeout"), QueueUnavailable("NOGROUP gone", permanent=True)]
+
+    async def failing(queue: Any, *, count: int, exclude: str | None) -> Any:
+        raise errors.pop(0)
+
+    monkeypatch.setattr("worker.queue.intake.pending_entries", failing)
+    intake, _, _, _ = consumer(tmp_path, FakeQueue())
+
+    with capture_logs() as logs:
+        await intake._waiting.tell()
+    assert logs == []
+    with pytest.raises(ServiceUnavailable, match=r"^stream s or its group g is gone"):
+        await intake._waiting.tell()
+
+
+def test_the_takeover_moment_is_that_many_milliseconds_from_now() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from worker.queue.intake import _at
+
+    expected = datetime.now(UTC) + timedelta(hours=1)
+    moment = datetime.fromisoformat(_at(3_600_000).replace("Z", "+00:00"))
+    assert abs((moment - expected).total_seconds()) <= 1.5

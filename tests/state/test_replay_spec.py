@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from pyroaring import BitMap64
 
 from worker.records.audit_query import record_hash
@@ -44,7 +45,7 @@ def write(path: Path, records: list[dict[str, Any]], tail: bytes = b"") -> Path:
 
 
 def point_for(path: Path, **fields: Any) -> Checkpoint:
-    return Checkpoint("ids.csv", run_ids=["run-1", RUN], audit_pending=str(path), **fields)
+    return Checkpoint("ids.csv", run_ids=["run-0", "run-1", RUN], audit_pending=str(path), **fields)
 
 
 def ids(replayed: Replayed) -> dict[int, list[int]]:
@@ -57,8 +58,12 @@ def ids(replayed: Replayed) -> dict[int, list[int]]:
 def test_nothing_is_replayed_without_a_pending_file_or_a_run(tmp_path: Path) -> None:
     path = write(tmp_path / "audit.jsonl", chained(deleted(1, 5)))
 
-    assert replay(Checkpoint("ids.csv", run_ids=[RUN])) == Replayed()
-    assert replay(Checkpoint("ids.csv", audit_pending=str(path))) == Replayed()
+    for point in (
+        Checkpoint("ids.csv", run_ids=[RUN]),
+        Checkpoint("ids.csv", audit_pending=str(path)),
+    ):
+        nothing = replay(point)
+        assert (nothing.deleted, nothing.records, nothing.path, nothing.ids) == ({}, 0, None, 0)
 
 
 def test_the_deleted_ids_of_the_last_run_are_replayed_and_every_record_counted(
@@ -82,7 +87,26 @@ def test_the_deleted_ids_of_the_last_run_are_replayed_and_every_record_counted(
 
 
 def test_records_of_another_run_are_not_replayed(tmp_path: Path) -> None:
-    path = write(tmp_path / "audit.jsonl", chained(deleted(1, 5, run="run-1"), deleted(2, 6)))
+    records = chained(deleted(1, 5, run="run-1"), deleted(2, 6), deleted(3, 7, run="run-3"))
+    path = write(tmp_path / "audit.jsonl", records[:2])
+    assert ids(replay(point_for(path))) == {7: [6]}
+
+    other = chained(deleted(3, 7, run="run-3"), prev=records[1]["hash"])
+    path = write(tmp_path / "audit.jsonl", [*records[:2], *other])
+    assert ids(replay(point_for(path))) == {7: [6]}
+
+
+def test_a_record_of_another_event_naming_ids_is_not_replayed(tmp_path: Path) -> None:
+    other = {**event("audience_stats", 1), "campaign_id": 7, "audience_ids": [5]}
+    path = write(tmp_path / "audit.jsonl", chained(other, deleted(2, 6)))
+
+    assert ids(replay(point_for(path))) == {7: [6]}
+
+
+def test_a_record_without_a_seq_is_not_replayed(tmp_path: Path) -> None:
+    unnumbered = deleted(0, 5)
+    del unnumbered["seq"]
+    path = write(tmp_path / "audit.jsonl", chained(unnumbered, deleted(2, 6)))
 
     assert ids(replay(point_for(path))) == {7: [6]}
 
@@ -98,6 +122,8 @@ def test_only_records_after_the_checkpoints_seq_are_replayed_when_its_head_is_th
     assert ids(replay(before_any)) == {7: [5, 6, 7]}
     no_seq = point_for(path, audit={"audit_log": str(path)})
     assert ids(replay(no_seq)) == {7: [5, 6, 7]}
+    path = write(tmp_path / "audit.jsonl", chained(deleted(0, 4), deleted(1, 5)))
+    assert ids(replay(no_seq)) == {7: [4, 5]}  # a head without a seq: from the first record
 
 
 def test_a_head_in_another_file_replays_the_whole_pending_file(tmp_path: Path) -> None:
@@ -128,9 +154,10 @@ def test_a_pending_file_gone_replays_nothing(tmp_path: Path) -> None:
 # -- where replay stops -----------------------------------------------------------------------
 
 
-def test_replay_stops_at_a_record_whose_hash_does_not_verify(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrong", ["0" * 64, "f" * 64])
+def test_replay_stops_at_a_record_whose_hash_does_not_verify(tmp_path: Path, wrong: str) -> None:
     records = chained(deleted(1, 5), deleted(2, 6), deleted(3, 7))
-    records[1]["audience_ids"] = [60]  # edited, not re-hashed
+    records[1]["hash"] = wrong
     path = write(tmp_path / "audit.jsonl", records)
 
     replayed = replay(point_for(path))
@@ -138,13 +165,14 @@ def test_replay_stops_at_a_record_whose_hash_does_not_verify(tmp_path: Path) -> 
     assert (ids(replayed), replayed.records) == ({7: [5]}, 1)
 
 
-def test_replay_stops_at_a_record_rehashed_alone_whose_link_is_broken(tmp_path: Path) -> None:
+@pytest.mark.parametrize("wrong", ["0" * 64, "f" * 64])
+def test_replay_stops_at_a_record_whose_link_is_broken(tmp_path: Path, wrong: str) -> None:
     records = chained(deleted(1, 5), deleted(2, 6), deleted(3, 7))
-    records[1]["audience_ids"] = [60]
-    records[1]["hash"] = record_hash(records[1])  # its own hash valid: the next link is not
+    records[2]["prev_hash"] = wrong
+    records[2]["hash"] = record_hash(records[2])  # its own hash valid: its link is not
     path = write(tmp_path / "audit.jsonl", records)
 
-    assert ids(replay(point_for(path))) == {7: [5, 60]}
+    assert ids(replay(point_for(path))) == {7: [5, 6]}
 
 
 def test_the_first_record_replayed_may_link_to_one_before_the_checkpoint(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import orjson
@@ -257,7 +258,7 @@ def test_a_first_snapshot_names_this_run_and_the_link_until_it_writes(tmp_path: 
         run_ids=["run-1"],
         totals={"deleted": 5},
         audit_files=[
-            {"run_id": "run-1", "path": "/a"},
+            {"run_id": "run-9", "path": "/a"},
             {"run_id": "".join(("run-", "2")), "path": "/old"},
         ],
         layout=(0, None, False),
@@ -272,7 +273,7 @@ def test_a_first_snapshot_names_this_run_and_the_link_until_it_writes(tmp_path: 
     assert point.audit == link
     assert point.audit_pending == str((tmp_path / "audit.jsonl").absolute())
     assert point.audit_files == [
-        {"run_id": "run-1", "path": "/a"},
+        {"run_id": "run-9", "path": "/a"},
         {"run_id": "run-2", "path": str((tmp_path / "audit.jsonl").absolute()), "deleted": 0},
     ]
     assert point.totals == {"deleted": 5, "failed_left": 0}
@@ -308,6 +309,8 @@ def test_a_snapshot_counts_this_runs_deletions_on_top_of_the_earlier_ones(tmp_pa
     assert cp.snapshot(complete=False).totals == {"deleted": 8, "failed_left": 0}
     cp.prior = Checkpoint("ids")  # saved before any deletion
     assert cp.snapshot(complete=False).totals["deleted"] == 3
+    cp.prior = None  # the first run
+    assert cp.snapshot(complete=False).totals["deleted"] == 3
 
 
 def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
@@ -325,6 +328,8 @@ def test_a_snapshot_keeps_the_priors_verified_prefix_until_it_is_read_that_far(
     assert (point.watermark, point.prefix_bytes, point.prefix_lines) == (40, 30, 3)
     assert point.prefix_sha256 == "ab" * 32
 
+    prior.prefix_bytes = 40  # up to the watermark: still the prior's
+    assert cp.snapshot(complete=False).prefix_bytes == 40
     prior.prefix_bytes = 41  # past the watermark: never claimed
     assert cp.snapshot(complete=False).prefix_bytes == 0
 
@@ -397,3 +402,26 @@ def test_last_words_that_cannot_be_saved_are_logged_and_the_error_ends_there(
             "cannot write the state state.json: No space left on device (ENOSPC)",
         )
     ]
+
+
+async def test_a_periodic_checkpoint_never_claims_completion(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cp = checkpointer(tmp_path, None)
+    cp.recorder.tally.input_read = True  # finished, as far as the plan knows
+    prepared: list[Checkpoint] = []
+    taken = asyncio.Event()
+
+    def prepare(point: Checkpoint) -> Callable[[], None]:
+        prepared.append(point)
+        taken.set()
+        return lambda: None
+
+    monkeypatch.setattr(cp.store, "prepare", prepare)
+    task = asyncio.create_task(cp.every(0.001))
+    await asyncio.wait_for(taken.wait(), 5)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+
+    assert [point.complete for point in prepared] == [False] * len(prepared)
