@@ -111,3 +111,14 @@ def test_only_the_partial_batches_stale_rows_old_are_handed_out_early() -> None:
         (7, 1),
     ]
     assert batcher.oldest_open() == rows[1022].offset
+
+
+def test_by_default_a_partial_batch_waits_50_000_rows_and_no_fewer() -> None:
+    batcher = Batcher(10)  # checked every 1024 rows: at row 51,200 = 50 * 1024
+    campaigns = [42] * 51_200
+    campaigns[1199], campaigns[1200] = 7, 8  # opened on rows 1,200 and 1,201
+
+    handed = [b.campaign_id for row in input_rows(campaigns) for b in batcher.add(row)]
+
+    # at row 51,200, campaign 7's batch is 50,000 rows old (stale), 8's 49,999 (not)
+    assert [c for c in handed if c != 42] == [7]

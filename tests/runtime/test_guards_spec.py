@@ -143,8 +143,8 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
             return cls.fromtimestamp(moment.timestamp(), tz)
 
     monkeypatch.setattr(guards, "datetime", FakeDatetime)
-    # a monotonic clock starts anywhere: here at 1000 s
-    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: 1000.0 + fake.now))
+    # a monotonic clock starts anywhere: here at 10 s, less than the runs below last
+    monkeypatch.setattr(guards, "time", SimpleNamespace(monotonic=lambda: 10.0 + fake.now))
     monkeypatch.setattr(guards, "asyncio", SimpleNamespace(sleep=fake.sleep))
     return fake
 

@@ -494,6 +494,8 @@ def test_a_listing_of_the_documented_shape_is_data() -> None:
     assert classify_listing(one_empty_page, number=1, limit=10) is None
     full = listing([{"id": i} for i in range(1, 11)], totalRecords=10)  # exactly the limit
     assert classify_listing(full, number=1, limit=10) is None
+    long = listing(totalRecords=2_991, totalPages=300)  # a page count past the small ints
+    assert classify_listing(long, number=1, limit=10) is None
 
 
 @pytest.mark.parametrize(
