@@ -196,12 +196,19 @@ async def test_until_empty_waits_while_entries_are_held_or_the_group_not_drained
 
 
 async def test_redis_away_longer_than_the_outage_max_ends_the_consumer(tmp_path: Path) -> None:
-    down = QueueUnavailable("connection refused")
-    queue = FakeQueue(*[down] * 1000)
+    queue = FakeQueue()
+
+    async def away(room: int, block_ms: int) -> Any:
+        await asyncio.sleep(0.001)  # a refused connection, for as long as it takes
+        raise QueueUnavailable("connection refused")
+
+    queue.read = away  # type: ignore[method-assign]
     intake, _, _, _ = consumer(tmp_path, queue, redis_outage_max=0.05)
 
+    # Bounded: a consumer that ignored the outage max would retry for ever.
     with pytest.raises(ServiceUnavailable) as error:
-        await read_all(intake)
+        async with asyncio.timeout(5):
+            await read_all(intake)
 
     assert str(error.value) == (
         "Redis away for more than redis_outage_max (0.05 s): connection refused; the entries "
