@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import errno
 import io
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from conftest import write_csv
 
 from worker.commands.run import run_purge
-from worker.records.failed_out import HEADER
+from worker.errors import OutputError
+from worker.records import failed_out
+from worker.records.failed_out import HEADER, FailedOut
 from worker.settings import Settings
 
 MakeSettings = Callable[..., Settings]
@@ -39,3 +43,19 @@ async def test_a_failed_out_symlink_is_written_through_and_stays_a_symlink(
     ]
     assert target.stat().st_mode & 0o777 == 0o640  # replaced, not chmodded
     assert [p.name for p in target.parent.iterdir()] == ["failed.csv"]
+
+
+def test_a_failed_out_file_that_cannot_be_put_in_place_leaves_nothing_beside_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "failed.csv"
+
+    def refuse(src: object, dst: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(failed_out.os, "replace", refuse)
+
+    with pytest.raises(OutputError):
+        FailedOut(target)
+
+    assert sorted(p.name for p in tmp_path.iterdir()) == []

@@ -72,8 +72,13 @@ class FailedOut:
             fresh = self.path.with_name(f".{self.path.name}.new")
             fresh.unlink(missing_ok=True)
             self._file: IO[str] = open_private(fresh, "x", newline="", encoding="utf-8")
-            keep_mode(self._file.fileno(), self.path)
-            os.replace(fresh, self.path)  # created anew, private or as private as it was
+            try:
+                keep_mode(self._file.fileno(), self.path)
+                os.replace(fresh, self.path)  # created anew, private or as private as it was
+            except BaseException:
+                self._file.close()
+                fresh.unlink(missing_ok=True)  # nothing left beside the file on a failure
+                raise
             self._csv = csv.writer(self._file)
             self._csv.writerow(HEADER)
             self._csv.writerows(_rows(self._failed, CARRIED))
